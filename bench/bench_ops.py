@@ -1,0 +1,242 @@
+"""Per-op microbenchmarks on the GPU, every provider side by side in one process.
+
+For each case: median time (triton.testing.do_bench, quantiles 0.2/0.5/0.8), the bytes the op must move at
+least (or its FLOPs), achieved GB/s or TFLOP/s, and the ratio to the measured copy bandwidth (or matmul rate)
+and to each baseline: torch eager (reference.py = HF's math), torch.compile of it, Liger-Kernel if installed,
+torch SDPA for attention. Writes bench/results/ops-<gpu>.json (and $OUT/ when set).
+
+    python -m bench.bench_ops [--quick] [--only rms_norm,swiglu,rope,attention,decode]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+
+import torch
+import torch.nn.functional as F
+import triton
+from triton.testing import do_bench
+
+from litekernels import reference
+from litekernels.ops.attention import flash_attention
+from litekernels.ops.decode_attention import decode_attention
+from litekernels.ops.rms_norm import rms_norm
+from litekernels.ops.rope import apply_rope
+from litekernels.ops.swiglu import silu_mul
+
+BF16 = torch.bfloat16
+LLAMA = {"1B": dict(hidden=2048, inter=8192, heads=32, kv=8, hd=64),
+         "3B": dict(hidden=3072, inter=8192, heads=24, kv=8, hd=128),
+         "8B": dict(hidden=4096, inter=14336, heads=32, kv=8, hd=128)}
+
+
+def liger():
+    try:
+        from liger_kernel.ops.rms_norm import LigerRMSNormFunction
+        from liger_kernel.ops.rope import LigerRopeFunction
+        from liger_kernel.ops.swiglu import LigerSiLUMulFunction
+        import liger_kernel
+        return dict(version=getattr(liger_kernel, "__version__", "?"),
+                    rms_norm=lambda x, w, eps: LigerRMSNormFunction.apply(x, w, eps, 0.0, "llama", False),
+                    swiglu=LigerSiLUMulFunction.apply,
+                    rope=lambda q, k, c, s: LigerRopeFunction.apply(q, k, c, s, None, 1))
+    except Exception as e:  # noqa: BLE001 - report, run without it
+        print(f"liger-kernel unavailable: {e!r}")
+        return None
+
+
+def timed(fn, grad_to_none=None):
+    q = do_bench(fn, warmup=25, rep=100, quantiles=[0.2, 0.5, 0.8], grad_to_none=grad_to_none)
+    return {"ms": q[1], "ms_p20": q[0], "ms_p80": q[2]}
+
+
+def copy_bandwidth():
+    x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    ms = do_bench(lambda: y.copy_(x), warmup=25, rep=200, return_mode="median")
+    return 2 * x.numel() / ms / 1e6  # GB/s, read + write
+
+
+def matmul_tflops():
+    a, b = torch.randn(8192, 8192, dtype=BF16, device="cuda"), torch.randn(8192, 8192, dtype=BF16, device="cuda")
+    ms = do_bench(lambda: a @ b, warmup=25, rep=100, return_mode="median")
+    return 2 * 8192**3 / ms / 1e9
+
+
+def compiled(fn):
+    return torch.compile(fn, dynamic=False)
+
+
+def run_case(results, op, shape, mode, providers, make, nbytes=None, flops=None, ceiling=None):
+    """providers: name -> callable(*inputs) returning output(s); make() -> (inputs, grad_inputs, upstream)."""
+    row = {"op": op, "shape": shape, "mode": mode, "providers": {}}
+    for name, fn in providers.items():
+        if fn is None:
+            continue
+        try:
+            inputs, needs_grad, upstream = make()
+            if mode == "fwd":
+                with torch.no_grad():
+                    t = timed(lambda: fn(*inputs))
+            else:
+                def step():
+                    out = fn(*inputs)
+                    outs = out if isinstance(out, tuple) else (out,)
+                    torch.autograd.backward(outs, [upstream(o) for o in outs])
+                t = timed(step, grad_to_none=needs_grad)
+        except Exception as e:  # noqa: BLE001 - one failing provider must not hide the others
+            row["providers"][name] = {"error": repr(e)[:300]}
+            continue
+        if nbytes:
+            t["GBps"] = nbytes / t["ms"] / 1e6
+            if ceiling:
+                t["pct_copy_bw"] = 100 * t["GBps"] / ceiling
+        if flops:
+            t["TFLOPs"] = flops / t["ms"] / 1e9
+        row["providers"][name] = t
+        torch.cuda.empty_cache()
+    ours = row["providers"].get("lite", {}).get("ms")
+    if ours:
+        row["speedup_vs"] = {k: v["ms"] / ours for k, v in row["providers"].items() if "ms" in v and k != "lite"}
+    results.append(row)
+    print(json.dumps({k: row[k] for k in ("op", "shape", "mode")}),
+          {k: round(v.get("GBps", v.get("TFLOPs", 0)) or v.get("ms", 0), 1) for k, v in row["providers"].items()
+           if "ms" in v}, flush=True)
+
+
+def bench_rms_norm(res, lg, bw, quick):
+    tokens = [4096, 16384] if quick else [1, 4096, 16384]
+    for name, cfg in LLAMA.items():
+        for T in tokens:
+            H = cfg["hidden"]
+
+            def make(T=T, H=H):
+                x = torch.randn(T, H, dtype=BF16, device="cuda", requires_grad=True)
+                w = (1 + 0.1 * torch.randn(H, dtype=BF16, device="cuda")).requires_grad_()
+                return (x, w, 1e-5), [x, w], torch.randn_like
+            for mode in ("fwd", "fwd+bwd"):
+                provs = {"lite": rms_norm, "eager": reference.rms_norm,
+                         "compile": compiled(reference.rms_norm) if T == 16384 else None,
+                         "liger": lg and lg["rms_norm"]}
+                es = 2
+                nbytes = (2 if mode == "fwd" else 5) * T * H * es
+                run_case(res, "rms_norm", f"{name} T={T} H={H}", mode, provs, make, nbytes=nbytes, ceiling=bw)
+
+
+def bench_swiglu(res, lg, bw, quick):
+    tokens = [4096, 16384] if quick else [1, 4096, 16384]
+    for name, cfg in LLAMA.items():
+        for T in tokens:
+            I = cfg["inter"]
+
+            def make(T=T, I=I):
+                g = torch.randn(T, I, dtype=BF16, device="cuda", requires_grad=True)
+                u = torch.randn(T, I, dtype=BF16, device="cuda", requires_grad=True)
+                return (g, u), [g, u], torch.randn_like
+            for mode in ("fwd", "fwd+bwd"):
+                provs = {"lite": silu_mul, "eager": reference.silu_mul,
+                         "compile": compiled(reference.silu_mul) if T == 16384 else None,
+                         "liger": lg and lg["swiglu"]}
+                nbytes = (3 if mode == "fwd" else 8) * T * I * 2
+                run_case(res, "swiglu", f"{name} T={T} I={I}", mode, provs, make, nbytes=nbytes, ceiling=bw)
+
+
+def bench_rope(res, lg, bw, quick):
+    cases = [(4, 4096, "8B"), (1, 4096, "1B"), (1, 1, "8B"), (8, 1, "1B")]
+    for B, T, name in cases:
+        cfg = LLAMA[name]
+        H, KV, D = cfg["heads"], cfg["kv"], cfg["hd"]
+
+        def make(B=B, T=T, H=H, KV=KV, D=D):
+            q = torch.randn(B, T, H, D, dtype=BF16, device="cuda").transpose(1, 2).requires_grad_()
+            k = torch.randn(B, T, KV, D, dtype=BF16, device="cuda").transpose(1, 2).requires_grad_()
+            ang = torch.rand(1, T, D // 2, device="cuda") * 100
+            emb = torch.cat([ang, ang], -1)
+            return (q, k, emb.cos().to(BF16), emb.sin().to(BF16)), [q, k], torch.randn_like
+        for mode in ("fwd", "fwd+bwd"):
+            provs = {"lite": apply_rope, "eager": reference.apply_rope,
+                     "compile": compiled(reference.apply_rope) if T > 1 else None, "liger": lg and lg["rope"]}
+            qk = B * T * (H + KV) * D * 2
+            cs = 2 * T * D * 2
+            nbytes = (2 * qk + cs) * (1 if mode == "fwd" else 2)
+            run_case(res, "rope", f"B={B} T={T} H={H}/{KV} D={D}", mode, provs, make, nbytes=nbytes, ceiling=bw)
+
+
+def sdpa(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+
+def bench_attention(res, mm, quick):
+    cases = [(1, 32, 8, 8192, 64), (1, 32, 8, 16384, 128), (4, 32, 8, 2048, 64), (2, 32, 8, 4096, 128)]
+    if quick:
+        cases = cases[:2]
+    for B, H, KV, T, D in cases:
+        def make(B=B, H=H, KV=KV, T=T, D=D):
+            q = torch.randn(B, H, T, D, dtype=BF16, device="cuda", requires_grad=True)
+            k = torch.randn(B, KV, T, D, dtype=BF16, device="cuda", requires_grad=True)
+            v = torch.randn(B, KV, T, D, dtype=BF16, device="cuda", requires_grad=True)
+            return (q, k, v), [q, k, v], torch.randn_like
+        fwd_flops = 4 * B * H * T * T * D / 2
+        for mode, mult in (("fwd", 1.0), ("fwd+bwd", 3.5)):
+            provs = {"lite": lambda q, k, v: flash_attention(q, k, v, causal=True), "sdpa": sdpa}
+            run_case(res, "attention", f"B={B} H={H}/{KV} T={T} D={D}", mode, provs, make, flops=fwd_flops * mult)
+
+
+def bench_decode(res, bw, quick):
+    for B, H, KV, L, D in [(1, 32, 8, 32768, 64), (8, 32, 8, 8192, 128), (64, 32, 8, 2048, 64), (1, 32, 8, 4096, 64)]:
+        def make(B=B, H=H, KV=KV, L=L, D=D):
+            q = torch.randn(B, H, 1, D, dtype=BF16, device="cuda")
+            k = torch.randn(B, KV, L, D, dtype=BF16, device="cuda")
+            v = torch.randn(B, KV, L, D, dtype=BF16, device="cuda")
+            lengths = torch.full((B,), L, dtype=torch.int32, device="cuda")
+            return (q, k, v, lengths), None, None
+        provs = {"lite": lambda q, k, v, n: decode_attention(q, k, v, n),
+                 "sdpa": lambda q, k, v, n: F.scaled_dot_product_attention(q, k, v, enable_gqa=True)}
+        nbytes = 2 * B * KV * L * D * 2
+        run_case(res, "decode", f"B={B} H={H}/{KV} L={L} D={D}", "fwd", provs, make, nbytes=nbytes, ceiling=bw)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--only", default="rms_norm,swiglu,rope,attention,decode")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    only = set(args.only.split(","))
+    torch.manual_seed(0)
+    lg = liger()
+    bw, mm = copy_bandwidth(), matmul_tflops()
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+            "liger_kernel": lg and lg["version"], "python": platform.python_version(),
+            "copy_GBps": bw, "bf16_matmul_TFLOPs": mm,
+            "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    print(meta, flush=True)
+    res = []
+    if "rms_norm" in only:
+        bench_rms_norm(res, lg, bw, args.quick)
+    if "swiglu" in only:
+        bench_swiglu(res, lg, bw, args.quick)
+    if "rope" in only:
+        bench_rope(res, lg, bw, args.quick)
+    if "attention" in only:
+        bench_attention(res, mm, args.quick)
+    if "decode" in only:
+        bench_decode(res, bw, args.quick)
+    doc = {"meta": meta, "results": res}
+    gpu = meta["device"].replace("NVIDIA ", "").replace(" ", "-")
+    paths = [args.out or os.path.join(os.path.dirname(__file__), "results", f"ops-{gpu}.json")]
+    if os.environ.get("OUT"):
+        paths.append(os.path.join(os.environ["OUT"], f"ops-{gpu}.json"))
+    for path in paths:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(doc, f, indent=1)
+    print("wrote", paths)
+
+
+if __name__ == "__main__":
+    main()

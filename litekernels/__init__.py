@@ -1,0 +1,17 @@
+"""lite-llama: Triton kernels for Llama-family Hugging Face models.
+
+    from litekernels.patches import apply_lite_llama
+    apply_lite_llama(model)          # RMSNorm, RoPE, SiLU*mul and attention now run our kernels
+
+Submodules: `functional` (ops as functions), `modules` (nn.Module wrappers), `reference` (plain PyTorch),
+`patches` (Hugging Face integration), `generation` (static cache + CUDA-graph decode).
+"""
+
+from .functional import apply_rope, decode_attention, flash_attention, fused_add_rms_norm, rms_norm, silu_mul
+from .modules import LiteMLP, LiteRMSNorm
+from .utils import backend_name
+
+__version__ = "0.1.0"
+__all__ = ["rms_norm", "fused_add_rms_norm", "apply_rope", "silu_mul", "flash_attention", "decode_attention",
+           "LiteRMSNorm", "LiteMLP",
+           "backend_name", "__version__"]

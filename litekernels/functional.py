@@ -1,0 +1,9 @@
+"""The functions users call. Each checks its inputs and runs Triton or the PyTorch reference (see utils)."""
+
+from .ops.attention import flash_attention
+from .ops.decode_attention import decode_attention
+from .ops.rms_norm import fused_add_rms_norm, rms_norm
+from .ops.rope import apply_rope
+from .ops.swiglu import silu_mul
+
+__all__ = ["rms_norm", "fused_add_rms_norm", "apply_rope", "silu_mul", "flash_attention", "decode_attention"]

@@ -1,0 +1,37 @@
+"""nn.Module wrappers over the functional ops, with the parameter names of Hugging Face's Llama modules."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import functional as LF
+
+
+class LiteRMSNorm(nn.Module):
+    """Drop-in for LlamaRMSNorm: same `weight` parameter and `variance_epsilon`."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6, device=None, dtype=None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size, device=device, dtype=dtype))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return LF.rms_norm(hidden_states, self.weight, self.variance_epsilon)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.variance_epsilon}"
+
+
+class LiteMLP(nn.Module):
+    """Drop-in for LlamaMLP: gate_proj / up_proj / down_proj, activation fused as silu(gate) * up."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool = False, device=None, dtype=None):
+        super().__init__()
+        kw = dict(bias=bias, device=device, dtype=dtype)
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, **kw)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, **kw)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, **kw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(LF.silu_mul(self.gate_proj(x), self.up_proj(x)))

@@ -1,0 +1,171 @@
+"""RMSNorm and fused residual-add + RMSNorm, forward and backward.
+
+Math (exactly Hugging Face's LlamaRMSNorm):
+    rstd = 1 / sqrt(mean(x_f32^2) + eps)
+    y    = w * cast_to_x_dtype(x_f32 * rstd)           (output dtype: promote(w.dtype, x.dtype))
+Gradient, with xn = x * rstd and g = dy * w (all in float32):
+    dx = rstd * (g - xn * mean(g * xn))
+    dw = sum over rows of dy * cast(xn)
+The fused variant first forms h = x + residual (in the input dtype, as torch does), normalises h, and returns
+(y, h); its backward adds the incoming gradient of h to dx, and x and residual both receive that sum.
+
+Forward: one program per row; only the fp32 rstd of each row is saved. Backward: a fixed grid of programs
+(about one per SM), each walking a contiguous band of rows and keeping an fp32 partial dw in registers; the
+launcher sums the partials in a fixed order, so dw is deterministic.
+
+Ideas from Liger-Kernel's ops/rms_norm.py and the Triton layer-norm tutorial; code is our own.
+Usage: y = rms_norm(x, weight, eps); y, h = fused_add_rms_norm(x, residual, weight, eps)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import reference
+from .._triton import tl, triton
+from ..utils import (as_rows, check_same_device, check_same_dtype, check_same_shape, check_tensor, num_sms,
+                     row_settings, use_triton)
+
+
+@triton.jit
+def _rms_norm_fwd_kernel(X, R, W, Y, H, RSTD, stride_x, stride_r, stride_y, stride_h, n_cols, eps,
+                         BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        # rounded to the input dtype once, as torch's x + residual is
+        r = tl.load(R + row * stride_r + cols, mask=mask, other=0.0)
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(X.dtype.element_ty)
+        tl.store(H + row * stride_h + cols, x, mask=mask)
+    xf = x.to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / n_cols + eps)
+    tl.store(RSTD + row, rstd)
+    xn = (xf * rstd).to(X.dtype.element_ty).to(tl.float32)
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(Y + row * stride_y + cols, (xn * w).to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rms_norm_bwd_kernel(DY, X, W, RSTD, DH, DX, DW_PART, stride_dy, stride_x, stride_dh, stride_dx,
+                         n_rows, n_cols, rows_per_program, BLOCK: tl.constexpr, HAS_DH: tl.constexpr):
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    dw = tl.zeros([BLOCK], dtype=tl.float32)
+    row_start = pid.to(tl.int64) * rows_per_program
+    n_local = tl.minimum(rows_per_program, n_rows - row_start)
+    for i in range(0, n_local):
+        r = row_start + i
+        dy = tl.load(DY + r * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(X + r * stride_x + cols, mask=mask, other=0.0)
+        rstd = tl.load(RSTD + r)
+        xn = x.to(tl.float32) * rstd
+        dw += dy * xn.to(X.dtype.element_ty).to(tl.float32)
+        g = dy * w
+        dx = rstd * (g - xn * (tl.sum(g * xn, axis=0) / n_cols))
+        if HAS_DH:
+            dx += tl.load(DH + r * stride_dh + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(DX + r * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
+    tl.store(DW_PART + pid.to(tl.int64) * n_cols + cols, dw, mask=mask)
+
+
+def rms_norm_fwd(x, weight, eps, residual=None):
+    """Launch the forward. Returns (y, h, rstd) with y, h shaped like x (h is None without a residual)."""
+    shape = x.shape
+    x2 = as_rows(x)
+    n_rows, n_cols = x2.shape
+    block, warps = row_settings(n_cols, x.element_size())
+    y = torch.empty((n_rows, n_cols), dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
+    rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
+    if residual is not None:
+        r2 = as_rows(residual)
+        h = torch.empty((n_rows, n_cols), dtype=x.dtype, device=x.device)
+    else:
+        r2, h = x2, y  # unused by the kernel (HAS_RESIDUAL=False)
+    if n_rows:
+        _rms_norm_fwd_kernel[(n_rows,)](x2, r2, weight, y, h, rstd, x2.stride(0), r2.stride(0), y.stride(0),
+                                        h.stride(0), n_cols, eps, BLOCK=block, HAS_RESIDUAL=residual is not None,
+                                        num_warps=warps)
+    return y.view(shape), (h.view(shape) if residual is not None else None), rstd
+
+
+def rms_norm_bwd(dy, x, weight, rstd, dh=None):
+    """Launch the backward. x is the normalised input (h for the fused op). Returns (dx, dweight)."""
+    shape = x.shape
+    x2, dy2 = as_rows(x), as_rows(dy)
+    n_rows, n_cols = x2.shape
+    block, warps = row_settings(n_cols, max(x.element_size(), dy.element_size()))
+    dx = torch.empty((n_rows, n_cols), dtype=x.dtype, device=x.device)
+    dh2 = as_rows(dh) if dh is not None else dy2
+    programs = max(1, min(n_rows, 2 * num_sms(x.device.index or 0) if x.is_cuda else num_sms()))
+    rows_per_program = triton.cdiv(n_rows, programs) if n_rows else 0
+    dw_part = torch.empty((programs, n_cols), dtype=torch.float32, device=x.device)
+    if n_rows:
+        _rms_norm_bwd_kernel[(programs,)](dy2, x2, weight, rstd, dh2, dx, dw_part, dy2.stride(0), x2.stride(0),
+                                          dh2.stride(0), dx.stride(0), n_rows, n_cols, rows_per_program,
+                                          BLOCK=block, HAS_DH=dh is not None, num_warps=warps)
+        dw = dw_part.sum(0).to(weight.dtype)
+    else:
+        dw = torch.zeros_like(weight)
+    return dx.view(shape), dw
+
+
+class LiteRMSNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        y, _, rstd = rms_norm_fwd(x, weight, eps)
+        ctx.save_for_backward(x, weight, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, rstd = ctx.saved_tensors
+        dx, dw = rms_norm_bwd(dy, x, weight, rstd)
+        return dx, dw, None
+
+
+class LiteFusedAddRMSNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, residual, weight, eps):
+        y, h, rstd = rms_norm_fwd(x, weight, eps, residual=residual)
+        ctx.save_for_backward(h, weight, rstd)
+        return y, h
+
+    @staticmethod
+    def backward(ctx, dy, dh):
+        h, weight, rstd = ctx.saved_tensors
+        dx, dw = rms_norm_bwd(dy, h, weight, rstd, dh=dh)
+        return dx, dx, dw, None
+
+
+def _check(x, weight, residual=None):
+    check_tensor("x", x)
+    check_tensor("weight", weight, ndim=1)
+    check_same_device(x=x, weight=weight, residual=residual)
+    if x.dim() == 0:
+        raise ValueError("x must have at least one dimension")
+    if weight.shape[0] != x.shape[-1]:
+        raise ValueError(f"weight has {weight.shape[0]} elements but x's last dimension is {x.shape[-1]}")
+    if residual is not None:
+        check_tensor("residual", residual)
+        check_same_dtype(x=x, residual=residual)
+        check_same_shape(x=x, residual=residual)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """RMSNorm over the last dimension, HF LlamaRMSNorm semantics. Differentiable in x and weight."""
+    _check(x, weight)
+    if not use_triton(x):
+        return reference.rms_norm(x, weight, eps)
+    return LiteRMSNormFunction.apply(x, weight, float(eps))
+
+
+def fused_add_rms_norm(x, residual, weight, eps: float = 1e-6):
+    """h = x + residual; returns (rms_norm(h), h) in one pass. Differentiable in x, residual and weight."""
+    _check(x, weight, residual)
+    if not use_triton(x):
+        return reference.fused_add_rms_norm(x, residual, weight, eps)
+    return LiteFusedAddRMSNormFunction.apply(x, residual, weight, float(eps))

@@ -1,0 +1,100 @@
+"""Fused SiLU(gate) * up, forward and backward (the activation of the Llama MLP).
+
+Math, in float32, one rounding at the end:
+    y  = silu(g) * u = g * sigmoid(g) * u
+    dg = dy * u * sigmoid(g) * (1 + g * (1 - sigmoid(g)))
+    du = dy * silu(g)
+Only g and u are saved; sigmoid is recomputed in backward. Gradients go to fresh buffers (the inputs are never
+overwritten, so a caller may still hold them).
+
+Grid: (rows, column blocks), int64 row offsets; inputs may be strided along rows (for example the two halves
+of a fused gate_up projection). Usage: y = silu_mul(gate, up)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import reference
+from .._triton import tl, triton
+from ..utils import as_rows, check_same_device, check_same_dtype, check_same_shape, check_tensor, use_triton
+
+BLOCK = 1024
+
+
+@triton.jit
+def _silu_mul_fwd_kernel(G, U, Y, stride_g, stride_u, stride_y, n_cols, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    g = tl.load(G + row * stride_g + cols, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(U + row * stride_u + cols, mask=mask, other=0.0).to(tl.float32)
+    y = g * tl.sigmoid(g) * u
+    tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _silu_mul_bwd_kernel(DY, G, U, DG, DU, stride_dy, stride_g, stride_u, stride_dg, stride_du, n_cols,
+                         BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    dy = tl.load(DY + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(G + row * stride_g + cols, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(U + row * stride_u + cols, mask=mask, other=0.0).to(tl.float32)
+    sig = tl.sigmoid(g)
+    silu = g * sig
+    tl.store(DG + row * stride_dg + cols, (dy * u * sig * (1.0 + g * (1.0 - sig))).to(DG.dtype.element_ty),
+             mask=mask)
+    tl.store(DU + row * stride_du + cols, (dy * silu).to(DU.dtype.element_ty), mask=mask)
+
+
+def _grid(n_rows, n_cols):
+    return (n_rows, triton.cdiv(n_cols, BLOCK))
+
+
+def silu_mul_fwd(gate, up):
+    shape = gate.shape
+    g, u = as_rows(gate), as_rows(up)
+    y = torch.empty(g.shape, dtype=gate.dtype, device=gate.device)
+    if y.numel():
+        _silu_mul_fwd_kernel[_grid(*g.shape)](g, u, y, g.stride(0), u.stride(0), y.stride(0), g.shape[1],
+                                              BLOCK=BLOCK, num_warps=4)
+    return y.view(shape)
+
+
+def silu_mul_bwd(dy, gate, up):
+    shape = gate.shape
+    d, g, u = as_rows(dy), as_rows(gate), as_rows(up)
+    dg = torch.empty(g.shape, dtype=gate.dtype, device=gate.device)
+    du = torch.empty(g.shape, dtype=up.dtype, device=gate.device)
+    if dg.numel():
+        _silu_mul_bwd_kernel[_grid(*g.shape)](d, g, u, dg, du, d.stride(0), g.stride(0), u.stride(0),
+                                              dg.stride(0), du.stride(0), g.shape[1], BLOCK=BLOCK, num_warps=4)
+    return dg.view(shape), du.view(shape)
+
+
+class LiteSiLUMulFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gate, up):
+        ctx.save_for_backward(gate, up)
+        return silu_mul_fwd(gate, up)
+
+    @staticmethod
+    def backward(ctx, dy):
+        gate, up = ctx.saved_tensors
+        return silu_mul_bwd(dy, gate, up)
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up elementwise; same shape and dtype as the inputs. Differentiable in both."""
+    check_tensor("gate", gate)
+    check_tensor("up", up)
+    check_same_device(gate=gate, up=up)
+    check_same_dtype(gate=gate, up=up)
+    check_same_shape(gate=gate, up=up)
+    if gate.dim() == 0:
+        raise ValueError("gate and up must have at least one dimension")
+    if not use_triton(gate):
+        return reference.silu_mul(gate, up)
+    return LiteSiLUMulFunction.apply(gate, up)

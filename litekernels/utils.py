@@ -1,0 +1,117 @@
+"""Launch settings, input checks and the one place that decides where an op runs.
+
+Where an op runs (`use_triton`):
+  * CUDA tensors                                   -> compiled Triton kernels (the product);
+  * CPU tensors with TRITON_INTERPRET=1 at import  -> the same Triton kernels, interpreted (tests, CI);
+  * anything else                                  -> the plain PyTorch code in `litekernels/reference.py`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from ._triton import HAS_TRITON, triton
+
+# Read once: Triton decides at decoration time whether @triton.jit functions are interpreted.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_FUSED_BYTES = 65536  # one row of a row-wise kernel must fit one program's registers
+
+
+def use_triton(*tensors: torch.Tensor) -> bool:
+    """True when the Triton kernels can run on these tensors (CUDA, or CPU under the interpreter)."""
+    if not HAS_TRITON:
+        return False
+    dev = tensors[0].device
+    if dev.type == "cuda":
+        return True
+    return dev.type == "cpu" and INTERPRET
+
+
+def backend_name(device: torch.device | str | None = None) -> str:
+    """'triton' (compiled), 'triton-interpreter' or 'reference', for `device` (default: CUDA if present)."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    probe = torch.empty(0, device=device)
+    if not use_triton(probe):
+        return "reference"
+    return "triton" if probe.is_cuda else "triton-interpreter"
+
+
+@functools.lru_cache(maxsize=None)
+def num_sms(device_index: int = 0) -> int:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(device_index).multi_processor_count
+    return 4  # interpreter: a few programs keep the partial-sum paths exercised
+
+
+def row_settings(n_cols: int, element_size: int) -> tuple[int, int]:
+    """BLOCK_SIZE (next power of two of the row) and num_warps for a one-row-per-program kernel."""
+    block = triton.next_power_of_2(n_cols) if HAS_TRITON else n_cols
+    if block * element_size > MAX_FUSED_BYTES:
+        raise ValueError(
+            f"rows of {n_cols} elements ({block * element_size} bytes padded) exceed the {MAX_FUSED_BYTES}-byte "
+            "limit of one program"
+        )
+    if block >= 32768:
+        warps = 32
+    elif block >= 8192:
+        warps = 16
+    elif block >= 2048:
+        warps = 8
+    else:
+        warps = 4
+    return block, warps
+
+
+# ---------------------------------------------------------------------------------------------------------
+# input checks: every public op calls these first, so bad input fails here, named, not inside a kernel
+# ---------------------------------------------------------------------------------------------------------
+def check_tensor(name: str, t, *, ndim: int | tuple[int, ...] | None = None, dtypes=SUPPORTED_DTYPES) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if dtypes is not None and t.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} has dtype {t.dtype}; supported: {names}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else ndim
+        if t.dim() not in allowed:
+            raise ValueError(f"{name} must have {' or '.join(map(str, allowed))} dimensions, got shape {tuple(t.shape)}")
+
+
+def check_same_device(**tensors: torch.Tensor) -> None:
+    items = [(k, v) for k, v in tensors.items() if v is not None]
+    first_name, first = items[0]
+    for name, t in items[1:]:
+        if t.device != first.device:
+            raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}; put them on one device")
+
+
+def check_same_dtype(**tensors: torch.Tensor) -> None:
+    items = [(k, v) for k, v in tensors.items() if v is not None]
+    first_name, first = items[0]
+    for name, t in items[1:]:
+        if t.dtype != first.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but {first_name} has {first.dtype}; they must match")
+
+
+def check_same_shape(**tensors: torch.Tensor) -> None:
+    items = list(tensors.items())
+    first_name, first = items[0]
+    for name, t in items[1:]:
+        if t.shape != first.shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)} but {first_name} has {tuple(first.shape)}")
+
+
+def as_rows(x: torch.Tensor) -> torch.Tensor:
+    """View x as (rows, last_dim) with unit stride in the last dim; copies only when no such view exists."""
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    try:
+        return x.view(-1, x.shape[-1])
+    except RuntimeError:
+        return x.reshape(-1, x.shape[-1])
