@@ -4,6 +4,7 @@ set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PIP_NO_INDEX=1
 python3 -m pip install -q --no-deps --no-build-isolation -e . > "$OUT/install.log" 2>&1 || { echo "install failed"; cat "$OUT/install.log"; }
+python3 -c "import litekernels.patches" 2>/dev/null || ln -sfn ../patches litekernels/patches  # editable install fallback
 ls .wheels/*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-deps .wheels/*.whl >> "$OUT/install.log" 2>&1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"

@@ -236,11 +236,11 @@ def _unit_last(t):
 
 
 def _fwd_config(D):
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the forward."""
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the forward (bench/sweep.py, H200, bf16 causal)."""
     if INTERPRET:
         return 16, 16, 1, 1
     if D <= 64:
-        return 128, 64, 4, 3
+        return 128, 64, 8, 4
     if D <= 128:
         return 128, 64, 8, 3
     return 64, 32, 8, 2
@@ -250,9 +250,9 @@ def _bwd_config(D):
     if INTERPRET:
         return 16, 16, 1, 1
     if D <= 64:
-        return 64, 64, 4, 2
+        return 64, 64, 4, 3
     if D <= 128:
-        return 64, 64, 8, 2
+        return 64, 64, 4, 2
     return 32, 32, 8, 1
 
 
@@ -268,14 +268,14 @@ def _mask_args(attn_mask, B, H, Tq, Tk):
     return m, tuple(m.stride())
 
 
-def attention_fwd(q, k, v, causal, scale, attn_mask=None):
+def attention_fwd(q, k, v, causal, scale, attn_mask=None, config=None):
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     B, H, Tq, D = q.shape
     HKV, Tk = k.shape[1], k.shape[2]
     o = torch.empty((B, H, Tq, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, Tq), dtype=torch.float32, device=q.device)
     mask, ms = _mask_args(attn_mask, B, H, Tq, Tk)
-    BM, BN, warps, stages = _fwd_config(D)
+    BM, BN, warps, stages = config or _fwd_config(D)
     BD = max(16, triton.next_power_of_2(D))
     grid = (triton.cdiv(Tq, BM), B * H)
     _attn_fwd_kernel[grid](q, k, v, o, lse, mask if mask is not None else q,
@@ -287,7 +287,7 @@ def attention_fwd(q, k, v, causal, scale, attn_mask=None):
     return o, lse
 
 
-def attention_bwd(do, q, k, v, o, lse, causal, scale, attn_mask=None):
+def attention_bwd(do, q, k, v, o, lse, causal, scale, attn_mask=None, config=None):
     do, q, k, v = _unit_last(do), _unit_last(q), _unit_last(k), _unit_last(v)
     B, H, Tq, D = q.shape
     HKV, Tk = k.shape[1], k.shape[2]
@@ -296,7 +296,7 @@ def attention_bwd(do, q, k, v, o, lse, causal, scale, attn_mask=None):
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
     mask, ms = _mask_args(attn_mask, B, H, Tq, Tk)
-    BM, BN, warps, stages = _bwd_config(D)
+    BM, BN, warps, stages = config or _bwd_config(D)
     BD = max(16, triton.next_power_of_2(D))
     common = dict(CAUSAL=causal, HAS_MASK=mask is not None, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD,
                   IEEE=exact_dot(q.dtype), num_warps=warps, num_stages=stages)

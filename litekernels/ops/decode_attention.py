@@ -108,20 +108,21 @@ def _decode_combine_kernel(O_PART, LSE_PART, O, so_b, so_h, so_t, H, Tq, D, SPLI
 
 
 def choose_splits(batch: int, kv_heads: int, max_len: int, block_n: int = 64) -> int:
-    """Enough splits that batch * kv_heads * splits programs fill the GPU about twice; fixed per cache shape."""
+    """Splits so batch * kv_heads * splits programs fill the GPU about 4 times (at least 16 splits, each at
+    least 256 cache entries); fixed per cache shape, so a captured graph stays valid. bench/sweep.py, H200."""
     if INTERPRET:
         return max(1, min(3, triton.cdiv(max_len, 16)))
-    want = triton.cdiv(2 * num_sms(), batch * kv_heads)
-    return int(max(1, min(want, triton.cdiv(max_len, 4 * block_n), 64)))
+    want = max(16, triton.cdiv(4 * num_sms(), batch * kv_heads))
+    return int(max(1, min(want, triton.cdiv(max_len, 256), 128)))
 
 
-def decode_attention_fwd(q, k_cache, v_cache, lengths, scale, key_mask=None, splits=None):
+def decode_attention_fwd(q, k_cache, v_cache, lengths, scale, key_mask=None, splits=None, config=None):
     if q.stride(-1) != 1:
         q = q.contiguous()
     B, H, Tq, D = q.shape
     HKV, L = k_cache.shape[1], k_cache.shape[2]
     group = H // HKV
-    BN = 16 if INTERPRET else 64
+    BN, warps, stages = (16, 1, 1) if INTERPRET else (config or (64, 4, 3))
     splits = splits or choose_splits(B, HKV, L, BN)
     BM = max(16, triton.next_power_of_2(group * Tq))
     BD = max(16, triton.next_power_of_2(D))
@@ -134,7 +135,7 @@ def decode_attention_fwd(q, k_cache, v_cache, lengths, scale, key_mask=None, spl
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), km.stride(0) if key_mask is not None else 0,
         HKV, group, Tq, D, scale * LOG2E, splits,
         HAS_KEYMASK=key_mask is not None, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD, IEEE=exact_dot(q.dtype),
-        num_warps=1 if INTERPRET else 4, num_stages=1 if INTERPRET else 3)
+        num_warps=warps, num_stages=stages)
     o = torch.empty((B, H, Tq, D), dtype=q.dtype, device=q.device)
     _decode_combine_kernel[(B * H * Tq,)](o_part, lse_part, o, o.stride(0), o.stride(1), o.stride(2), H, Tq, D,
                                           splits, BLOCK_S=max(2, triton.next_power_of_2(splits)), BLOCK_D=BD,
