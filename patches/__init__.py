@@ -16,7 +16,6 @@ import types
 import warnings
 import weakref
 
-import torch
 
 from litekernels import functional as LF
 from litekernels.utils import backend_name
