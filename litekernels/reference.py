@@ -41,6 +41,19 @@ def apply_rope(q, k, cos, sin):
     return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 
+def rope_cache_write(qkv, cos_table, sin_table, positions, k_cache, v_cache, n_heads, n_kv_heads):
+    """Decode step: q, k, v of one token per sequence from the fused projection; k (rotated) and v go to
+    cache slot positions[b] of row b; returns rotated q (B, H, 1, D)."""
+    B = qkv.shape[0]
+    q, k, v = qkv.split([n_heads, n_kv_heads, n_kv_heads], dim=1)  # (B, heads, D)
+    cos, sin = cos_table[positions][:, None], sin_table[positions][:, None]  # (B, 1, D)
+    q, k = apply_rope(q[:, :, None], k[:, :, None], cos, sin)
+    rows = torch.arange(B, device=qkv.device)
+    k_cache[rows, :, positions] = k[:, :, 0].to(k_cache.dtype)
+    v_cache[rows, :, positions] = v.to(v_cache.dtype)
+    return q
+
+
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up, as HF's LlamaMLP computes it."""
     return F.silu(gate) * up

@@ -80,3 +80,26 @@ def test_rope_bad_input(kw, exc, words):
     args.update(kw)
     with pytest.raises(exc, match=words):
         apply_rope(**args)
+
+
+@pytest.mark.parametrize("heads, D", [((9, 3), 64), ((32, 8), 128), ((4, 1), 80)], ids=["smollm", "llama", "d80"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_rope_cache_write_matches_reference(heads, D, dtype):
+    from litekernels.functional import rope_cache_write
+
+    H, KV = heads
+    B, L = 3, 40
+    qkv = rand(B, H + 2 * KV, D, dtype=dtype)
+    ang = torch.rand(L, D // 2, device=DEVICE) * 10
+    cos, sin = torch.cat([ang, ang], -1).cos().to(dtype), torch.cat([ang, ang], -1).sin().to(dtype)
+    pos = torch.tensor([0, 17, L - 1], device=DEVICE)
+    caches = [rand(B + 1, KV, L, D, dtype=dtype) for _ in range(2)]  # one spare row: must stay untouched
+    ref_caches = [c.clone() for c in caches]
+    q = rope_cache_write(qkv, cos, sin, pos, caches[0][:B], caches[1][:B], H, KV)
+    scratch = [c[:B].double() for c in ref_caches]
+    q_ref = reference.rope_cache_write(qkv.double(), cos.double(), sin.double(), pos, *scratch, H, KV)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(q.double(), q_ref, **tol)
+    reference.rope_cache_write(qkv, cos, sin, pos, ref_caches[0][:B], ref_caches[1][:B], H, KV)
+    for got, want in zip(caches, ref_caches):
+        torch.testing.assert_close(got, want, **tol)  # written slots right, every other slot and row unchanged

@@ -11,8 +11,8 @@ Invariants (the graph rules):
   * without CUDA (or with use_cuda_graph=False) the same step runs eagerly: graph output equals eager output.
 
 Per layer a decode step launches: fused residual-add+RMSNorm, one GEMM for q/k/v (weights concatenated once
-by the runtime; the HF parameters are untouched), RoPE, the KV-cache write, flash-decoding (2 kernels), the
-o-projection, fused add+RMSNorm, one GEMM for gate/up, SiLU*mul and the down projection.
+by the runtime; the HF parameters are untouched), one kernel for RoPE + the KV-cache write, flash-decoding
+(split + combine), the o-projection, fused add+RMSNorm, one GEMM for gate/up, SiLU*mul and the down projection.
 """
 
 from __future__ import annotations
@@ -105,7 +105,8 @@ class LlamaRuntime:
         self._graphs: dict[int, tuple] = {}
 
     # ---------------------------------------------------------------------------------------------------------
-    def _layers(self, h, cos, sin, attend):
+    def _layers(self, h, attend):
+        """The decoder stack; attend(i, qkv (B, T, H + 2*Hkv, D)) does RoPE, the cache write and attention."""
         H, KV, D = self.n_heads, self.n_kv, self.head_dim
         residual = None
         for i, L in enumerate(self.layers):
@@ -114,11 +115,8 @@ class LlamaRuntime:
             else:
                 x, residual = LF.fused_add_rms_norm(h, residual, L.w_in, self.eps)
             B, T, _ = x.shape
-            qkv = F.linear(x, L.wqkv, L.bqkv).view(B, T, H + 2 * KV, D)
-            q, k, v = (t.transpose(1, 2) for t in qkv.split([H, KV, KV], dim=2))
-            q, k = LF.apply_rope(q, k, cos, sin)
-            o = attend(i, q, k, v).transpose(1, 2).reshape(B, T, H * D)
-            h = F.linear(o, L.wo, L.bo)
+            o = attend(i, F.linear(x, L.wqkv, L.bqkv).view(B, T, H + 2 * KV, D))  # (B, H, T, D)
+            h = F.linear(o.transpose(1, 2).reshape(B, T, H * D), L.wo, L.bo)
             x, residual = LF.fused_add_rms_norm(h, residual, L.w_post, self.eps)
             gate, up = F.linear(x, L.wgu, L.bgu).split(self.inter, dim=-1)
             h = F.linear(LF.silu_mul(gate, up), L.wdown, L.bdown)
@@ -148,30 +146,31 @@ class LlamaRuntime:
         ids = ids.to(self.device)
         h = F.embedding(ids, self.embed)
         cos, sin = self.cos[:T], self.sin[:T]
+        H, KV = self.n_heads, self.n_kv
 
-        def attend(i, q, k, v):
+        def attend(i, qkv):
+            q, k, v = (t.transpose(1, 2) for t in qkv.split([H, KV, KV], dim=2))
+            q, k = LF.apply_rope(q, k, cos, sin)
             self.k_cache[i, :B, :, :T] = k
             self.v_cache[i, :B, :, :T] = v
             return LF.flash_attention(q, k, v, causal=True, scale=self.scale)
 
-        x = self._layers(h, cos, sin, attend)
+        x = self._layers(h, attend)
         last = torch.as_tensor([n - 1 for n in lens], device=self.device)
         return self._logits(x[torch.arange(B, device=self.device), last])
 
     def _decode_eager(self, tokens, positions):
         B = tokens.shape[0]
         h = F.embedding(tokens[:, None], self.embed)
-        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # (B, 1, D)
-        rows = torch.arange(B, device=self.device)
         lengths = (positions + 1).to(torch.int32)
 
-        def attend(i, q, k, v):
+        def attend(i, qkv):
             kc, vc = self.k_cache[i, :B], self.v_cache[i, :B]
-            kc[rows, :, positions] = k[:, :, 0]
-            vc[rows, :, positions] = v[:, :, 0]
+            # one kernel: RoPE on q and k, k and v written into slot positions[b] of row b
+            q = LF.rope_cache_write(qkv[:, 0], self.cos, self.sin, positions, kc, vc, self.n_heads, self.n_kv)
             return LF.decode_attention(q, kc, vc, lengths, scale=self.scale)
 
-        return self._logits(self._layers(h, cos, sin, attend)[:, 0])
+        return self._logits(self._layers(h, attend)[:, 0])
 
     def _graph(self, bucket: int):
         if bucket not in self._graphs:

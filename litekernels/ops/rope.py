@@ -25,23 +25,35 @@ from ..utils import check_same_device, check_tensor, use_triton
 
 
 @triton.jit
-def _rotate_heads(X, O, sx_b, sx_h, sx_t, so_b, so_h, so_t, b, t, n_heads, c1, c2, s1, s2,
-                  HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BACKWARD: tl.constexpr):
+def _rotate_rows(x_ptr, o_ptr, sx_h, so_h, n_heads, c1, c2, s1, s2,
+                 HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BACKWARD: tl.constexpr):
+    """Rotate n_heads rows of head_dim 2*HALF starting at x_ptr (row stride sx_h) into o_ptr (stride so_h)."""
     h = tl.arange(0, BLOCK_H)
     d = tl.arange(0, BLOCK_D)
     mask = (h[:, None] < n_heads) & (d[None, :] < HALF)
-    x_ptr = X + b * sx_b + t * sx_t + h[:, None] * sx_h + d[None, :]
-    o_ptr = O + b * so_b + t * so_t + h[:, None] * so_h + d[None, :]
-    x1 = tl.load(x_ptr, mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(x_ptr + HALF, mask=mask, other=0.0).to(tl.float32)
+    xp = x_ptr + h[:, None] * sx_h + d[None, :]
+    op = o_ptr + h[:, None] * so_h + d[None, :]
+    x1 = tl.load(xp, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(xp + HALF, mask=mask, other=0.0).to(tl.float32)
     if BACKWARD:
         o1 = x1 * c1 + x2 * s2
         o2 = x2 * c2 - x1 * s1
     else:
         o1 = x1 * c1 - x2 * s1
         o2 = x2 * c2 + x1 * s2
-    tl.store(o_ptr, o1.to(O.dtype.element_ty), mask=mask)
-    tl.store(o_ptr + HALF, o2.to(O.dtype.element_ty), mask=mask)
+    tl.store(op, o1.to(o_ptr.dtype.element_ty), mask=mask)
+    tl.store(op + HALF, o2.to(o_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _load_cos_sin(cos_ptr, sin_ptr, HALF: tl.constexpr, BLOCK_D: tl.constexpr):
+    d = tl.arange(0, BLOCK_D)
+    dmask = d < HALF
+    c1 = tl.load(cos_ptr + d, mask=dmask, other=0.0).to(tl.float32)[None, :]
+    c2 = tl.load(cos_ptr + HALF + d, mask=dmask, other=0.0).to(tl.float32)[None, :]
+    s1 = tl.load(sin_ptr + d, mask=dmask, other=0.0).to(tl.float32)[None, :]
+    s2 = tl.load(sin_ptr + HALF + d, mask=dmask, other=0.0).to(tl.float32)[None, :]
+    return c1, c2, s1, s2
 
 
 @triton.jit
@@ -52,18 +64,32 @@ def _rope_kernel(Q, K, QO, KO, COS, SIN, sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sqo
     pid = tl.program_id(0).to(tl.int64)
     b = pid // n_tokens
     t = pid % n_tokens
-    d = tl.arange(0, BLOCK_D)
-    dmask = d < HALF
-    cos_ptr = COS + b * sc_b + t * sc_t + d
-    sin_ptr = SIN + b * ss_b + t * ss_t + d
-    c1 = tl.load(cos_ptr, mask=dmask, other=0.0).to(tl.float32)[None, :]
-    c2 = tl.load(cos_ptr + HALF, mask=dmask, other=0.0).to(tl.float32)[None, :]
-    s1 = tl.load(sin_ptr, mask=dmask, other=0.0).to(tl.float32)[None, :]
-    s2 = tl.load(sin_ptr + HALF, mask=dmask, other=0.0).to(tl.float32)[None, :]
-    _rotate_heads(Q, QO, sq_b, sq_h, sq_t, sqo_b, sqo_h, sqo_t, b, t, n_q_heads, c1, c2, s1, s2,
-                  HALF, BLOCK_HQ, BLOCK_D, BACKWARD)
-    _rotate_heads(K, KO, sk_b, sk_h, sk_t, sko_b, sko_h, sko_t, b, t, n_k_heads, c1, c2, s1, s2,
-                  HALF, BLOCK_HK, BLOCK_D, BACKWARD)
+    c1, c2, s1, s2 = _load_cos_sin(COS + b * sc_b + t * sc_t, SIN + b * ss_b + t * ss_t, HALF, BLOCK_D)
+    _rotate_rows(Q + b * sq_b + t * sq_t, QO + b * sqo_b + t * sqo_t, sq_h, sqo_h, n_q_heads, c1, c2, s1, s2,
+                 HALF, BLOCK_HQ, BLOCK_D, BACKWARD)
+    _rotate_rows(K + b * sk_b + t * sk_t, KO + b * sko_b + t * sko_t, sk_h, sko_h, n_k_heads, c1, c2, s1, s2,
+                 HALF, BLOCK_HK, BLOCK_D, BACKWARD)
+
+
+@triton.jit
+def _rope_cache_write_kernel(QKV, POS, COS, SIN, QO, KC, VC, s_qkv_b, s_cos_t, sqo_b, sqo_h,
+                             skc_b, skc_h, skc_t, svc_b, svc_h, svc_t, n_q_heads, n_k_heads,
+                             HALF: tl.constexpr, D: tl.constexpr, BLOCK_HQ: tl.constexpr,
+                             BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Decode: one program per sequence b. qkv row = [q heads | k heads | v heads] x head_dim (contiguous);
+    rotates q into QO, rotates k into the cache slot POS[b], copies v into its slot: one launch per layer."""
+    b = tl.program_id(0).to(tl.int64)
+    pos = tl.load(POS + b).to(tl.int64)
+    c1, c2, s1, s2 = _load_cos_sin(COS + pos * s_cos_t, SIN + pos * s_cos_t, HALF, BLOCK_D)
+    row = QKV + b * s_qkv_b
+    _rotate_rows(row, QO + b * sqo_b, D, sqo_h, n_q_heads, c1, c2, s1, s2, HALF, BLOCK_HQ, BLOCK_D, False)
+    _rotate_rows(row + n_q_heads * D, KC + b * skc_b + pos * skc_t, D, skc_h, n_k_heads, c1, c2, s1, s2,
+                 HALF, BLOCK_HK, BLOCK_D, False)
+    h = tl.arange(0, BLOCK_HK)
+    d = tl.arange(0, 2 * BLOCK_D)
+    mask = (h[:, None] < n_k_heads) & (d[None, :] < D)
+    v = tl.load(row + (n_q_heads + n_k_heads) * D + h[:, None] * D + d[None, :], mask=mask, other=0.0)
+    tl.store(VC + b * svc_b + pos * svc_t + h[:, None] * svc_h + d[None, :], v.to(VC.dtype.element_ty), mask=mask)
 
 
 def _unit_last(t):
@@ -135,3 +161,30 @@ def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.T
     if not use_triton(q):
         return reference.apply_rope(q, k, cos, sin)
     return LiteRoPEFunction.apply(q, k, cos, sin)
+
+
+def rope_cache_write(qkv, cos_table, sin_table, positions, k_cache, v_cache, n_heads: int, n_kv_heads: int):
+    """Decode step: rotate q and k of one new token per sequence and write k, v into the static cache.
+
+    qkv: (B, H + 2*Hkv, D), the fused projection's output (q heads, then k heads, then v heads);
+    cos_table, sin_table: (L, D), cos/sin per position; positions: (B,) int64 on the device, the slot of
+    each sequence's new token; k_cache, v_cache: (B, Hkv, L, D). Returns q rotated, (B, H, 1, D). No autograd.
+    """
+    check_tensor("qkv", qkv, ndim=3)
+    B, n_rows, D = qkv.shape
+    if n_rows != n_heads + 2 * n_kv_heads:
+        raise ValueError(f"qkv has {n_rows} head rows; expected n_heads + 2 * n_kv_heads = {n_heads + 2 * n_kv_heads}")
+    if k_cache.shape[0] < B or k_cache.shape[1] != n_kv_heads or k_cache.shape[3] != D or k_cache.shape != v_cache.shape:
+        raise ValueError(f"caches of shape {tuple(k_cache.shape)}/{tuple(v_cache.shape)} do not fit qkv {tuple(qkv.shape)}")
+    if not use_triton(qkv):
+        return reference.rope_cache_write(qkv, cos_table, sin_table, positions, k_cache, v_cache, n_heads, n_kv_heads)
+    qkv = qkv if qkv.stride(-1) == 1 and qkv.stride(1) == D else qkv.contiguous()
+    q = torch.empty((B, n_heads, 1, D), dtype=qkv.dtype, device=qkv.device)
+    half = D // 2
+    _rope_cache_write_kernel[(B,)](
+        qkv, positions, cos_table, sin_table, q, k_cache, v_cache, qkv.stride(0), cos_table.stride(0),
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), n_heads, n_kv_heads,
+        HALF=half, D=D, BLOCK_HQ=triton.next_power_of_2(n_heads), BLOCK_HK=triton.next_power_of_2(n_kv_heads),
+        BLOCK_D=triton.next_power_of_2(half), num_warps=4)
+    return q
