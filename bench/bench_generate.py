@@ -2,8 +2,9 @@
 
 Random bf16 weights at Llama-3.2-1B shape (16 layers, hidden 2048, 32/8 heads, head_dim 64, vocab 128256,
 tied embeddings), prompts of 128 random tokens, 256 new tokens, EOS ignored. Providers:
-  lite-graph   our runtime, decode replayed from a CUDA graph
-  lite-eager   our runtime, the same decode step launched eagerly
+  lite-graph         our runtime, decode replayed from a CUDA graph (projections: our skinny GEMM)
+  lite-graph-cublas  the same with the projections on cuBLAS (F.linear)
+  lite-eager         our runtime, the same decode step launched eagerly
   hf-eager     HF generate, attn_implementation="eager", dynamic cache
   hf-sdpa      HF generate, sdpa, dynamic cache
   hf-static    HF generate, sdpa, cache_implementation="static", disable_compile=True
@@ -63,21 +64,22 @@ def bench_hf(model, ids, new, impl, static):
     return t_pre, t_all - t_pre
 
 
-def bench_lite(model, prompts, new, graph):
+def bench_lite(model, prompts, new, graph, skinny=True):
     from litekernels.generation import generate_ids
 
-    generate_ids(model, prompts, 8, use_cuda_graph=graph)  # warm-up: compile, capture
+    kw = dict(use_cuda_graph=graph, skinny_gemm=skinny)
+    generate_ids(model, prompts, 8, **kw)  # warm-up: compile, capture
     torch.cuda.synchronize()
-    out, t_pre, t_dec = generate_ids(model, prompts, new, use_cuda_graph=graph)
+    out, t_pre, t_dec = generate_ids(model, prompts, new, **kw)
     assert out.shape == (len(prompts), new)
     return t_pre, t_dec
 
 
-def step_profile(model, batch):
+def step_profile(model, batch, skinny=True):
     """Kernels launched by one eager decode step, and the graph-replayed step time."""
     from litekernels.generation.api import get_runtime
 
-    rt = get_runtime(model, batch, 512, use_cuda_graph=True)
+    rt = get_runtime(model, batch, 512, use_cuda_graph=True, skinny_gemm=skinny)
     tok = torch.zeros(batch, dtype=torch.long, device="cuda")
     pos = torch.full((batch,), 200, dtype=torch.long, device="cuda")
     rt._decode_eager(tok, pos)
@@ -103,7 +105,7 @@ def main(argv=None):
     p.add_argument("--new", type=int, default=256)
     p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--layers", type=int, default=16)
-    p.add_argument("--providers", default="lite-graph,lite-eager,hf-eager,hf-sdpa,hf-static")
+    p.add_argument("--providers", default="lite-graph,lite-graph-cublas,lite-eager,hf-eager,hf-sdpa,hf-static")
     args = p.parse_args(argv)
     from bench.bench_ops import copy_bandwidth
 
@@ -125,7 +127,8 @@ def main(argv=None):
         for prov in args.providers.split(","):
             try:
                 if prov.startswith("lite"):
-                    t_pre, t_dec = bench_lite(model, prompts, args.new, prov == "lite-graph")
+                    t_pre, t_dec = bench_lite(model, prompts, args.new, prov.startswith("lite-graph"),
+                                              skinny=not prov.endswith("cublas"))
                 else:
                     impl = "eager" if prov == "hf-eager" else "sdpa"
                     t_pre, t_dec = bench_hf(model, ids, args.new, impl, prov == "hf-static")
@@ -139,6 +142,7 @@ def main(argv=None):
     model.set_attn_implementation("sdpa")
     try:
         profile = {str(B): step_profile(model, B) for B in (1, 8)}
+        profile["1-cublas"] = step_profile(model, 1, skinny=False)
     except Exception as e:  # noqa: BLE001 - the throughput rows above are still worth writing
         profile = {"error": repr(e)[:300]}
     print(json.dumps(profile, indent=1), flush=True)

@@ -24,22 +24,27 @@ class GenerationResult:
     decode_tokens_per_s: float  # all sequences of the call together
 
 
-def get_runtime(model, batch: int, total_len: int, use_cuda_graph: bool | None = None) -> LlamaRuntime:
+def get_runtime(model, batch: int, total_len: int, use_cuda_graph: bool | None = None,
+                skinny_gemm: bool | None = None) -> LlamaRuntime:
     """The runtime cached on the model, (re)built when it is too small or the graph setting changed."""
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and total_len > limit:
         raise ValueError(f"prompt + max_new_tokens = {total_len} tokens exceeds the model's "
                          f"max_position_embeddings={limit}")
     rt = getattr(model, "_lite_runtime", None)
-    want_graph = (next(model.parameters()).device.type == "cuda") if use_cuda_graph is None else use_cuda_graph
-    if rt is None or rt.max_batch < batch or rt.max_seq_len < total_len or rt.use_cuda_graph != want_graph:
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    want_graph = on_cuda if use_cuda_graph is None else use_cuda_graph
+    skinny_gemm = on_cuda if skinny_gemm is None else skinny_gemm
+    if (rt is None or rt.max_batch < batch or rt.max_seq_len < total_len or rt.use_cuda_graph != want_graph
+            or rt.skinny_gemm != skinny_gemm):
         old_batch, old_len = (rt.max_batch, rt.max_seq_len) if rt is not None else (1, 256)
         rt = None
         model.__dict__.pop("_lite_runtime", None)
         size = 256
         while size < max(total_len, old_len):
             size *= 2
-        rt = LlamaRuntime(model, max_batch=max(batch, old_batch), max_seq_len=size, use_cuda_graph=want_graph)
+        rt = LlamaRuntime(model, max_batch=max(batch, old_batch), max_seq_len=size, use_cuda_graph=want_graph,
+                          skinny_gemm=skinny_gemm)
         object.__setattr__(model, "_lite_runtime", rt)
     return rt
 
@@ -80,14 +85,14 @@ def _cut_at_stop(text: str, stop) -> tuple[str, bool]:
 @torch.no_grad()
 def generate_ids(model, prompts: list[list[int]], max_new_tokens: int, *, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, eos_ids=(), seed: int | None = None,
-                 use_cuda_graph: bool | None = None):
+                 use_cuda_graph: bool | None = None, skinny_gemm: bool | None = None):
     """Token-level loop. Returns (tokens (B, steps) on the device, prefill seconds, decode seconds).
 
     A sequence that produced one of `eos_ids` keeps repeating it; the loop ends when all have (checked on the
     host once every SYNC_EVERY steps) or after max_new_tokens.
     """
     check_sampling(temperature, top_k, top_p)
-    rt = get_runtime(model, len(prompts), _check_len(prompts, max_new_tokens), use_cuda_graph)
+    rt = get_runtime(model, len(prompts), _check_len(prompts, max_new_tokens), use_cuda_graph, skinny_gemm)
     dev, B = rt.device, len(prompts)
     gen = torch.Generator(device=dev).manual_seed(seed) if seed is not None else None
     eos = torch.as_tensor(list(eos_ids) or [-1], device=dev)

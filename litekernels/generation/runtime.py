@@ -10,7 +10,7 @@ Invariants (the graph rules):
   * warm-up and capture write only the last cache slot, which a sequence overwrites before it can attend it;
   * without CUDA (or with use_cuda_graph=False) the same step runs eagerly: graph output equals eager output.
 
-Per layer a decode step launches: fused residual-add+RMSNorm, one GEMM for q/k/v (weights concatenated once
+Per layer a decode step launches: fused residual-add+RMSNorm, one skinny GEMM (ops/linear.py) for q/k/v (weights concatenated once
 by the runtime; the HF parameters are untouched), one kernel for RoPE + the KV-cache write, flash-decoding
 (split + combine), the o-projection, fused add+RMSNorm, one GEMM for gate/up, SiLU*mul and the down projection.
 """
@@ -58,7 +58,8 @@ class LlamaRuntime:
     logits = runtime.decode(next_tokens, positions)         # one token per sequence
     """
 
-    def __init__(self, model, *, max_batch: int = 8, max_seq_len: int = 2048, use_cuda_graph: bool | None = None):
+    def __init__(self, model, *, max_batch: int = 8, max_seq_len: int = 2048, use_cuda_graph: bool | None = None,
+                 skinny_gemm: bool | None = None):
         from litekernels.patches.registry import find_architecture
 
         find_architecture(model)  # TypeError for non-Llama models
@@ -72,6 +73,10 @@ class LlamaRuntime:
         if self.use_cuda_graph and self.device.type != "cuda":
             raise ValueError("use_cuda_graph=True needs the model on a CUDA device")
         self.config = cfg
+        # decode projections through our skinny GEMM (ops/linear.py) on CUDA; prefill and > 16 rows use cuBLAS
+        # anyway. Off on the CPU: the interpreter would only be slow there, and test_linear covers the kernel.
+        self.skinny_gemm = (self.device.type == "cuda") if skinny_gemm is None else skinny_gemm
+        self._linear = LF.decode_linear if skinny_gemm else F.linear
         self.max_batch, self.max_seq_len = max_batch, max_seq_len
         self.n_heads = cfg.num_attention_heads
         self.n_kv = cfg.num_key_value_heads
@@ -115,16 +120,16 @@ class LlamaRuntime:
             else:
                 x, residual = LF.fused_add_rms_norm(h, residual, L.w_in, self.eps)
             B, T, _ = x.shape
-            o = attend(i, F.linear(x, L.wqkv, L.bqkv).view(B, T, H + 2 * KV, D))  # (B, H, T, D)
-            h = F.linear(o.transpose(1, 2).reshape(B, T, H * D), L.wo, L.bo)
+            o = attend(i, self._linear(x, L.wqkv, L.bqkv).view(B, T, H + 2 * KV, D))  # (B, H, T, D)
+            h = self._linear(o.transpose(1, 2).reshape(B, T, H * D), L.wo, L.bo)
             x, residual = LF.fused_add_rms_norm(h, residual, L.w_post, self.eps)
-            gate, up = F.linear(x, L.wgu, L.bgu).split(self.inter, dim=-1)
-            h = F.linear(LF.silu_mul(gate, up), L.wdown, L.bdown)
+            gate, up = self._linear(x, L.wgu, L.bgu).split(self.inter, dim=-1)
+            h = self._linear(LF.silu_mul(gate, up), L.wdown, L.bdown)
         x, _ = LF.fused_add_rms_norm(h, residual, self.norm_w, self.eps)
         return x
 
     def _logits(self, x):
-        return F.linear(x, self.lm_head, self.lm_bias)
+        return self._linear(x, self.lm_head, self.lm_bias)
 
     @torch.no_grad()
     def prefill(self, prompts: list[list[int]]) -> torch.Tensor:

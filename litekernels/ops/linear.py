@@ -1,0 +1,68 @@
+"""Skinny GEMM for decode: y = x @ W^T (+ b) with few rows in x (one per sequence), read-bandwidth bound.
+
+At batch 1-16 a decode projection reads the whole weight once and does almost no arithmetic, so its floor is
+weight bytes / HBM bandwidth. cuBLAS picks tiles for larger M and leaves bandwidth unused on the small
+q/k/v and o projections of a 1B model (bench/results/generate-*.json). Here each program owns BLOCK_N output
+columns, streams its [BLOCK_N, K] slab of W in BLOCK_K chunks (software-pipelined loads), and multiplies with
+tl.dot against x padded to 16 rows; no split-K, so no reduction pass. Forward only (decode runs under no_grad).
+Usage: y = decode_linear(x, weight, bias)      # x (..., K) with at most 16 rows in all
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .._triton import tl, triton
+from ..utils import INTERPRET, check_same_device, check_tensor, use_triton
+from .attention import _dot, exact_dot
+
+MAX_ROWS = 16
+
+
+@triton.jit
+def _skinny_gemm_kernel(X, W, B, Y, M, N, K, sx_m, sw_n, sy_m, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
+                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m = tl.arange(0, BLOCK_M)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(X + m[:, None] * sx_m + k[None, :], mask=(m[:, None] < M) & (k[None, :] < K), other=0.0)
+        w = tl.load(W + n[:, None] * sw_n + k[None, :], mask=(n[:, None] < N) & (k[None, :] < K), other=0.0)
+        acc += _dot(x, tl.trans(w), IEEE)
+    if HAS_BIAS:
+        acc += tl.load(B + n, mask=n < N, other=0.0).to(tl.float32)[None, :]
+    tl.store(Y + m[:, None] * sy_m + n[None, :], acc.to(Y.dtype.element_ty), mask=(m[:, None] < M) & (n[None, :] < N))
+
+
+def _config(N: int, K: int):
+    """(BLOCK_N, BLOCK_K, num_warps, num_stages)."""
+    if INTERPRET:
+        return 16, 32, 1, 1
+    return 16, 512, 4, 4
+
+
+def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, config=None):
+    """F.linear for at most 16 rows of x, tuned for reading the weight at HBM speed. Falls back to F.linear
+    when there are more rows, when the tensors are not on CUDA/the interpreter, or when grad is needed."""
+    check_tensor("x", x)
+    check_tensor("weight", weight, ndim=2, dtypes=(x.dtype,))
+    check_same_device(x=x, weight=weight, bias=bias)
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"x's last dimension {x.shape[-1]} != weight's in_features {weight.shape[1]}")
+    rows = x.numel() // max(x.shape[-1], 1)
+    if (rows > MAX_ROWS or not use_triton(x) or weight.stride(-1) != 1
+            or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
+        return F.linear(x, weight, bias)
+    K, N = weight.shape[1], weight.shape[0]
+    x2 = x.reshape(rows, K)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    y = torch.empty((rows, N), dtype=x.dtype, device=x.device)
+    BN, BK, warps, stages = config or _config(N, K)
+    _skinny_gemm_kernel[(triton.cdiv(N, BN),)](
+        x2, weight, bias if bias is not None else weight, y, rows, N, K, x2.stride(0), weight.stride(0), y.stride(0),
+        HAS_BIAS=bias is not None, BLOCK_M=16, BLOCK_N=BN, BLOCK_K=BK, IEEE=exact_dot(x.dtype),
+        num_warps=warps, num_stages=stages)
+    return y.view(*x.shape[:-1], N)
