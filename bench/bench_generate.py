@@ -3,7 +3,7 @@
 Random bf16 weights at Llama-3.2-1B shape (16 layers, hidden 2048, 32/8 heads, head_dim 64, vocab 128256,
 tied embeddings), prompts of 128 random tokens, 256 new tokens, EOS ignored. Providers:
   lite-graph         our runtime, decode replayed from a CUDA graph (projections: our skinny GEMM)
-  lite-graph-cublas  the same with the projections on cuBLAS (F.linear)
+  lite-graph-cublas  the same with the projections on cuBLAS (F.linear), the runtime's default
   lite-eager         our runtime, the same decode step launched eagerly
   hf-eager     HF generate, attn_implementation="eager", dynamic cache
   hf-sdpa      HF generate, sdpa, dynamic cache
@@ -82,6 +82,7 @@ def step_profile(model, batch, skinny=True):
     rt = get_runtime(model, batch, 512, use_cuda_graph=True, skinny_gemm=skinny)
     tok = torch.zeros(batch, dtype=torch.long, device="cuda")
     pos = torch.full((batch,), 200, dtype=torch.long, device="cuda")
+    torch.set_grad_enabled(False)  # as in generate(): decode_linear falls back to F.linear under autograd
     rt._decode_eager(tok, pos)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         rt._decode_eager(tok, pos)
@@ -93,6 +94,7 @@ def step_profile(model, batch, skinny=True):
         by_name[key] = by_name.get(key, 0) + e.device_time_total
     graph_ms = do_bench(lambda: rt.decode(tok, pos), warmup=25, rep=200, return_mode="median")
     eager_ms = do_bench(lambda: rt._decode_eager(tok, pos), warmup=10, rep=100, return_mode="median")
+    torch.set_grad_enabled(True)
     top = sorted(by_name.items(), key=lambda kv: -kv[1])[:12]
     return {"kernels_per_step": len(kernels), "graph_step_ms": graph_ms, "eager_step_ms": eager_ms,
             "graph_ms_per_layer": graph_ms / len(rt.layers),

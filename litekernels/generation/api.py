@@ -34,7 +34,7 @@ def get_runtime(model, batch: int, total_len: int, use_cuda_graph: bool | None =
     rt = getattr(model, "_lite_runtime", None)
     on_cuda = next(model.parameters()).device.type == "cuda"
     want_graph = on_cuda if use_cuda_graph is None else use_cuda_graph
-    skinny_gemm = on_cuda if skinny_gemm is None else skinny_gemm
+    skinny_gemm = bool(skinny_gemm)
     if (rt is None or rt.max_batch < batch or rt.max_seq_len < total_len or rt.use_cuda_graph != want_graph
             or rt.skinny_gemm != skinny_gemm):
         old_batch, old_len = (rt.max_batch, rt.max_seq_len) if rt is not None else (1, 256)

@@ -10,7 +10,7 @@ Invariants (the graph rules):
   * warm-up and capture write only the last cache slot, which a sequence overwrites before it can attend it;
   * without CUDA (or with use_cuda_graph=False) the same step runs eagerly: graph output equals eager output.
 
-Per layer a decode step launches: fused residual-add+RMSNorm, one skinny GEMM (ops/linear.py) for q/k/v (weights concatenated once
+Per layer a decode step launches: fused residual-add+RMSNorm, one GEMM for q/k/v (weights concatenated once
 by the runtime; the HF parameters are untouched), one kernel for RoPE + the KV-cache write, flash-decoding
 (split + combine), the o-projection, fused add+RMSNorm, one GEMM for gate/up, SiLU*mul and the down projection.
 """
@@ -73,9 +73,10 @@ class LlamaRuntime:
         if self.use_cuda_graph and self.device.type != "cuda":
             raise ValueError("use_cuda_graph=True needs the model on a CUDA device")
         self.config = cfg
-        # decode projections through our skinny GEMM (ops/linear.py) on CUDA; prefill and > 16 rows use cuBLAS
-        # anyway. Off on the CPU: the interpreter would only be slow there, and test_linear covers the kernel.
-        self.skinny_gemm = (self.device.type == "cuda") if skinny_gemm is None else skinny_gemm
+        # Opt-in: decode projections through our skinny GEMM (ops/linear.py). Measured end to end on an H200
+        # (bench/results/generate-H200.json) it ties cuBLAS at batch 1 (870 vs 870 tok/s) and trails at batch 8
+        # (6430 vs 6622), so cuBLAS (F.linear) is the default.
+        self.skinny_gemm = bool(skinny_gemm)
         self._linear = LF.decode_linear if skinny_gemm else F.linear
         self.max_batch, self.max_seq_len = max_batch, max_seq_len
         self.n_heads = cfg.num_attention_heads

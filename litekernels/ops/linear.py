@@ -5,6 +5,9 @@ weight bytes / HBM bandwidth. cuBLAS picks tiles for larger M and leaves bandwid
 q/k/v and o projections of a 1B model (bench/results/generate-*.json). Here each program owns BLOCK_N output
 columns, streams its [BLOCK_N, K] slab of W in BLOCK_K chunks (software-pipelined loads), and multiplies with
 tl.dot against x padded to 16 rows; no split-K, so no reduction pass. Forward only (decode runs under no_grad).
+Measured (H200): per projection it matches or beats cuBLAS by up to 10% under do_bench, but inside the
+graph-replayed decode step of a 1B model it ties (batch 1) or trails by 3% (batch 8), so the generation
+runtime keeps cuBLAS by default and takes this with skinny_gemm=True.
 Usage: y = decode_linear(x, weight, bias)      # x (..., K) with at most 16 rows in all
 """
 
