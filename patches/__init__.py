@@ -32,8 +32,13 @@ _MISSING = object()
 # ------------------------------------------------------------------------------------------------------------
 # replacement forwards (shared by every architecture)
 # ------------------------------------------------------------------------------------------------------------
+def _local(t):
+    """A replicated DTensor parameter (transformers' tensor parallel) as the plain tensor our kernels read."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 def _rms_norm_forward(self, hidden_states):
-    return LF.rms_norm(hidden_states, self.weight, self.variance_epsilon)
+    return LF.rms_norm(hidden_states, _local(self.weight), self.variance_epsilon)
 
 
 def _mlp_forward(self, x):
