@@ -83,28 +83,30 @@ def check_tensor(name: str, t, *, ndim: int | tuple[int, ...] | None = None, dty
             raise ValueError(f"{name} must have {' or '.join(map(str, allowed))} dimensions, got shape {tuple(t.shape)}")
 
 
-def check_same_device(**tensors: torch.Tensor) -> None:
+def _check_same(attr: str, exc, message: str, tensors: dict) -> None:
+    """Every non-None tensor's `attr` equals the first one's, else `exc(message.format(...))`."""
+    def get(t):
+        value = getattr(t, attr)
+        return tuple(value) if isinstance(value, torch.Size) else value
+
     items = [(k, v) for k, v in tensors.items() if v is not None]
     first_name, first = items[0]
     for name, t in items[1:]:
-        if t.device != first.device:
-            raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}; put them on one device")
+        if get(t) != get(first):
+            raise exc(message.format(name=name, value=get(t), first=first_name, first_value=get(first)))
+
+
+def check_same_device(**tensors: torch.Tensor) -> None:
+    _check_same("device", ValueError, "{name} is on {value} but {first} is on {first_value}; put them on one device",
+                tensors)
 
 
 def check_same_dtype(**tensors: torch.Tensor) -> None:
-    items = [(k, v) for k, v in tensors.items() if v is not None]
-    first_name, first = items[0]
-    for name, t in items[1:]:
-        if t.dtype != first.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but {first_name} has {first.dtype}; they must match")
+    _check_same("dtype", TypeError, "{name} has dtype {value} but {first} has {first_value}; they must match", tensors)
 
 
 def check_same_shape(**tensors: torch.Tensor) -> None:
-    items = list(tensors.items())
-    first_name, first = items[0]
-    for name, t in items[1:]:
-        if t.shape != first.shape:
-            raise ValueError(f"{name} has shape {tuple(t.shape)} but {first_name} has {tuple(first.shape)}")
+    _check_same("shape", ValueError, "{name} has shape {value} but {first} has {first_value}", tensors)
 
 
 def as_rows(x: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,35 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _online_softmax_step(acc, m_i, l_i, s, v, IEEE: tl.constexpr):
+    """Fold one tile of log2-scaled scores s (rows x keys, -inf = masked) and its values v into the running
+    (acc, max, sum); rows that have seen only -inf keep max -inf and sum 0."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.math.exp2(m_i - m_safe)
+    p = tl.math.exp2(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _finish_rows(acc, m_i, l_i, EMPTY_LSE):
+    """(output, log2-sum-exp) of the finished rows; a row with no key gets output 0 and lse EMPTY_LSE."""
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    return acc / l_safe[:, None], tl.where(empty, EMPTY_LSE, m_i + tl.math.log2(l_safe))
+
+
+@triton.jit
+def _query_tile(H, GROUP, BLOCK_M: tl.constexpr):
+    """Program (query block, batch*head) -> (batch*head, batch, head, its KV head, first query row)."""
+    pid_bh = tl.program_id(1).to(tl.int64)
+    h = pid_bh % H
+    return pid_bh, pid_bh // H, h, h // GROUP, tl.program_id(0) * BLOCK_M
+
+
+@triton.jit
 def _attn_fwd_inner(acc, m_i, l_i, q, K, V, MASK, k_base, v_base, mask_base, stride_kn, stride_vn, stride_mn,
                     offs_m, offs_n, offs_d, lo, hi, Tk, D, OFFSET, qk_scale,
                     MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
@@ -60,15 +89,9 @@ def _attn_fwd_inner(acc, m_i, l_i, q, K, V, MASK, k_base, v_base, mask_base, str
                 mk = tl.load(MASK + mask_base + n[None, :] * stride_mn, mask=valid, other=0)
                 valid = valid & (mk != 0)
             s = tl.where(valid, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.math.exp2(m_i - m_safe)
-        p = tl.math.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(V + v_base + n[:, None] * stride_vn + offs_d[None, :],
                     mask=(n[:, None] < Tk) & (offs_d[None, :] < D), other=0.0)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
-        m_i = m_new
+        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v, IEEE)
     return acc, m_i, l_i
 
 
@@ -79,13 +102,8 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, MASK,
                      H, GROUP, Tq, Tk, D, qk_scale,
                      CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_D: tl.constexpr, IEEE: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1).to(tl.int64)
-    b = pid_bh // H
-    h = pid_bh % H
-    kvh = h // GROUP
+    pid_bh, b, h, kvh, m_start = _query_tile(H, GROUP, BLOCK_M)
     OFFSET = Tk - Tq
-    m_start = pid_m * BLOCK_M
     offs_m = m_start + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -113,11 +131,8 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, MASK,
     acc, m_i, l_i = _attn_fwd_inner(acc, m_i, l_i, q, K, V, MASK, k_base, v_base, mask_base, sk_n, sv_n, smk_n,
                                     offs_m, offs_n, offs_d, full_hi, hi, Tk, D, OFFSET, qk_scale,
                                     True, CAUSAL, HAS_MASK, BLOCK_N, IEEE)
-    empty = l_i == 0.0
-    l_safe = tl.where(empty, 1.0, l_i)
-    out = acc / l_safe[:, None]
     # an empty row stores lse = +inf, so the backward's exp2(s - lse) is 0 there
-    lse = tl.where(empty, float("inf"), m_i + tl.math.log2(l_safe))
+    out, lse = _finish_rows(acc, m_i, l_i, float("inf"))
     row_ok = offs_m < Tq
     tl.store(LSE + pid_bh * Tq + offs_m, lse, mask=row_ok)
     tl.store(O + b * so_b + h * so_h + offs_m[:, None] * so_m + offs_d[None, :], out.to(O.dtype.element_ty),
@@ -192,13 +207,8 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, MASK,
                         H, GROUP, Tq, Tk, D, scale, qk_scale,
                         CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_D: tl.constexpr, IEEE: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1).to(tl.int64)
-    b = pid_bh // H
-    h = pid_bh % H
-    kvh = h // GROUP
+    pid_bh, b, h, kvh, m_start = _query_tile(H, GROUP, BLOCK_M)
     OFFSET = Tk - Tq
-    m_start = pid_m * BLOCK_M
     offs_m = m_start + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_nb = tl.arange(0, BLOCK_N)

@@ -24,7 +24,7 @@ import torch
 from .. import reference
 from .._triton import tl, triton
 from ..utils import INTERPRET, check_tensor, num_sms, use_triton
-from .attention import LOG2E, _dot, check_attention_inputs, exact_dot
+from .attention import LOG2E, _dot, _finish_rows, _online_softmax_step, check_attention_inputs, exact_dot
 
 
 @triton.jit
@@ -68,22 +68,14 @@ def _decode_split_kernel(Q, K, V, LENGTHS, KEYMASK, O_PART, LSE_PART,
             km = tl.load(KEYMASK + b * skm_b + n, mask=n_ok, other=0)
             valid = valid & (km != 0)[None, :]
         s = tl.where(valid, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.math.exp2(m_i - m_safe)
-        p = tl.math.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_base + n[:, None] * sv_n + offs_d[None, :], mask=n_ok[:, None] & (offs_d[None, :] < D),
                     other=0.0)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
-        m_i = m_new
-    empty = l_i == 0.0
-    l_safe = tl.where(empty, 1.0, l_i)
-    lse = tl.where(empty, float("-inf"), m_i + tl.math.log2(l_safe))
+        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v, IEEE)
+    out, lse = _finish_rows(acc, m_i, l_i, float("-inf"))
     # scratch layout: O_PART (B, H, Tq, SPLITS, D), LSE_PART (B, H, Tq, SPLITS)
     row = ((b * HKV * GROUP + h) * Tq + t) * SPLITS + split
     tl.store(LSE_PART + row, lse, mask=row_ok)
-    tl.store(O_PART + row[:, None] * D + offs_d[None, :], acc / l_safe[:, None],
+    tl.store(O_PART + row[:, None] * D + offs_d[None, :], out,
              mask=row_ok[:, None] & (offs_d[None, :] < D))
 
 
