@@ -50,29 +50,33 @@ def _rms_norm_fwd_kernel(X, R, W, Y, H, RSTD, stride_x, stride_r, stride_y, stri
 
 @triton.jit
 def _rms_norm_bwd_kernel(DY, X, W, RSTD, DH, DX, DW_PART, stride_dy, stride_x, stride_dh, stride_dx,
-                         n_rows, n_cols, rows_per_program, BLOCK: tl.constexpr, HAS_DH: tl.constexpr):
+                         n_rows, n_cols, rows_per_program, BLOCK: tl.constexpr, ROWS: tl.constexpr,
+                         HAS_DH: tl.constexpr):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
-    mask = cols < n_cols
-    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    col_ok = cols < n_cols
+    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
     dw = tl.zeros([BLOCK], dtype=tl.float32)
     row_start = pid.to(tl.int64) * rows_per_program
-    n_local = tl.minimum(rows_per_program, n_rows - row_start)
-    for i in range(0, n_local):
-        r = row_start + i
-        dy = tl.load(DY + r * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
-        x = tl.load(X + r * stride_x + cols, mask=mask, other=0.0)
-        rstd = tl.load(RSTD + r)
-        xn = x.to(tl.float32) * rstd
-        dw += dy * xn.to(X.dtype.element_ty).to(tl.float32)
-        g = dy * w
-        dx = rstd * (g - xn * (tl.sum(g * xn, axis=0) / n_cols))
+    row_end = tl.minimum(row_start + rows_per_program, n_rows)
+    for i in range(0, rows_per_program, ROWS):
+        r = row_start + i + tl.arange(0, ROWS)  # ROWS rows at once: more loads in flight per program
+        row_ok = r < row_end
+        mask = row_ok[:, None] & col_ok[None, :]
+        dy = tl.load(DY + r[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(X + r[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
+        rstd = tl.load(RSTD + r, mask=row_ok, other=0.0)
+        xn = x.to(tl.float32) * rstd[:, None]
+        dw += tl.sum(dy * xn.to(X.dtype.element_ty).to(tl.float32), axis=0)
+        g = dy * w[None, :]
+        dx = rstd[:, None] * (g - xn * (tl.sum(g * xn, axis=1) / n_cols)[:, None])
         if HAS_DH:
-            dx += tl.load(DH + r * stride_dh + cols, mask=mask, other=0.0).to(tl.float32)
-        tl.store(DX + r * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
-    tl.store(DW_PART + pid.to(tl.int64) * n_cols + cols, dw, mask=mask)
+            dx += tl.load(DH + r[:, None] * stride_dh + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        tl.store(DX + r[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+    tl.store(DW_PART + pid.to(tl.int64) * n_cols + cols, dw, mask=col_ok)
 
 
+BWD_TILE = 8192  # elements per backward iteration (rows x columns)
 FWD_TILE = 8192  # elements per forward program: short rows share one (H200 sweep: 2 rows x 4096, 16 warps best)
 
 
@@ -107,7 +111,9 @@ def rms_norm_bwd(dy, x, weight, rstd, dh=None):
     shape = x.shape
     x2, dy2 = as_rows(x), as_rows(dy)
     n_rows, n_cols = x2.shape
-    block, warps = row_settings(n_cols, max(x.element_size(), dy.element_size()))
+    block, _ = row_settings(n_cols, max(x.element_size(), dy.element_size()))
+    rows = max(1, min(BWD_TILE // block, triton.next_power_of_2(max(n_rows, 1))))
+    _, warps = row_settings(block * rows, 2)
     dx = torch.empty((n_rows, n_cols), dtype=x.dtype, device=x.device)
     dh2 = as_rows(dh) if dh is not None else dy2
     programs = max(1, min(n_rows, 2 * num_sms(x.device.index or 0) if x.is_cuda else num_sms()))
@@ -116,7 +122,7 @@ def rms_norm_bwd(dy, x, weight, rstd, dh=None):
     if n_rows:
         _rms_norm_bwd_kernel[(programs,)](dy2, x2, weight, rstd, dh2, dx, dw_part, dy2.stride(0), x2.stride(0),
                                           dh2.stride(0), dx.stride(0), n_rows, n_cols, rows_per_program,
-                                          BLOCK=block, HAS_DH=dh is not None, num_warps=warps)
+                                          BLOCK=block, ROWS=rows, HAS_DH=dh is not None, num_warps=warps)
         dw = dw_part.sum(0).to(weight.dtype)
     else:
         dw = torch.zeros_like(weight)
