@@ -106,11 +106,37 @@ def sweep_linear():
                             rec(f"linear M{M} {name} {N}x{K}", cfg, ms, nbytes=nbytes)
 
 
+def sweep_rms_rows():
+    """Rows per program (forward) and rows per iteration (backward) for Llama widths, 16384 rows."""
+    for H in (2048, 3072, 4096):
+        x = torch.randn(16384, H, dtype=BF16, device="cuda")
+        dy = torch.randn_like(x)
+        w = torch.randn(H, dtype=BF16, device="cuda")
+        y = torch.empty_like(x)
+        dx = torch.empty_like(x)
+        rstd = torch.empty(16384, dtype=torch.float32, device="cuda")
+        block = triton.next_power_of_2(H)
+        for rows in (1, 2, 4):
+            for warps in (4, 8, 16):
+                fwd = lambda: R._rms_norm_fwd_kernel[(triton.cdiv(16384, rows),)](
+                    x, x, w, y, y, rstd, H, H, H, H, 16384, H, 1e-5, BLOCK=block, ROWS=rows,
+                    HAS_RESIDUAL=False, num_warps=warps)
+                rec(f"rms_fwd H{H}", (rows, warps), bench(fwd), nbytes=2 * x.numel() * 2)
+                for mult in (1, 2, 4):
+                    progs = mult * R.num_sms()
+                    rpp = triton.cdiv(16384, progs)
+                    part = torch.empty((progs, H), dtype=torch.float32, device="cuda")
+                    bwd = lambda: R._rms_norm_bwd_kernel[(progs,)](
+                        dy, x, w, rstd, dy, dx, part, H, H, H, H, 16384, H, rpp, BLOCK=block, ROWS=rows,
+                        HAS_DH=False, num_warps=warps)
+                    rec(f"rms_bwd H{H}", (rows, warps, mult), bench(bwd), nbytes=3 * x.numel() * 2)
+
+
 p = argparse.ArgumentParser()
 p.add_argument("--only", default="rms,decode,attention,linear")
 only = p.parse_args().only.split(",")
 for part in only:
-    {"rms": sweep_rms, "decode": sweep_decode, "attention": sweep_attention, "linear": sweep_linear}[part]()
+    {"rms": sweep_rms, "rms_rows": sweep_rms_rows, "decode": sweep_decode, "attention": sweep_attention, "linear": sweep_linear}[part]()
 
 with open(os.path.join(os.environ.get("OUT", "/tmp"), f"sweep-{'-'.join(only)}.json"), "w") as f:
     json.dump(out, f, indent=1)
