@@ -39,8 +39,8 @@ def liger():
         from liger_kernel.ops.rms_norm import LigerRMSNormFunction
         from liger_kernel.ops.rope import LigerRopeFunction
         from liger_kernel.ops.swiglu import LigerSiLUMulFunction
-        import liger_kernel
-        return dict(version=getattr(liger_kernel, "__version__", "?"),
+        from importlib.metadata import version
+        return dict(version=version("liger-kernel"),
                     rms_norm=lambda x, w, eps: LigerRMSNormFunction.apply(x, w, eps, 0.0, "llama", False),
                     swiglu=LigerSiLUMulFunction.apply,
                     rope=lambda q, k, c, s: LigerRopeFunction.apply(q, k, c, s, None, 1))

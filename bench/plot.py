@@ -29,7 +29,7 @@ def ops_table(doc) -> str:
              f"run: copy {meta['copy_GBps']:.0f} GB/s (read+write), bf16 matmul {meta['bf16_matmul_TFLOPs']:.0f} TFLOP/s. "
              "Median of `do_bench` (warm-up 25 ms, 100 ms of repeats); bf16; numbers are GB/s of the bytes the op "
              "must move (or TFLOP/s for attention, causal FLOPs = 2*B*H*T^2*D fwd, x3.5 fwd+bwd); "
-             "`x` columns are our speed-up over that provider (time ratio).", ""]
+             "`x` columns are our speed-up over that provider (time ratio)." + (f" Note: {meta['note']}." if meta.get("note") else ""), ""]
     cur = None
     for r in doc["results"]:
         if r["op"] != cur:

@@ -76,12 +76,18 @@ def _rms_norm_bwd_kernel(DY, X, W, RSTD, DH, DX, DW_PART, stride_dy, stride_x, s
     tl.store(DW_PART + pid.to(tl.int64) * n_cols + cols, dw, mask=col_ok)
 
 
+# Launch settings from bench/sweep.py --only rms_rows (H200, 16384 rows of 2048/3072/4096, kernel time alone;
+# bench/results/sweep-rms-rows-H200.json): the forward is fastest with one row per program and 4 warps
+# (3567-3820 GB/s); the backward with 2-4 rows per iteration (8192 elements), 8 warps and 4 programs per SM
+# (3300-3682 GB/s, against 2810-3182 with one row).
 BWD_TILE = 8192  # elements per backward iteration (rows x columns)
-FWD_TILE = 8192  # elements per forward program: short rows share one (H200 sweep: 2 rows x 4096, 16 warps best)
+BWD_PROGRAMS_PER_SM = 4
+FWD_MAX_ROWS_BLOCK = 1024  # only rows shorter than this share a forward program
 
 
 def fwd_rows_per_program(block: int, n_rows: int) -> int:
-    return max(1, min(FWD_TILE // block, triton.next_power_of_2(max(n_rows, 1))))
+    rows = FWD_MAX_ROWS_BLOCK // block if block < FWD_MAX_ROWS_BLOCK else 1
+    return max(1, min(rows, triton.next_power_of_2(max(n_rows, 1))))
 
 
 def rms_norm_fwd(x, weight, eps, residual=None):
@@ -89,9 +95,9 @@ def rms_norm_fwd(x, weight, eps, residual=None):
     shape = x.shape
     x2 = as_rows(x)
     n_rows, n_cols = x2.shape
-    block, _ = row_settings(n_cols, x.element_size())
+    block, warps = row_settings(n_cols, x.element_size())
     rows = fwd_rows_per_program(block, n_rows)
-    _, warps = row_settings(block * rows, 2)
+    warps = 4 if block <= 4096 else warps
     y = torch.empty((n_rows, n_cols), dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
     rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
     if residual is not None:
@@ -113,10 +119,11 @@ def rms_norm_bwd(dy, x, weight, rstd, dh=None):
     n_rows, n_cols = x2.shape
     block, _ = row_settings(n_cols, max(x.element_size(), dy.element_size()))
     rows = max(1, min(BWD_TILE // block, triton.next_power_of_2(max(n_rows, 1))))
-    _, warps = row_settings(block * rows, 2)
+    warps = 8 if block * rows <= 8192 else row_settings(block * rows, 2)[1]
     dx = torch.empty((n_rows, n_cols), dtype=x.dtype, device=x.device)
     dh2 = as_rows(dh) if dh is not None else dy2
-    programs = max(1, min(n_rows, 2 * num_sms(x.device.index or 0) if x.is_cuda else num_sms()))
+    sms = num_sms(x.device.index or 0) if x.is_cuda else num_sms()
+    programs = max(1, min(triton.cdiv(n_rows, rows), BWD_PROGRAMS_PER_SM * sms if x.is_cuda else sms))
     rows_per_program = triton.cdiv(n_rows, programs) if n_rows else 0
     dw_part = torch.empty((programs, n_cols), dtype=torch.float32, device=x.device)
     if n_rows:
