@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import time
 
 import torch
 import triton
 from triton.testing import do_bench
+
+from bench.results_io import save_results
 
 
 def build(layers, vocab=128256):
@@ -149,13 +150,7 @@ def main(argv=None):
         profile = {"error": repr(e)[:300]}
     print(json.dumps(profile, indent=1), flush=True)
     doc = {"meta": meta, "results": rows, "decode_step": profile}
-    gpu = meta["device"].replace("NVIDIA ", "").replace(" ", "-")
-    paths = [os.path.join(os.path.dirname(__file__), "results", f"generate-{gpu}.json")]
-    if os.environ.get("OUT"):
-        paths.append(os.path.join(os.environ["OUT"], f"generate-{gpu}.json"))
-    for path in paths:
-        with open(path, "w") as f:
-            json.dump(doc, f, indent=1)
+    save_results(doc, "generate")
 
 
 if __name__ == "__main__":

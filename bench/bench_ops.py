@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import platform
 
 import torch
 import torch.nn.functional as F
 import triton
 from triton.testing import do_bench
+
+from bench.results_io import save_results
 
 from litekernels import reference
 from litekernels.ops.attention import flash_attention
@@ -227,15 +228,7 @@ def main(argv=None):
     if "decode" in only:
         bench_decode(res, bw, args.quick)
     doc = {"meta": meta, "results": res}
-    gpu = meta["device"].replace("NVIDIA ", "").replace(" ", "-")
-    paths = [args.out or os.path.join(os.path.dirname(__file__), "results", f"ops-{gpu}.json")]
-    if os.environ.get("OUT"):
-        paths.append(os.path.join(os.environ["OUT"], f"ops-{gpu}.json"))
-    for path in paths:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(doc, f, indent=1)
-    print("wrote", paths)
+    save_results(doc, "ops", args.out)
 
 
 if __name__ == "__main__":

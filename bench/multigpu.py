@@ -23,6 +23,8 @@ import traceback
 import torch
 import torch.distributed as dist
 
+from bench.results_io import save_results
+
 BF16 = torch.bfloat16
 
 
@@ -205,13 +207,7 @@ def main():
             log(traceback.format_exc())
         log(json.dumps({k: v for k, v in res.items() if k != "meta"}, indent=1))
     if dist.get_rank() == 0:
-        gpu = res["meta"]["device"].replace("NVIDIA ", "").replace(" ", "-")
-        paths = [os.path.join(os.path.dirname(__file__), "results", f"multigpu-{gpu}.json")]
-        if os.environ.get("OUT"):
-            paths.append(os.path.join(os.environ["OUT"], f"multigpu-{gpu}.json"))
-        for path in paths:
-            with open(path, "w") as f:
-                json.dump(res, f, indent=1)
+        save_results(res, "multigpu")
     dist.destroy_process_group()
 
 
