@@ -183,6 +183,7 @@ def main():
     p.add_argument("--new", type=int, default=64)
     p.add_argument("--fsdp-layers", type=int, default=4)
     p.add_argument("--only", default="tp,fsdp")
+    p.add_argument("--out", default=None, help="result file (default bench/results/multigpu-<gpu>.json)")
     args = p.parse_args()
     for var, val in (("NCCL_NVLS_ENABLE", "0"), ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"),
                      ("NVSHMEM_DISABLE_NVLS", "1")):
@@ -207,7 +208,7 @@ def main():
             log(traceback.format_exc())
         log(json.dumps({k: v for k, v in res.items() if k != "meta"}, indent=1))
     if dist.get_rank() == 0:
-        save_results(res, "multigpu")
+        save_results(res, "multigpu", args.out)
     dist.destroy_process_group()
 
 
