@@ -109,10 +109,14 @@ def check_same_shape(**tensors: torch.Tensor) -> None:
     _check_same("shape", ValueError, "{name} has shape {value} but {first} has {first_value}", tensors)
 
 
+def unit_last(t: torch.Tensor) -> torch.Tensor:
+    """t itself if its last dimension has unit stride (what the kernels index), else a contiguous copy."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
 def as_rows(x: torch.Tensor) -> torch.Tensor:
     """View x as (rows, last_dim) with unit stride in the last dim; copies only when no such view exists."""
-    if x.stride(-1) != 1:
-        x = x.contiguous()
+    x = unit_last(x)
     try:
         return x.view(-1, x.shape[-1])
     except RuntimeError:

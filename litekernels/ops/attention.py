@@ -27,7 +27,7 @@ import torch
 
 from .. import reference
 from .._triton import tl, triton
-from ..utils import INTERPRET, check_same_device, check_tensor, use_triton
+from ..utils import INTERPRET, check_same_device, check_tensor, unit_last, use_triton
 
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
@@ -241,10 +241,6 @@ def exact_dot(dtype) -> bool:
     return dtype == torch.float32 or INTERPRET
 
 
-def _unit_last(t):
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def _fwd_config(D):
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the forward (bench/sweep.py, H200, bf16 causal)."""
     if INTERPRET:
@@ -279,7 +275,7 @@ def _mask_args(attn_mask, B, H, Tq, Tk):
 
 
 def attention_fwd(q, k, v, causal, scale, attn_mask=None, config=None):
-    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    q, k, v = unit_last(q), unit_last(k), unit_last(v)
     B, H, Tq, D = q.shape
     HKV, Tk = k.shape[1], k.shape[2]
     o = torch.empty((B, H, Tq, D), dtype=q.dtype, device=q.device)
@@ -298,7 +294,7 @@ def attention_fwd(q, k, v, causal, scale, attn_mask=None, config=None):
 
 
 def attention_bwd(do, q, k, v, o, lse, causal, scale, attn_mask=None, config=None):
-    do, q, k, v = _unit_last(do), _unit_last(q), _unit_last(k), _unit_last(v)
+    do, q, k, v = unit_last(do), unit_last(q), unit_last(k), unit_last(v)
     B, H, Tq, D = q.shape
     HKV, Tk = k.shape[1], k.shape[2]
     delta = (do.float() * o.float()).sum(-1)  # (B, H, Tq)

@@ -23,7 +23,7 @@ import torch
 
 from .. import reference
 from .._triton import tl, triton
-from ..utils import INTERPRET, check_tensor, num_sms, use_triton
+from ..utils import INTERPRET, check_tensor, num_sms, unit_last, use_triton
 from .attention import LOG2E, _dot, _finish_rows, _online_softmax_step, check_attention_inputs, exact_dot
 
 
@@ -109,8 +109,7 @@ def choose_splits(batch: int, kv_heads: int, max_len: int, block_n: int = 64) ->
 
 
 def decode_attention_fwd(q, k_cache, v_cache, lengths, scale, key_mask=None, splits=None, config=None):
-    if q.stride(-1) != 1:
-        q = q.contiguous()
+    q = unit_last(q)
     B, H, Tq, D = q.shape
     HKV, L = k_cache.shape[1], k_cache.shape[2]
     group = H // HKV
@@ -152,8 +151,7 @@ def decode_attention(q, k_cache, v_cache, lengths, *, scale: float | None = None
         check_tensor("key_mask", key_mask, ndim=2, dtypes=(torch.bool,))
         if tuple(key_mask.shape) != (B, L):
             raise ValueError(f"key_mask must have shape ({B}, {L}), got {tuple(key_mask.shape)}")
-        if key_mask.stride(-1) != 1:
-            key_mask = key_mask.contiguous()
+        key_mask = unit_last(key_mask)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if not use_triton(q):
         return reference.decode_attention(q, k_cache, v_cache, lengths, scale=scale, key_mask=key_mask)

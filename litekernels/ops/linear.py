@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .._triton import tl, triton
-from ..utils import INTERPRET, check_same_device, check_tensor, use_triton
+from ..utils import INTERPRET, check_same_device, check_tensor, unit_last, use_triton
 from .attention import _dot, exact_dot
 
 MAX_ROWS = 16
@@ -63,9 +63,7 @@ def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
             or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
         return F.linear(x, weight, bias)
     K, N = weight.shape[1], weight.shape[0]
-    x2 = x.reshape(rows, K)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
+    x2 = unit_last(x.reshape(rows, K))
     y = torch.empty((rows, N), dtype=x.dtype, device=x.device)
     BN, BK, warps, stages = config or _config(N, K)
     _skinny_gemm_kernel[(triton.cdiv(N, BN),)](

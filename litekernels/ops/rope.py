@@ -21,7 +21,7 @@ import torch
 
 from .. import reference
 from .._triton import tl, triton
-from ..utils import check_same_device, check_tensor, use_triton
+from ..utils import check_same_device, check_tensor, unit_last, use_triton
 
 
 @triton.jit
@@ -92,19 +92,15 @@ def _rope_cache_write_kernel(QKV, POS, COS, SIN, QO, KC, VC, s_qkv_b, s_cos_t, s
     tl.store(VC + b * svc_b + pos * svc_t + h[:, None] * svc_h + d[None, :], v.to(VC.dtype.element_ty), mask=mask)
 
 
-def _unit_last(t):
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def _broadcast_cos(c, B, T, D):
     if c.dim() == 2:
         c = c.unsqueeze(0)
-    return _unit_last(c).expand(B, T, D)
+    return unit_last(c).expand(B, T, D)
 
 
 def rope_fwd(q, k, cos, sin, backward=False):
     """Rotate q (B,H,T,D) and k (B,Hkv,T,D); `backward=True` applies the transpose (used for gradients)."""
-    q, k = _unit_last(q), _unit_last(k)
+    q, k = unit_last(q), unit_last(k)
     B, HQ, T, D = q.shape
     HK = k.shape[1]
     cos, sin = _broadcast_cos(cos, B, T, D), _broadcast_cos(sin, B, T, D)
