@@ -119,10 +119,11 @@ def _set_forward(state: _PatchState, module, make_forward) -> None:
     object.__setattr__(module, attr, make_forward(current))
 
 
-def _warn_backend() -> None:
-    if backend_name() == "reference":
-        warnings.warn("lite-llama: no CUDA device and TRITON_INTERPRET is not set; the patched model runs the "
-                      "plain PyTorch reference ops (same results, no speed-up)", stacklevel=3)
+def _warn_backend(device=None) -> None:
+    if backend_name(device) == "reference":
+        warnings.warn(f"lite-llama: the model is on {device or 'a machine without CUDA'} and TRITON_INTERPRET is not "
+                      "set; the patched model runs the plain PyTorch reference ops (same results, no speed-up)",
+                      stacklevel=3)
 
 
 def apply_lite_llama(model=None, *, rms_norm: bool = True, rope: bool = True, swiglu: bool = True,
@@ -142,7 +143,8 @@ def apply_lite_llama(model=None, *, rms_norm: bool = True, rope: bool = True, sw
         if old.options == options:
             return model
         revert_lite_llama(model)
-    _warn_backend()
+    param = next(model.parameters(), None)
+    _warn_backend(param.device if param is not None else None)
     config = getattr(model, "config", None)
     act = getattr(config, "hidden_act", "silu")
     if swiglu and act not in ("silu", "swish"):
