@@ -82,6 +82,15 @@ def _cut_at_stop(text: str, stop) -> tuple[str, bool]:
     return (text[: min(hits)], True) if hits else (text, False)
 
 
+def _ready_runtime(model, prompts, max_new_tokens, use_cuda_graph, skinny_gemm, seed):
+    """The runtime for this call, its decode graph already captured, and the sampling generator (or None)."""
+    rt = get_runtime(model, len(prompts), _check_len(prompts, max_new_tokens), use_cuda_graph, skinny_gemm)
+    if rt.use_cuda_graph:
+        rt.capture(len(prompts))  # before prefill: capture only writes the last cache slot anyway
+    gen = torch.Generator(device=rt.device).manual_seed(seed) if seed is not None else None
+    return rt, gen
+
+
 @torch.no_grad()
 def generate_ids(model, prompts: list[list[int]], max_new_tokens: int, *, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, eos_ids=(), seed: int | None = None,
@@ -92,12 +101,9 @@ def generate_ids(model, prompts: list[list[int]], max_new_tokens: int, *, temper
     host once every SYNC_EVERY steps) or after max_new_tokens.
     """
     check_sampling(temperature, top_k, top_p)
-    rt = get_runtime(model, len(prompts), _check_len(prompts, max_new_tokens), use_cuda_graph, skinny_gemm)
+    rt, gen = _ready_runtime(model, prompts, max_new_tokens, use_cuda_graph, skinny_gemm, seed)
     dev, B = rt.device, len(prompts)
-    gen = torch.Generator(device=dev).manual_seed(seed) if seed is not None else None
     eos = torch.as_tensor(list(eos_ids) or [-1], device=dev)
-    if rt.use_cuda_graph:
-        rt.capture(B)  # before prefill: capture only writes the last cache slot anyway
 
     def sync():
         if dev.type == "cuda":
@@ -134,7 +140,6 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 128, *, temperatur
     Greedy with temperature=0 (each prompt's tokens equal its unbatched greedy tokens). Stops a sequence at the
     model's EOS token(s) or, after decoding, at the first stop string. `seed` makes sampling reproducible.
     """
-    check_sampling(temperature, top_k, top_p)
     ids = _encode(tokenizer, prompts)
     eos_list = _eos_ids(model, tokenizer)
     out, t_prefill, t_decode = generate_ids(model, ids, max_new_tokens, temperature=temperature, top_k=top_k,
@@ -169,12 +174,9 @@ def stream(model, tokenizer, prompt: str, max_new_tokens: int = 128, *, temperat
     ids = _encode(tokenizer, prompt)
     if len(ids) != 1:
         raise ValueError("stream() takes one prompt; use generate() for a batch")
-    rt = get_runtime(model, 1, _check_len(ids, max_new_tokens), use_cuda_graph)
+    rt, gen = _ready_runtime(model, ids, max_new_tokens, use_cuda_graph, None, seed)
     dev = rt.device
-    gen = torch.Generator(device=dev).manual_seed(seed) if seed is not None else None
     eos_set = set(_eos_ids(model, tokenizer))
-    if rt.use_cuda_graph:
-        rt.capture(1)
     t0 = time.perf_counter()
     logits = rt.prefill(ids)
     position = torch.as_tensor([len(ids[0])], device=dev)
