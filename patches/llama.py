@@ -15,5 +15,6 @@ LLAMA = register(
         mlp_class="LlamaMLP",
         attention_class="LlamaAttention",
         rope_function="apply_rotary_pos_emb",
+        causal_lm_class="LlamaForCausalLM",
     )
 )

@@ -17,11 +17,16 @@ class Architecture:
     mlp_class: str
     attention_class: str
     rope_function: str  # module-level function the attention forward looks up on each call
+    # the causal-LM head class whose forward gets the fused linear cross-entropy; None: derived from
+    # pretrained_class ("LlamaPreTrainedModel" -> "LlamaForCausalLM")
+    causal_lm_class: str | None = None
 
     def module(self):
         return importlib.import_module(self.modeling_module)
 
     def cls(self, attr: str):
+        if attr == "causal_lm_class" and self.causal_lm_class is None:
+            return getattr(self.module(), self.pretrained_class.replace("PreTrainedModel", "ForCausalLM"))
         return getattr(self.module(), getattr(self, attr))
 
 
