@@ -477,9 +477,10 @@ def test_gpu_peak_memory_below_unfused():
     fused = peak(lambda: fused_linear_cross_entropy(hidden, weight, labels))
     unfused = peak(lambda: F.cross_entropy(F.linear(hidden, weight).float(), labels))
     # unfused holds bf16 + fp32 logits and their gradients (>= 4096 x 128256 x 6 bytes = 3.1 GB)
-    assert fused < unfused / 2, (fused / 2**30, unfused / 2**30)
-    logits_bytes = N * V * 2
-    assert fused < logits_bytes, fused / 2**30  # never one full bf16 logits tensor
+    assert fused < unfused / 3, (fused / 2**30, unfused / 2**30)
+    # fused: grad_weight (maybe copied once more by AccumulateGrad), one chunk of logits, grad_hidden
+    allowance = 2 * V * H * 2 + ce.chunk_rows(N, V, H) * V * 2 + 2 * N * H * 2
+    assert fused < 1.1 * allowance, (fused / 2**30, allowance / 2**30)
 
 
 @pytest.mark.gpu

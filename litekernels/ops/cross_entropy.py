@@ -126,9 +126,30 @@ def _cross_entropy_rows_kernel(X, LABELS, LOSS, LSE, SCALE, stride_x, stride_lab
             tl.store(x_row + cols, (g * scale).to(X.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _scale_inplace_kernel(X, SCALE, n, BLOCK: tl.constexpr):
+    """X[i] *= SCALE[0], the product in fp32 (a 0-d tensor multiply would round the scale to X's dtype)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    s = tl.load(SCALE).to(tl.float32)
+    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(X + offs, (x * s).to(X.dtype.element_ty), mask=mask)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # launchers
 # ------------------------------------------------------------------------------------------------------------
+SCALE_BLOCK = 4096
+
+
+def scale_inplace(t: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """t *= scale (a one-element fp32 device tensor), in place, no host sync; t must be contiguous."""
+    n = t.numel()
+    if n:
+        _scale_inplace_kernel[(triton.cdiv(n, SCALE_BLOCK),)](t, scale, n, BLOCK=SCALE_BLOCK, num_warps=8)
+    return t
+
+
 def chunk_rows(n_rows: int, vocab: int, hidden: int) -> int:
     """Rows per chunk: a power of two near n_rows / ceil(vocab / hidden), so that a chunk's (rows x vocab)
     logits are about as large as the (n_rows x hidden) hidden states; at least 1, at most next_pow2(n_rows)."""
@@ -311,14 +332,12 @@ class LiteFusedLinearCrossEntropyFunction(torch.autograd.Function):
                                    "gradients are computed in forward and scaled in place by the first backward")
             gh, gw, gb = ctx.grads
             ctx.grads = None
-            go = grad_loss.to(torch.float32)
+            go = grad_loss.detach().to(torch.float32).reshape(1).contiguous()
             # in place: these buffers belong to this node only (no extra V x H allocation at the backward peak)
             if gh is not None:
-                gh.mul_(go.to(gh.dtype))
+                scale_inplace(gh, go)
             if gw is not None:
-                gw.mul_(go.to(gw.dtype) if gw.dtype == ctx.weight_dtype else go)
-                if gw.dtype != ctx.weight_dtype:
-                    gw = gw.to(ctx.weight_dtype)
+                gw = scale_inplace(gw, go).to(ctx.weight_dtype)
             if gb is not None:
                 gb = gb.mul_(go)
         if gb is not None:
