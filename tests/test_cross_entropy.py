@@ -66,10 +66,11 @@ def make(N, H, V, dtype, *, bias=False, ignore_every=0, device="cpu"):
     return hidden, weight, b, labels
 
 
-def run_and_compare(hidden, weight, bias, labels, dtype, name, chunk_size=None, **kw):
-    """Our loss and gradients vs float64 math (and the bf16 unfused baseline for the tolerance)."""
+def run_and_compare(hidden, weight, bias, labels, dtype, name, chunk_size=None, ours=None, **kw):
+    """Our loss and gradients vs float64 math (and the bf16 unfused baseline for the tolerance).
+    ours: options only our op takes (accumulate_fp32, ...)."""
     leaves = [t for t in (hidden, weight, bias) if t is not None]
-    ins = [t.clone().requires_grad_() for t in leaves]
+    ins = [t.detach().requires_grad_() for t in leaves]  # same storage and strides as given
     ex = [t.detach().double().requires_grad_() for t in leaves]
     lp = [t.clone().requires_grad_() for t in leaves]
 
@@ -77,7 +78,7 @@ def run_and_compare(hidden, weight, bias, labels, dtype, name, chunk_size=None, 
         return ts[0], ts[1], ts[2] if bias is not None else None
 
     h, w, b = split(ins)
-    loss = fused_linear_cross_entropy(h, w, labels, b, chunk_size=chunk_size, **kw)
+    loss = fused_linear_cross_entropy(h, w, labels, b, chunk_size=chunk_size, **(ours or {}), **kw)
     assert loss.dtype == torch.float32
     he, we, be = split(ex)
     exact = reference.fused_linear_cross_entropy(he, we, labels, be, **kw)
@@ -134,6 +135,20 @@ def test_default_chunking_without_bias_and_3d_input(device):
     torch.testing.assert_close(loss3, loss, rtol=0, atol=0)
     per_token = fused_linear_cross_entropy(hidden.view(5, 9, 32), weight, labels.view(5, 9), reduction="none")
     assert per_token.shape == (5, 9) and (per_token.view(-1)[::7] == 0).all()
+
+
+@requires_kernels()
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_strided_inputs_fp32_accumulation_and_every_output_written(dtype, poison, device):
+    # hidden is a column slice (row stride 40), labels every other element; NaN-poisoned allocations
+    big = torch.randn(29, 40, dtype=dtype, device=device)
+    hidden = big[:, 3:35]
+    weight = (torch.randn(77, 32, device=device) / 32**0.25).to(dtype)
+    bias = torch.randn(77, device=device).to(dtype)
+    labels = torch.randint(0, 77, (58,), device=device)[::2]
+    labels[5] = -100
+    assert not hidden.is_contiguous() and not labels.is_contiguous()
+    run_and_compare(hidden, weight, bias, labels, dtype, "strided", chunk_size=4, ours=dict(accumulate_fp32=True))
 
 
 def test_chunk_rows():
