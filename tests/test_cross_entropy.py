@@ -460,8 +460,13 @@ def test_gpu_real_size_matches_fp32_logits(kw):
     gh, gw = torch.autograd.grad(loss, (h, w))
     # float64 truth is too big here (V x N); fp32 from bf16 inputs is exact to ~1e-6, far below bf16 error
     he, we = hidden.float().requires_grad_(), weight.float().requires_grad_()
-    exact = reference.fused_linear_cross_entropy(he, we, labels, **kw)
-    eg = torch.autograd.grad(exact, (he, we))
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # the reference must be true fp32
+    try:
+        exact = reference.fused_linear_cross_entropy(he, we, labels, **kw)
+        eg = torch.autograd.grad(exact, (he, we))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     del he, we
     hl, wl = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     lowp = hf_style(hl, wl, labels, **kw)
