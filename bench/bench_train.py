@@ -280,6 +280,22 @@ def plot(doc, path):
     print("wrote", path)
 
 
+def ratios(rows) -> dict:
+    """Per shape: lite's tok/s and peak memory divided by each other provider's (the issue's targets:
+    tok/s ratio >= 1.05 and memory ratio <= 1.0 against liger)."""
+    out = {}
+    for shape in dict.fromkeys(r["shape"] for r in rows):
+        by = {r["provider"]: r for r in rows if r["shape"] == shape and "tok_s" in r}
+        lite = by.get("lite")
+        if lite is None:
+            continue
+        for prov, r in by.items():
+            if prov != "lite":
+                mem = (lite["peak_mem_bytes"] / r["peak_mem_bytes"]) if r["peak_mem_bytes"] else None
+                out[f"{shape}/{prov}"] = {"tok_s": lite["tok_s"] / r["tok_s"], "peak_mem": mem}
+    return out
+
+
 def table(doc) -> str:
     lines = ["| shape | layers | provider | tok/s | peak memory GB | step ms |", "|---|---|---|---|---|---|"]
     for r in doc["results"]:
@@ -361,7 +377,9 @@ def main(argv=None):
         print(f"loss curve: max |lite - hf| over {args.curve_steps} steps = {diff:.4g}", flush=True)
     op = None if args.no_op else bench_op(args, device)
     meta["total_s"] = time.perf_counter() - t_start
-    doc = {"meta": meta, "results": rows, "loss_curve": curves, "loss_curve_max_abs_diff": diff, "op": op}
+    doc = {"meta": meta, "results": rows, "ratios": ratios(rows), "loss_curve": curves,
+           "loss_curve_max_abs_diff": diff, "op": op}
+    print("ratios (lite / other):", doc["ratios"], flush=True)
     paths = save_results(doc, "train", out=args.out)
     print(table(doc))
     if img is None:

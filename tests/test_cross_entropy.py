@@ -528,3 +528,15 @@ def test_cpu_without_interpreter_uses_reference(monkeypatch):
     hidden, weight, _, labels = make(7, 8, 20, torch.float32, ignore_every=3)
     got = fused_linear_cross_entropy(hidden, weight, labels)
     torch.testing.assert_close(got, F.cross_entropy(hidden @ weight.T, labels))
+
+
+@pytest.mark.slow
+def test_bench_train_smoke_runs(tmp_path):
+    """bench/bench_train.py's code paths on a tiny model (CPU or GPU), JSON to tmp_path."""
+    from bench import bench_train
+
+    doc, paths = bench_train.main(["--smoke", "--providers", "hf,lite", "--out", str(tmp_path / "train.json")])
+    assert [r["provider"] for r in doc["results"]] == ["hf", "lite"]
+    assert all("tok_s" in r for r in doc["results"]), doc["results"]
+    assert doc["loss_curve_max_abs_diff"] < 1e-2
+    assert all("fwd_bwd_ms" in v for v in doc["op"]["providers"].values())
