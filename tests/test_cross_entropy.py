@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import HAS_CUDA, requires_kernels
+from conftest import HAS_CUDA, INTERPRET, requires_kernels
 from litekernels import fused_linear_cross_entropy, reference
 from litekernels.ops import cross_entropy as ce
 
@@ -531,6 +531,7 @@ def test_cpu_without_interpreter_uses_reference(monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(INTERPRET, reason="checks the bench's code paths; interpreted kernels would take minutes")
 def test_bench_train_smoke_runs(tmp_path):
     """bench/bench_train.py's code paths on a tiny model (CPU or GPU), JSON to tmp_path."""
     from bench import bench_train
