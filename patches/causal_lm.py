@@ -25,9 +25,6 @@ import torch.nn.functional as F
 
 from litekernels import functional as LF
 
-_LOSS_ONLY_KWARGS = ("num_items_in_batch", "shift_labels", "ignore_index")
-
-
 def _slice_logits_to_keep(hidden, logits_to_keep):
     try:
         from transformers.modeling_utils import slice_logits_to_keep
