@@ -152,7 +152,7 @@ def test_strided_inputs_fp32_accumulation_and_every_output_written(dtype, poison
 
 
 def test_chunk_rows():
-    # Llama-3.2-1B at 4 x 2048 tokens: 8192 / ceil(128256 / 2048) = 131 -> 256 rows (63 MB of bf16 logits)
+    # Llama-3.2-1B at 4 x 2048 tokens: 8192 / ceil(128256 / 2048) = 131 -> 256 rows (66 MB of bf16 logits)
     assert ce.chunk_rows(8192, 128256, 2048) == 256
     assert ce.chunk_rows(8192, 128256, 4096) == 256  # 8192 / 32
     assert ce.chunk_rows(3, 128256, 2048) == 1
