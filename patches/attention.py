@@ -41,6 +41,11 @@ def lite_attention_forward(module, query, key, value, attention_mask, dropout: f
                    or query.shape[-1] > 256)
     if unsupported:
         from transformers.models.llama.modeling_llama import eager_attention_forward
+        if attention_mask is not None and attention_mask.dtype == torch.bool:
+            # HF eager attention adds the mask to the scores: a bool mask (our registered sdpa mask builder)
+            # must become additive first, or it is silently added as 0/1 (wrong sliding-window/padding logits)
+            attention_mask = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device).masked_fill(
+                ~attention_mask, torch.finfo(query.dtype).min)
         return eager_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                        scaling=scaling, **kwargs)
     B, H, Tq, _ = query.shape
