@@ -163,3 +163,33 @@ def test_gpu_runtime_allocates_only_cache_and_rope_tables():
     grown = torch.cuda.memory_allocated() - before
     own = sum(t.numel() * t.element_size() for t in (rt.k_cache, rt.v_cache, rt.cos, rt.sin))
     assert own <= grown <= own + 2**20, (grown, own)
+
+
+def test_unfuse_weights_gives_each_parameter_its_own_storage(tmp_path, monkeypatch):
+    """accelerate's clean_state_dict_for_safetensors (Accelerator.save_model) keeps one name per storage: on a
+    fused model it would drop k/v/up from the checkpoint. unfuse_weights undoes the sharing before such a save."""
+    from safetensors.torch import load_file, save_file
+
+    from litekernels.generation.runtime import unfuse_weights
+
+    import logging
+
+    other = pytest.importorskip("accelerate.utils.other")
+    monkeypatch.setattr(other, "logger", logging.getLogger("test"))  # its own logger needs an Accelerator()
+    clean = other.clean_state_dict_for_safetensors
+    model = make(tie=False)  # tied embeddings would share a storage for another, legitimate reason
+    rt = LlamaRuntime(model, max_batch=1, max_seq_len=16, use_cuda_graph=False)
+    logits = rt.prefill(PROMPTS[:1])
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    save_file(model.state_dict(), str(tmp_path / "fused.safetensors"))  # safetensors splits disjoint views
+    assert all(torch.equal(v, sd[k]) for k, v in load_file(str(tmp_path / "fused.safetensors")).items())
+    assert len(clean(model.state_dict())) < len(sd)  # the hazard
+    assert unfuse_weights(model) == 2 * (3 + 3 + 2)  # per layer: q/k/v weights and biases, gate/up weights
+    assert rt.is_stale()
+    assert len(clean(model.state_dict())) == len(sd)
+    assert all(torch.equal(v, sd[k]) for k, v in model.state_dict().items())
+    params = storages(model.parameters())
+    assert len(params) == len(list(model.parameters()))
+    assert sum(params.values()) == sum(p.numel() * p.element_size() for p in model.parameters())
+    rebuilt = LlamaRuntime(model, max_batch=1, max_seq_len=16, use_cuda_graph=False)
+    assert torch.equal(rebuilt.prefill(PROMPTS[:1]), logits)

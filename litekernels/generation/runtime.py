@@ -185,6 +185,37 @@ def _fuse(modules, fuse: bool, seen: set) -> _Proj:
     return _Proj(w, b)
 
 
+def unfuse_weights(model) -> int:
+    """Give every q/k/v and gate/up parameter its own storage again (undo the runtime's sharing).
+
+    Only needed before handing the model to code that mishandles parameters sharing one storage: accelerate's
+    `clean_state_dict_for_safetensors` (Accelerator.save_model) keeps one name per storage and would drop the
+    others from the checkpoint. transformers' save_pretrained, safetensors' save_file (>= 0.4) and torch.save
+    handle disjoint views correctly (save_pretrained clones them while saving). Copies
+    one group at a time, so memory grows by at most one layer's group while it runs; drops the runtime cached on
+    the model by generate(), and any other runtime of this model becomes stale (`is_stale()`). Returns the
+    number of parameters given their own storage.
+    """
+    from litekernels.patches.registry import find_architecture, get_path
+
+    arch = find_architecture(model)
+    model.__dict__.pop("_lite_runtime", None)
+    moved = 0
+    with torch.no_grad():
+        for layer in get_path(model, arch.layers):
+            for names in (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")):
+                modules = [get_path(layer, getattr(arch, n)) for n in names]
+                for attr in ("weight", "bias"):
+                    ts = [getattr(m, attr, None) for m in modules]
+                    if any(t is None for t in ts) or not all(_plain(t) for t in ts):
+                        continue
+                    if len({t.untyped_storage().data_ptr() for t in ts}) == 1:
+                        for t in ts:
+                            t.data = t.data.clone()
+                            moved += 1
+    return moved
+
+
 class LlamaRuntime:
     """Inference runtime for a (patched or not) Llama-family `...ForCausalLM` (Llama, Mistral, Qwen2, Qwen3).
 
