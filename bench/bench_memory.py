@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import time
 
@@ -203,6 +204,7 @@ def main(argv=None):
             print(shape, "hf", row["hf_sdpa_memory_batch1"], flush=True)
         results[shape] = row
         del model
+        gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
     print(f"\n{'shape':6} {'weights GB':>10} {'KV GB':>7} {'peak GB':>8} {'overhead GB':>11} {'HF peak GB':>10}  tok/s")

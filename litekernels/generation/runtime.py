@@ -1,4 +1,4 @@
-"""A static-KV-cache runtime over a Hugging Face Llama model's weights, with CUDA-graph decode.
+"""A static-KV-cache runtime over a Hugging Face Llama-family model's weights, with CUDA-graph decode.
 
 Invariants (the graph rules):
   * the cache (all layers, `max_batch` rows, `max_seq_len` slots) is allocated once, after loading;
@@ -21,6 +21,12 @@ freed), a later runtime finds them already back to back and just views them. Whe
 other tensor subclasses, mixed dtypes, a parameter shared between groups, `fuse_weights=False`) the group runs
 one GEMM per projection instead, still without copies. Layer weights are found through the model's Architecture
 entry (patches/), so this file knows no family's attribute paths.
+
+Autograd and optimizers: the buffer is a plain tensor (requires_grad=False); each parameter stays the same leaf
+nn.Parameter (requires_grad kept) whose `.data` is a view of its rows. Autograd writes `param.grad` as before,
+optimizer state keyed by the Parameter is untouched, and an optimizer's in-place update writes into the buffer,
+so the runtime sees it without a rebuild. What the runtime cannot see is a parameter that gets new storage
+(`.to()`, load_state_dict(assign=True), `param.data = ...`): `weights_signature()` / `is_stale()` detect that.
 """
 
 from __future__ import annotations
