@@ -7,8 +7,9 @@ For each model shape (random bf16 weights; Llama-3.2-1B and Llama-3.1-8B shapes 
     graph) and a second call (steady state). HF generate (sdpa, dynamic cache) is measured the same way for
     comparison, after ours.
   * speed: decode tok/s of `generate_ids` (CUDA graph, cuBLAS projections: the runtime's defaults) at batch 1
-    and 8, decode tok/s = batch * (new - 1) / decode time, as in bench/bench_generate.py; and the graph-replayed
-    decode step time with the fused q/k/v and gate/up GEMMs vs one GEMM per projection (fuse_weights=False).
+    and 8, decode tok/s = batch * (new - 1) / decode time, as in bench/bench_generate.py; and the
+    graph-replayed decode step time with the fused q/k/v and gate/up GEMMs vs one GEMM per projection
+    (fuse_weights=False).
 Writes bench/results/memory-<gpu>.json (and $OUT/).
 
     python -m bench.bench_memory [--shapes 1B,8B] [--batches 1,8] [--prompt 128] [--new 256] [--no-hf]
@@ -34,8 +35,9 @@ SHAPES = {
     "8B": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=False,
                max_position_embeddings=131072, rope_parameters={**LLAMA3_ROPE, "factor": 8.0}),
-    "tiny": dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, head_dim=16, tie_word_embeddings=False, max_position_embeddings=1024),
+    "tiny": dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False,
+                 max_position_embeddings=1024),
 }
 GB = 1e9
 
@@ -112,7 +114,8 @@ def measure_hf_memory(model, prompts, new: int, device: str) -> dict:
     model.set_attn_implementation("sdpa")
     ids = torch.tensor(prompts, device=device)
     base = _reset_peak(device)
-    model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0, eos_token_id=None)
+    model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0,
+                   eos_token_id=None)
     return {"peak_GB": _peak(device) / GB, "allocated_before_GB": base / GB}
 
 
@@ -124,7 +127,8 @@ def measure_speed(model, prompts, new: int, device: str) -> dict:
     _sync(device)
     out, t_pre, t_dec = generate_ids(model, prompts, new, use_cuda_graph=graph)
     assert out.shape == (len(prompts), new)
-    return {"batch": len(prompts), "prefill_ms": 1e3 * t_pre, "decode_tok_s": len(prompts) * (new - 1) / t_dec}
+    B = len(prompts)
+    return {"batch": B, "prefill_ms": 1e3 * t_pre, "decode_tok_s": B * (new - 1) / t_dec}
 
 
 def step_fused_vs_split(model, batch: int, device: str) -> dict:
@@ -146,7 +150,7 @@ def step_fused_vs_split(model, batch: int, device: str) -> dict:
                 t = time.perf_counter()
                 rt.decode(tok, pos)
                 res[f"{name}_step_ms"] = 1e3 * (time.perf_counter() - t)
-        del rt
+        rt = None  # free its cache and graph before the next one
     return res
 
 
@@ -157,7 +161,7 @@ def main(argv=None):
     p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--new", type=int, default=256)
     p.add_argument("--no-hf", action="store_true", help="skip the HF generate memory comparison")
-    p.add_argument("--tiny", action="store_true", help="a tiny model, short lengths; runs on CPU; writes nothing")
+    p.add_argument("--tiny", action="store_true", help="tiny model, CPU allowed, writes nothing")
     args = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.tiny:
@@ -169,7 +173,8 @@ def main(argv=None):
 
     meta = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
             "triton": triton.__version__, "transformers": transformers.__version__,
-            "dtype": "bfloat16" if device == "cuda" else "float32", "prompt": args.prompt, "new_tokens": args.new,
+            "dtype": "bfloat16" if device == "cuda" else "float32", "prompt": args.prompt,
+            "new_tokens": args.new,
             "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     print(meta, flush=True)
     batches = [int(b) for b in args.batches.split(",")]
@@ -207,13 +212,15 @@ def main(argv=None):
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
-    print(f"\n{'shape':6} {'weights GB':>10} {'KV GB':>7} {'peak GB':>8} {'overhead GB':>11} {'HF peak GB':>10}  tok/s")
+    print(f"\n{'shape':6} {'weights GB':>10} {'KV GB':>7} {'peak GB':>8} {'overhead GB':>11} "
+          f"{'HF peak GB':>10}  tok/s")
     for shape, r in results.items():
         m = r["memory"]
         hf = r.get("hf_sdpa_memory_batch1", {}).get("peak_GB", float("nan"))
         speeds = ", ".join(f"b{s['batch']}: {s.get('decode_tok_s', float('nan')):.0f}" for s in r["speed"])
         print(f"{shape:6} {m['weights_GB']:10.2f} {m['kv_cache_GB']:7.3f} {m['second_call']['peak_GB']:8.2f} "
-              f"{max(m['first_call']['overhead_GB'], m['second_call']['overhead_GB']):11.2f} {hf:10.2f}  {speeds}")
+              f"{max(m['first_call']['overhead_GB'], m['second_call']['overhead_GB']):11.2f} "
+              f"{hf:10.2f}  {speeds}")
     doc = {"meta": meta, "results": results}
     if args.tiny:
         print("--tiny: nothing written")

@@ -1,6 +1,6 @@
-"""Mistral (`MistralForCausalLM`): Llama's structure; every layer attends within `config.sliding_window` tokens
-(None: full causal attention). The patched attention leaves windowed attention to Hugging Face's eager code; the
-generation runtime refuses a cache longer than the window.
+"""Mistral (`MistralForCausalLM`): Llama's structure; every layer attends within `config.sliding_window`
+tokens (None: full causal attention). The patched attention sends a window shorter than the keys to Hugging
+Face's eager code; the generation runtime refuses a cache longer than the window.
 """
 
 from .registry import Architecture, register

@@ -1,7 +1,8 @@
 """Qwen2 / Qwen2.5 (`Qwen2ForCausalLM`): Llama's structure plus q/k/v biases; tied or untied embeddings.
 
-Its layers may use sliding-window attention (`use_sliding_window=True` marks the layers from `max_window_layers`
-on as "sliding_attention" in `config.layer_types`); the generation runtime refuses a cache longer than the window.
+Its layers may use sliding-window attention (`use_sliding_window=True` marks the layers from
+`max_window_layers` on as "sliding_attention" in `config.layer_types`); the generation runtime refuses a cache
+longer than the window.
 """
 
 from .registry import Architecture, register

@@ -18,7 +18,7 @@ class Architecture:
     mlp_class: str
     attention_class: str
     rope_function: str  # module-level function the attention forward looks up on each call
-    # --- how the generation runtime reads the weights (dotted attribute paths) ---------------------------------
+    # --- how the generation runtime reads the weights (dotted attribute paths) ------------------------------
     # from the ...ForCausalLM model:
     layers: str = "model.layers"
     embed_tokens: str = "model.embed_tokens"
@@ -65,7 +65,7 @@ def register(arch: Architecture) -> Architecture:
 
 
 def find_architecture(model) -> Architecture:
-    """The Architecture whose pretrained class `model` is an instance of; TypeError naming the supported ones."""
+    """The Architecture whose pretrained class `model` is an instance of; else TypeError naming them all."""
     for arch in ARCHITECTURES.values():
         try:
             base = arch.cls("pretrained_class")

@@ -1,13 +1,13 @@
-"""The Llama family through the registry: Llama, Qwen2 (q/k/v bias, tied and untied embeddings), Qwen3 (per-head
-q/k RMSNorm), Mistral (sliding window), on tiny random configs (2 layers, hidden 48, 6 query heads over 2 KV
-heads: GQA ratio 3, head_dim 16 so heads * head_dim != hidden).
+"""The Llama family through the registry: Llama, Qwen2 (q/k/v bias, tied and untied embeddings), Qwen3
+(per-head q/k RMSNorm), Mistral (sliding window), on tiny random configs (2 layers, hidden 48, 6 query heads
+over 2 KV heads: GQA ratio 3, head_dim 16 so heads * head_dim != hidden).
 
 Checked per family: patched logits and gradients equal the unpatched model's (fp32 vs the float64 model, the
-rule of tests/helpers.py); the runtime's greedy tokens on a ragged batch equal HF `generate` greedy per prompt;
-revert is bit-exact; settings the runtime cannot run raise a clear error naming the setting.
-Weights are drawn with std 0.15 (HF's default 0.02 makes attention near-uniform and greedy tokens all equal).
-Easy mistakes this catches: a missing bias in the fused q/k/v GEMM, q/k norm applied after RoPE or not at all,
-the tied lm_head read from the wrong module, a sliding-window model silently run with full attention.
+rule of tests/helpers.py); the runtime's greedy tokens on a ragged batch equal HF `generate` greedy per
+prompt; revert is bit-exact; settings the runtime cannot run raise a clear error naming the setting. Weights
+are drawn with std 0.15 (HF's default 0.02 makes attention near-uniform and greedy tokens all equal). Easy
+mistakes this catches: a missing bias in the fused q/k/v GEMM, q/k norm applied after RoPE or not at all, the
+tied lm_head read from the wrong module, a sliding-window model silently run with full attention.
 """
 
 import copy
@@ -21,9 +21,9 @@ from helpers import assert_matches
 from litekernels.generation import LlamaRuntime, generate_ids
 from litekernels.patches import apply_lite_llama, lite_llama_summary, revert_lite_llama
 
-COMMON = dict(vocab_size=128, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=6,
-              num_key_value_heads=2, head_dim=16, max_position_embeddings=128, pad_token_id=0, bos_token_id=1,
-              eos_token_id=2)
+COMMON = dict(vocab_size=128, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+              num_attention_heads=6, num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
+              pad_token_id=0, bos_token_id=1, eos_token_id=2)
 
 FAMILIES = {
     "llama": (LlamaForCausalLM, LlamaConfig, {}),
@@ -73,8 +73,9 @@ def test_patched_logits_match_unpatched(family):
     assert_matches(out[1, 4:], ref[1, 4:], name=f"{family} logits row 1")  # padded positions are don't-care
 
 
-# Backward: the patch replaces the same modules in every family; what differs is Qwen3's q/k norms (our RMSNorm
-# kernel on (B, T, heads, head_dim) views) and Qwen2's biases. Llama's gradients: tests/test_patches.py.
+# Backward: the patch replaces the same modules in every family; what differs is Qwen3's q/k norms (our
+# RMSNorm kernel on (B, T, heads, head_dim) views) and Qwen2's biases. Llama's gradients:
+# tests/test_patches.py.
 @pytest.mark.parametrize("family", ["qwen2-untied", "qwen3-bias"])
 def test_patched_grads_match_unpatched(family):
     model = make(family).train()
@@ -99,7 +100,8 @@ def test_mistral_sliding_window_patched_matches_unpatched():
         exact = copy.deepcopy(model).double()(ids, attention_mask=mask).logits
         no_window = copy.deepcopy(model).double()
         no_window.config.sliding_window = None
-        assert not torch.allclose(no_window(ids, attention_mask=mask).logits[0], exact[0])  # the window matters
+        full = no_window(ids, attention_mask=mask).logits
+        assert not torch.allclose(full[0], exact[0])  # the window matters
         apply_lite_llama(model)
         out = model(ids, attention_mask=mask).logits
     assert_matches(out[0], exact[0], name="mistral sliding logits row 0")
@@ -149,7 +151,8 @@ def _hf_greedy(model, prompt, n):
 # The runtime's code path differs by bias / q-k norm / tied head, not by family name: these cases cover every
 # branch (Llama: tests/test_generation.py; qwen2-tied and plain qwen3 only repeat them; each case costs ~15 s
 # under TRITON_INTERPRET). The runtime reads weights, not forwards: patching must not change its tokens.
-@pytest.mark.parametrize("family, patched", [("qwen2-untied", False), ("mistral", False), ("qwen3-bias", True)])
+@pytest.mark.parametrize("family, patched",
+                         [("qwen2-untied", False), ("mistral", False), ("qwen3-bias", True)])
 def test_runtime_greedy_matches_hf_generate_on_ragged_batch(family, patched):
     model = make(family)
     refs = [_hf_greedy(model, p, 6) for p in PROMPTS]  # unpatched HF, one prompt at a time
@@ -198,8 +201,8 @@ def _lora_like(family):
 
 @pytest.mark.parametrize("build, exc, words", [
     (lambda: make("mistral", sliding_window=16), ValueError, "sliding_window=16"),
-    (lambda: make("qwen2-untied", use_sliding_window=True, sliding_window=16, max_window_layers=1), ValueError,
-     "sliding_window=16"),
+    (lambda: make("qwen2-untied", use_sliding_window=True, sliding_window=16, max_window_layers=1),
+     ValueError, "sliding_window=16"),
     (lambda: _dynamic_rope("llama"), ValueError, "rope_type='dynamic'"),
     (lambda: _dynamic_rope("qwen3"), ValueError, "rope_type='dynamic'"),
     (lambda: _with_setting("qwen2-tied", num_experts=4), ValueError, "num_experts=4"),
@@ -224,8 +227,8 @@ def test_sliding_window_at_least_the_cache_is_accepted():
 @pytest.mark.gpu
 @pytest.mark.parametrize("family", ["qwen2-untied", "qwen3-bias", "mistral"])
 def test_gpu_graph_decode_matches_eager_and_hf(family):
-    """On CUDA (compiled kernels, decode replayed from a CUDA graph, Qwen3's q/k norms inside the graph), fp32:
-    graph tokens == eager tokens == HF greedy per prompt."""
+    """On CUDA (compiled kernels, decode replayed from a CUDA graph, Qwen3's q/k norms inside the graph),
+    fp32: graph tokens == eager tokens == HF greedy per prompt."""
     model = make(family).cuda()
     refs = [_hf_greedy(model, p, 6) for p in PROMPTS]
     eager, _, _ = generate_ids(model, PROMPTS, 6, use_cuda_graph=False)

@@ -1,12 +1,13 @@
 """The runtime holds no copies of the model's weights (issue #12).
 
-After a runtime is built, every tensor it holds other than the KV cache and the RoPE tables lives in storage the
-model's parameters also live in, and the parameters' storages add up to no more than the parameters themselves.
-The fusion must be invisible to everything else: same Parameter objects and names, state_dict values bit-equal,
-save_pretrained/from_pretrained round trip, HF forward logits and gradients bit-equal, optimizer steps seen by the
-runtime, `is_stale()` when a parameter gets new storage. Easy mistakes this catches: a torch.cat left in the
-runtime, fused buffers that keep the old parameters alive, a rebinding that swaps Parameter objects (breaks
-optimizers and tied weights), a second runtime that fuses again instead of viewing.
+After a runtime is built, every tensor it holds other than the KV cache and the RoPE tables lives in storage
+the model's parameters also live in, and the parameters' storages add up to no more than the parameters
+themselves. The fusion must be invisible to everything else: same Parameter objects and names, state_dict
+values bit-equal, save_pretrained/from_pretrained round trip, HF forward logits and gradients bit-equal,
+optimizer steps seen by the runtime, `is_stale()` when a parameter gets new storage. Easy mistakes this
+catches: a torch.cat left in the runtime, fused buffers that keep the old parameters alive, a rebinding that
+swaps Parameter objects (breaks optimizers and tied weights), a second runtime that fuses again instead of
+viewing.
 """
 
 import copy
@@ -22,8 +23,9 @@ PROMPTS = [[1, 5, 9, 33, 7], [1, 2]]
 
 def make(tie=True, seed=0):
     torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=96, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=6,
-                      num_key_value_heads=2, head_dim=16, max_position_embeddings=64, tie_word_embeddings=tie)
+    cfg = Qwen2Config(vocab_size=96, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                      num_attention_heads=6, num_key_value_heads=2, head_dim=16, max_position_embeddings=64,
+                      tie_word_embeddings=tie)
     model = Qwen2ForCausalLM(cfg).eval()  # q/k/v biases: the fusion covers biases too
     with torch.no_grad():
         for p in model.parameters():
@@ -55,14 +57,17 @@ def test_fusion_is_invisible_to_the_model(tmp_path):
     with torch.no_grad():
         ref = model(ids).logits
     before_sd = {k: v.clone() for k, v in model.state_dict().items()}
-    before_params = {n: (id(p), p.requires_grad, p.dtype, tuple(p.shape)) for n, p in model.named_parameters()}
+    def describe(m):
+        return {n: (id(p), p.requires_grad, p.dtype, tuple(p.shape)) for n, p in m.named_parameters()}
+
+    before_params = describe(model)
     twin = copy.deepcopy(model)  # never fused: the gradient reference
     LlamaRuntime(model, max_batch=2, max_seq_len=16, use_cuda_graph=False)
     after = model.state_dict()
     assert list(after) == list(before_sd)
     for k, v in before_sd.items():
         assert after[k].dtype == v.dtype and after[k].shape == v.shape and torch.equal(after[k], v), k
-    assert {n: (id(p), p.requires_grad, p.dtype, tuple(p.shape)) for n, p in model.named_parameters()} == before_params
+    assert describe(model) == before_params
     assert all(p.is_leaf for p in model.parameters())
     with torch.no_grad():
         assert torch.equal(model(ids).logits, ref)
@@ -100,7 +105,8 @@ def test_in_place_updates_reach_the_runtime_and_replacements_make_it_stale():
         model.model.layers[0].mlp.up_proj.weight.mul_(-1)
     assert not torch.equal(rt.prefill(PROMPTS), after_step)  # seen without a rebuild
     # a new storage for one parameter: the runtime would read the old one, and says so
-    model.model.layers[1].self_attn.k_proj.weight.data = model.model.layers[1].self_attn.k_proj.weight.data.clone()
+    k_proj = model.model.layers[1].self_attn.k_proj
+    k_proj.weight.data = k_proj.weight.data.clone()
     assert rt.is_stale()
     rt2 = LlamaRuntime(model, max_batch=2, max_seq_len=16, use_cuda_graph=False)
     assert not rt2.is_stale()
@@ -131,12 +137,13 @@ def test_unfused_path_leaves_parameters_alone_and_gives_the_same_logits():
                if n not in ("k_cache", "v_cache", "cos", "sin"))
     a = split.prefill(PROMPTS)
     fused = LlamaRuntime(model, max_batch=2, max_seq_len=16, use_cuda_graph=False)
-    torch.testing.assert_close(fused.prefill(PROMPTS), a, atol=1e-5, rtol=1e-5)  # one GEMM vs three: fp32 sums
+    # one GEMM vs three: the same fp32 sums, possibly in another order
+    torch.testing.assert_close(fused.prefill(PROMPTS), a, atol=1e-5, rtol=1e-5)
 
 
 def test_shared_parameter_between_groups_is_not_moved():
-    """A parameter used by two groups (here: gate_proj of layer 1 is layer 0's) cannot be a view of both buffers:
-    the second group runs unfused, and both layers still read the live parameter."""
+    """A parameter used by two groups (here: gate_proj of layer 1 is layer 0's) cannot be a view of both
+    buffers: the second group runs unfused, and both layers still read the live parameter."""
     model = make()
     m0, m1 = model.model.layers[0].mlp, model.model.layers[1].mlp
     m1.gate_proj.weight = m0.gate_proj.weight
@@ -166,13 +173,13 @@ def test_gpu_runtime_allocates_only_cache_and_rope_tables():
 
 
 def test_unfuse_weights_gives_each_parameter_its_own_storage(tmp_path, monkeypatch):
-    """accelerate's clean_state_dict_for_safetensors (Accelerator.save_model) keeps one name per storage: on a
-    fused model it would drop k/v/up from the checkpoint. unfuse_weights undoes the sharing before such a save."""
+    """accelerate's clean_state_dict_for_safetensors (Accelerator.save_model) keeps one name per storage: on
+    a fused model it would drop k/v/up from the checkpoint. unfuse_weights undoes the sharing before that."""
+    import logging
+
     from safetensors.torch import load_file, save_file
 
     from litekernels.generation.runtime import unfuse_weights
-
-    import logging
 
     other = pytest.importorskip("accelerate.utils.other")
     monkeypatch.setattr(other, "logger", logging.getLogger("test"))  # its own logger needs an Accelerator()

@@ -16,17 +16,18 @@ add+RMSNorm, one GEMM for gate/up, SiLU*mul and the down projection.
 
 No weight copies: the fused q/k/v and gate/up GEMMs read one buffer per layer and projection group, and the HF
 parameters are views of it. Building the first runtime moves each group's parameters into that buffer once
-(`param.data = buffer[rows]`: same Parameter objects, names, state_dict values, optimizer references; old storage
-freed), a later runtime finds them already back to back and just views them. Where that is impossible (DTensor or
-other tensor subclasses, mixed dtypes, a parameter shared between groups, `fuse_weights=False`) the group runs
-one GEMM per projection instead, still without copies. Layer weights are found through the model's Architecture
-entry (patches/), so this file knows no family's attribute paths.
+(`param.data = buffer[rows]`: same Parameter objects, names, state_dict values, optimizer references; old
+storage freed), a later runtime finds them already back to back and just views them. Where that is impossible
+(DTensor or other tensor subclasses, mixed dtypes, a parameter shared between groups, `fuse_weights=False`)
+the group runs one GEMM per projection instead, still without copies. Layer weights are found through the
+model's Architecture entry (patches/), so this file knows no family's attribute paths.
 
-Autograd and optimizers: the buffer is a plain tensor (requires_grad=False); each parameter stays the same leaf
-nn.Parameter (requires_grad kept) whose `.data` is a view of its rows. Autograd writes `param.grad` as before,
-optimizer state keyed by the Parameter is untouched, and an optimizer's in-place update writes into the buffer,
-so the runtime sees it without a rebuild. What the runtime cannot see is a parameter that gets new storage
-(`.to()`, load_state_dict(assign=True), `param.data = ...`): `weights_signature()` / `is_stale()` detect that.
+Autograd and optimizers: the buffer is a plain tensor (requires_grad=False); each parameter stays the same
+leaf nn.Parameter (requires_grad kept) whose `.data` is a view of its rows. Autograd writes `param.grad` as
+before, optimizer state keyed by the Parameter is untouched, and an optimizer's in-place update writes into
+the buffer, so the runtime sees it without a rebuild. What the runtime cannot see is a parameter that gets new
+storage (`.to()`, load_state_dict(assign=True), `param.data = ...`): `weights_signature()` / `is_stale()`
+detect that.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def check_config(config, arch, max_seq_len: int) -> None:
     name = arch.name
     act = getattr(config, "hidden_act", "silu")
     if act not in ("silu", "swish"):
-        raise ValueError(f"{name}: hidden_act={act!r} is not supported by the runtime (only SiLU/SwiGLU MLPs)")
+        raise ValueError(f"{name}: hidden_act={act!r} is not supported by the runtime (SiLU MLPs only)")
     for key in _MOE_SETTINGS:
         n = getattr(config, key, None)
         if isinstance(n, int) and n > 0:
@@ -95,20 +96,21 @@ def check_config(config, arch, max_seq_len: int) -> None:
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
     if rope_type not in SUPPORTED_ROPE_TYPES:
-        raise ValueError(f"{name}: rope_type={rope_type!r} is not supported by the runtime (its cos/sin depend on "
-                         f"the sequence length); supported: {', '.join(SUPPORTED_ROPE_TYPES)}")
+        raise ValueError(f"{name}: rope_type={rope_type!r} is not supported by the runtime (its cos/sin "
+                         f"depend on the sequence length); supported: {', '.join(SUPPORTED_ROPE_TYPES)}")
     partial = (rope.get("partial_rotary_factor") if isinstance(rope, dict) else None) or \
         getattr(config, "partial_rotary_factor", None) or 1.0
     if partial != 1.0:
-        raise ValueError(f"{name}: partial_rotary_factor={partial} is not supported by the runtime (RoPE on the "
-                         "whole head only)")
+        raise ValueError(f"{name}: partial_rotary_factor={partial} is not supported by the runtime (RoPE on "
+                         "the whole head only)")
     window = arch.window(config)
     # a query at position i sees keys j > i - window (HF's sliding-window mask); the cache holds positions
     # 0..max_seq_len-1, so the window never cuts iff max_seq_len <= window
     if window is not None and max_seq_len > window:
         raise ValueError(f"{name}: config.sliding_window={window} is shorter than the runtime's KV cache of "
-                         f"max_seq_len={max_seq_len} positions, and the runtime has no sliding-window attention; "
-                         f"keep prompt + new tokens <= {window} (max_seq_len <= {window}) or use HF generate")
+                         f"max_seq_len={max_seq_len} positions, and the runtime has no sliding-window "
+                         f"attention; keep prompt + new tokens <= {window} (max_seq_len <= {window}) or use "
+                         "HF generate")
 
 
 def _linear(layer, path: str, i: int):
@@ -117,11 +119,12 @@ def _linear(layer, path: str, i: int):
     try:
         m = get_path(layer, path)
     except (AttributeError, IndexError) as e:
-        raise TypeError(f"layer {i} has no {path} ({e}); the runtime expects a dense Llama-family layer") from None
+        raise TypeError(f"layer {i} has no {path} ({e}); the runtime expects a dense Llama-family "
+                        "layer") from None
     if not isinstance(m, torch.nn.Linear) or type(m).forward is not torch.nn.Linear.forward:
-        raise TypeError(f"layer {i}.{path} is a {type(m).__name__}, not a plain nn.Linear; the runtime reads "
-                        "the weight directly and would ignore what that module adds (merge LoRA adapters with "
-                        "merge_and_unload() first)")
+        raise TypeError(f"layer {i}.{path} is a {type(m).__name__}, not a plain nn.Linear; the runtime "
+                        "reads the weight directly and would ignore what that module adds (merge LoRA "
+                        "adapters with merge_and_unload() first)")
     return m
 
 
@@ -131,7 +134,7 @@ def _plain(t) -> bool:
 
 
 def _adjacent(ts) -> torch.Tensor | None:
-    """The tensors, stacked along dim 0, as one view of their shared storage if they already lie back to back."""
+    """The tensors stacked along dim 0 as one view of their storage, if they already lie back to back."""
     first = ts[0]
     ptr = first.untyped_storage().data_ptr()
     offset = first.storage_offset()
@@ -142,7 +145,8 @@ def _adjacent(ts) -> torch.Tensor | None:
         offset += t.numel()
     rows = sum(t.shape[0] for t in ts)
     shape = (rows, *first.shape[1:])
-    return first.detach().as_strided(shape, torch.empty(shape, device="meta").stride(), first.storage_offset())
+    strides = torch.empty(shape, device="meta").stride()
+    return first.detach().as_strided(shape, strides, first.storage_offset())
 
 
 def _rebind(ts) -> torch.Tensor:
@@ -152,7 +156,8 @@ def _rebind(ts) -> torch.Tensor:
     freed (unless something else holds it), and in-place updates of a parameter are seen by the fused buffer.
     """
     first = ts[0]
-    fused = torch.empty((sum(t.shape[0] for t in ts), *first.shape[1:]), dtype=first.dtype, device=first.device)
+    rows = sum(t.shape[0] for t in ts)
+    fused = torch.empty((rows, *first.shape[1:]), dtype=first.dtype, device=first.device)
     row = 0
     for t in ts:
         fused[row: row + t.shape[0]].copy_(t.detach())
@@ -198,8 +203,8 @@ def unfuse_weights(model) -> int:
     `clean_state_dict_for_safetensors` (Accelerator.save_model) keeps one name per storage and would drop the
     others from the checkpoint. transformers' save_pretrained, safetensors' save_file (>= 0.4) and torch.save
     handle disjoint views correctly (save_pretrained clones them while saving). Copies
-    one group at a time, so memory grows by at most one layer's group while it runs; drops the runtime cached on
-    the model by generate(), and any other runtime of this model becomes stale (`is_stale()`). Returns the
+    one group at a time, so memory grows by at most one layer's group while it runs; drops the runtime cached
+    on the model by generate(), and any other runtime of this model becomes stale (`is_stale()`). Returns the
     number of parameters given their own storage.
     """
     from litekernels.patches.registry import find_architecture, get_path
@@ -230,14 +235,15 @@ class LlamaRuntime:
     logits = runtime.decode(next_tokens, positions)         # one token per sequence
 
     Weights are read through the model's Architecture entry (patches/), never copied: q/k/v and gate/up run as
-    one GEMM each over a buffer the HF parameters are views of (see `_rebind`); `fuse_weights=False` leaves the
-    parameters' storage alone and runs one GEMM per projection instead. In-place changes to the parameters
+    one GEMM each over a buffer the HF parameters are views of (see `_rebind`); `fuse_weights=False` leaves
+    the parameters' storage alone and runs one GEMM per projection instead. In-place changes to the parameters
     (optimizer steps, load_state_dict) are seen by the runtime; replacing a parameter or its storage (`.to()`,
     load_state_dict(assign=True), `param.data = ...`) is not: `is_stale()` tells, then build a new runtime.
     """
 
-    def __init__(self, model, *, max_batch: int = 8, max_seq_len: int = 2048, use_cuda_graph: bool | None = None,
-                 skinny_gemm: bool | None = None, fuse_weights: bool = True):
+    def __init__(self, model, *, max_batch: int = 8, max_seq_len: int = 2048,
+                 use_cuda_graph: bool | None = None, skinny_gemm: bool | None = None,
+                 fuse_weights: bool = True):
         from litekernels.patches.registry import find_architecture, get_path
 
         arch = find_architecture(model)  # TypeError for models outside the Llama family
@@ -277,13 +283,13 @@ class LlamaRuntime:
         with torch.no_grad():
             self.layers = []
             for i, layer in enumerate(layers):
-                q, k, v, o = (_linear(layer, getattr(arch, n), i) for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
-                g, u, d = (_linear(layer, getattr(arch, n), i) for n in ("gate_proj", "up_proj", "down_proj"))
+                names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+                q, k, v, o, g, u, d = (_linear(layer, getattr(arch, n), i) for n in names)
                 n_in, n_post = get_path(layer, arch.input_norm), get_path(layer, arch.post_attention_norm)
                 rec = _Layer(w_in=n_in.weight, eps_in=n_in.variance_epsilon, w_post=n_post.weight,
                              eps_post=n_post.variance_epsilon, qkv=_fuse([q, k, v], self.fuse_weights, seen),
-                             wo=o.weight, bo=o.bias, gu=_fuse([g, u], self.fuse_weights, seen), wdown=d.weight,
-                             bdown=d.bias)
+                             wo=o.weight, bo=o.bias, gu=_fuse([g, u], self.fuse_weights, seen),
+                             wdown=d.weight, bdown=d.bias)
                 if arch.q_norm is not None:
                     qn, kn = get_path(layer, arch.q_norm), get_path(layer, arch.k_norm)
                     rec.q_norm, rec.k_norm, rec.qk_eps = qn.weight, kn.weight, qn.variance_epsilon
@@ -315,22 +321,24 @@ class LlamaRuntime:
         devices = set()
         for name, t in model.named_parameters():
             if type(t.data) is not torch.Tensor:
-                raise TypeError(f"parameter {name} is a {type(t.data).__name__} (tensor parallel / FSDP?); the "
-                                "runtime needs plain tensors on one device: use HF generate for this model")
+                raise TypeError(f"parameter {name} is a {type(t.data).__name__} (tensor parallel / FSDP?); "
+                                "the runtime needs plain tensors on one device: use HF generate instead")
             if t.device.type == "meta":
-                raise ValueError(f"parameter {name} is on the meta device (offloaded by accelerate?); the runtime "
-                                 "needs every weight on one device")
+                raise ValueError(f"parameter {name} is on the meta device (offloaded by accelerate?); the "
+                                 "runtime needs every weight on one device")
             devices.add(t.device)
         if len(devices) > 1:
-            raise ValueError(f"the model's parameters are on several devices ({', '.join(map(str, devices))}); "
-                             "the runtime needs every weight on one device")
+            names = ", ".join(sorted(map(str, devices)))
+            raise ValueError(f"the model's parameters are on several devices ({names}); the runtime needs "
+                             "every weight on one device")
 
     def weights_signature(self) -> tuple:
-        """(id, data_ptr, dtype, device, shape) of every parameter the runtime reads, re-read from the modules.
+        """(id, data_ptr, dtype, device, shape) of each parameter the runtime reads, re-read from the modules.
 
         Cheap (a few hundred attribute reads). It changes when a parameter is replaced or gets new storage
-        (`model.to()`, load_state_dict(assign=True), `param.data = ...`, a new Parameter assigned), i.e. exactly
-        when this runtime would read stale weights; in-place updates keep it (and the runtime sees them).
+        (`model.to()`, load_state_dict(assign=True), `param.data = ...`, a new Parameter assigned), i.e.
+        exactly when this runtime would read stale weights; in-place updates keep it (and the runtime sees
+        them).
         """
         out = []
         for module, attr in self._sources:
@@ -378,8 +386,9 @@ class LlamaRuntime:
             B, T, _ = x.shape
             qkv = self._proj(x, L.qkv).view(B, T, H + 2 * KV, D)
             if L.q_norm is not None:  # Qwen3: RMSNorm over head_dim on every q and k head, before RoPE
-                qkv = torch.cat([LF.rms_norm(qkv[:, :, :H], L.q_norm, L.qk_eps),
-                                 LF.rms_norm(qkv[:, :, H:H + KV], L.k_norm, L.qk_eps), qkv[:, :, H + KV:]], dim=2)
+                q = LF.rms_norm(qkv[:, :, :H], L.q_norm, L.qk_eps)
+                k = LF.rms_norm(qkv[:, :, H:H + KV], L.k_norm, L.qk_eps)
+                qkv = torch.cat([q, k, qkv[:, :, H + KV:]], dim=2)
             o = attend(i, qkv)  # (B, H, T, D)
             h = self._linear(o.transpose(1, 2).reshape(B, T, H * D), L.wo, L.bo)
             x, residual = LF.fused_add_rms_norm(h, residual, L.w_post, L.eps_post)
