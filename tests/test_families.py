@@ -92,20 +92,25 @@ def test_patched_grads_match_unpatched(family):
         assert_matches(a, e, name=f"{family} grad of {name}", rtol32=1e-4)
 
 
-def test_mistral_sliding_window_patched_matches_unpatched():
-    """Windowed attention goes to HF's eager code with our (bool) mask made additive: same logits."""
-    model = make("mistral", sliding_window=5)
+SLIDING = {"mistral": dict(sliding_window=5),  # every layer windowed
+           "qwen2-untied": dict(use_sliding_window=True, sliding_window=5, max_window_layers=1)}  # layer 1 only
+
+
+@pytest.mark.parametrize("family", SLIDING)
+def test_sliding_window_patched_matches_unpatched(family):
+    """A window shorter than the keys goes to HF's eager code with our (bool) mask made additive: same logits."""
+    model = make(family, **SLIDING[family])
     ids, mask = _batch()
     with torch.no_grad():
         exact = copy.deepcopy(model).double()(ids, attention_mask=mask).logits
-        no_window = copy.deepcopy(model).double()
-        no_window.config.sliding_window = None
+        no_window = make(family).double()
+        no_window.load_state_dict(model.state_dict())
         full = no_window(ids, attention_mask=mask).logits
         assert not torch.allclose(full[0], exact[0])  # the window matters
         apply_lite_llama(model)
         out = model(ids, attention_mask=mask).logits
-    assert_matches(out[0], exact[0], name="mistral sliding logits row 0")
-    assert_matches(out[1, 4:], exact[1, 4:], name="mistral sliding logits row 1")
+    assert_matches(out[0], exact[0], name=f"{family} sliding logits row 0")
+    assert_matches(out[1, 4:], exact[1, 4:], name=f"{family} sliding logits row 1")
 
 
 def test_mistral_window_that_never_cuts_runs_our_attention(monkeypatch):
