@@ -92,13 +92,13 @@ def test_patched_grads_match_unpatched(family):
         assert_matches(a, e, name=f"{family} grad of {name}", rtol32=1e-4)
 
 
-SLIDING = {"mistral": dict(sliding_window=5),  # every layer windowed
-           "qwen2-untied": dict(use_sliding_window=True, sliding_window=5, max_window_layers=1)}  # layer 1 only
+SLIDING = {"mistral": dict(sliding_window=5),  # every layer windowed; Qwen2: layer 1 only
+           "qwen2-untied": dict(use_sliding_window=True, sliding_window=5, max_window_layers=1)}
 
 
 @pytest.mark.parametrize("family", SLIDING)
 def test_sliding_window_patched_matches_unpatched(family):
-    """A window shorter than the keys goes to HF's eager code with our (bool) mask made additive: same logits."""
+    """A window shorter than the keys goes to HF's eager code, our (bool) mask made additive: same logits."""
     model = make(family, **SLIDING[family])
     ids, mask = _batch()
     with torch.no_grad():
