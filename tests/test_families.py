@@ -240,3 +240,11 @@ def test_gpu_graph_decode_matches_eager_and_hf(family):
     graph, _, _ = generate_ids(model, PROMPTS, 6, use_cuda_graph=True)
     assert eager.tolist() == refs
     assert graph.tolist() == refs
+
+
+def test_model_without_lm_head_is_refused():
+    from transformers import Qwen3Model
+
+    base = make("qwen3")
+    with pytest.raises(TypeError, match="needs a ...ForCausalLM model; Qwen3Model has no model"):
+        LlamaRuntime(Qwen3Model(base.config), max_batch=1, max_seq_len=16, use_cuda_graph=False)

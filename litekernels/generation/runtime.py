@@ -252,9 +252,13 @@ class LlamaRuntime:
         cfg = model.config
         check_config(cfg, arch, max_seq_len)
         self.arch = arch
-        layers = get_path(model, arch.layers)
-        embed_mod, head_mod = get_path(model, arch.embed_tokens), get_path(model, arch.lm_head)
-        norm_mod = get_path(model, arch.final_norm)
+        try:
+            layers = get_path(model, arch.layers)
+            embed_mod, head_mod = get_path(model, arch.embed_tokens), get_path(model, arch.lm_head)
+            norm_mod, rotary = get_path(model, arch.final_norm), get_path(model, arch.rotary_emb)
+        except AttributeError as e:
+            raise TypeError(f"LlamaRuntime needs a ...ForCausalLM model; {type(model).__name__} has no "
+                            f"{e.name if hasattr(e, 'name') and e.name else e}") from None
         # every parameter the runtime reads, as (module, attribute): weights_signature() re-reads them
         self._sources = [(embed_mod, "weight"), (head_mod, "weight"), (norm_mod, "weight")]
         if getattr(head_mod, "bias", None) is not None:
@@ -309,7 +313,7 @@ class LlamaRuntime:
             # cos/sin for every position, computed by HF's own rotary module (llama3 / yarn scaling included)
             pos = torch.arange(max_seq_len, device=self.device)[None]
             probe = torch.empty(1, dtype=self.dtype, device=self.device)
-            cos, sin = get_path(model, arch.rotary_emb)(probe, pos)
+            cos, sin = rotary(probe, pos)
             self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()  # (L, D)
             shape = (len(self.layers), max_batch, self.n_kv, max_seq_len, self.head_dim)
             self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
