@@ -200,3 +200,30 @@ def test_unfuse_weights_gives_each_parameter_its_own_storage(tmp_path, monkeypat
     assert sum(params.values()) == sum(p.numel() * p.element_size() for p in model.parameters())
     rebuilt = LlamaRuntime(model, max_batch=1, max_seq_len=16, use_cuda_graph=False)
     assert torch.equal(rebuilt.prefill(PROMPTS[:1]), logits)
+
+
+def test_runtime_built_in_inference_mode_leaves_the_model_trainable():
+    """Tensors made under torch.inference_mode are inference tensors: parameters rebound to such a buffer
+    could not be trained, and a cache made there could not be written outside inference mode."""
+    model = make()
+    with torch.inference_mode():
+        rt = LlamaRuntime(model, max_batch=2, max_seq_len=16, use_cuda_graph=False)
+        inside = rt.prefill(PROMPTS)
+    assert not any(p.is_inference() for p in model.parameters())
+    assert rt.layers[0].qkv.weight is not None  # fused
+    assert not rt.k_cache.is_inference() and not rt.layers[0].qkv.weight.is_inference()
+    assert torch.equal(rt.prefill(PROMPTS), inside)  # cache written outside inference mode
+    model.train()
+    ids = torch.tensor([PROMPTS[0]])
+    model(ids, labels=ids).loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_model_created_in_inference_mode_runs_unfused():
+    with torch.inference_mode():
+        model = make()
+    rt = LlamaRuntime(model, max_batch=2, max_seq_len=16, use_cuda_graph=False)
+    assert rt.layers[0].qkv.weight is None  # its parameters cannot be viewed outside inference mode
+    with torch.inference_mode():
+        again = LlamaRuntime(model, max_batch=2, max_seq_len=16, use_cuda_graph=False)
+        assert torch.equal(again.prefill(PROMPTS), rt.prefill(PROMPTS))

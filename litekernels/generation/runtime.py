@@ -129,8 +129,10 @@ def _linear(layer, path: str, i: int):
 
 
 def _plain(t) -> bool:
-    """A dense tensor we may view and rebind: not a DTensor or other subclass, not on the meta device."""
-    return t is not None and type(t.data) is torch.Tensor and t.device.type != "meta"
+    """A dense tensor we may view and rebind: not a DTensor or other subclass, not on the meta device, not an
+    inference tensor (a model built under torch.inference_mode: its views outside that mode fail)."""
+    return (t is not None and type(t.data) is torch.Tensor and t.device.type != "meta"
+            and not t.is_inference())
 
 
 def _adjacent(ts) -> torch.Tensor | None:
@@ -212,7 +214,7 @@ def unfuse_weights(model) -> int:
     arch = find_architecture(model)
     model.__dict__.pop("_lite_runtime", None)
     moved = 0
-    with torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad():  # new storage: ordinary tensors, still trainable
         for layer in get_path(model, arch.layers):
             for names in (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")):
                 modules = [get_path(layer, getattr(arch, n)) for n in names]
@@ -284,7 +286,10 @@ class LlamaRuntime:
         self.eps = norm_mod.variance_epsilon
         self.scale = float(get_path(layers[0], arch.attention).scaling)
         seen: set = set()
-        with torch.no_grad():
+        # Outside inference mode even when built inside one: tensors made there would be inference tensors, so
+        # the parameters rebound to the fused buffers could no longer be trained and the cache could not be
+        # written outside inference mode. (inference_mode(False) turns grad mode on: no_grad goes inside it.)
+        with torch.inference_mode(False), torch.no_grad():
             self.layers = []
             for i, layer in enumerate(layers):
                 names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -452,20 +457,24 @@ class LlamaRuntime:
 
     def _graph(self, bucket: int):
         if bucket not in self._graphs:
-            tokens = torch.zeros(bucket, dtype=torch.long, device=self.device)
-            # warm-up and capture write only the last slot, which a sequence overwrites before it attends it
-            positions = torch.full((bucket,), self.max_seq_len - 1, dtype=torch.long, device=self.device)
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):  # JIT compilation and autotuning happen here, outside capture
-                    self._decode_eager(tokens, positions)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                logits = self._decode_eager(tokens, positions)
-            self._graphs[bucket] = (graph, tokens, positions, logits)
+            with torch.inference_mode(False), torch.no_grad():  # persistent buffers: ordinary tensors
+                self._graphs[bucket] = self._capture(bucket)
         return self._graphs[bucket]
+
+    def _capture(self, bucket: int):
+        tokens = torch.zeros(bucket, dtype=torch.long, device=self.device)
+        # warm-up and capture write only the last slot, which a sequence overwrites before it attends it
+        positions = torch.full((bucket,), self.max_seq_len - 1, dtype=torch.long, device=self.device)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # JIT compilation and autotuning happen here, outside capture
+                self._decode_eager(tokens, positions)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits = self._decode_eager(tokens, positions)
+        return graph, tokens, positions, logits
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
