@@ -23,6 +23,7 @@ from litekernels.utils import backend_name
 from . import attention as _attention
 from . import causal_lm as _causal_lm
 from . import llama  # noqa: F401  (registers the Llama architecture)
+from . import mistral, qwen2, qwen3  # noqa: F401  (register the other Llama-family architectures)
 from .registry import ARCHITECTURES, Architecture, find_architecture
 
 __all__ = ["apply_lite_llama", "revert_lite_llama", "lite_llama_summary", "ARCHITECTURES", "Architecture"]
