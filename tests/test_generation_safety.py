@@ -145,6 +145,21 @@ def test_unchanged_weights_do_not_rebuild(model):
     assert _state(model).builds == 1
 
 
+def test_deepcopy_and_pickle_get_a_fresh_state(model, tmp_path):
+    import copy
+
+    want = _ours(model, PROMPTS, 4)
+    clone = copy.deepcopy(model)
+    assert _state(clone) is not _state(model) and _state(clone).runtime is None
+    with torch.no_grad():
+        clone.model.layers[0].mlp.up_proj.weight.mul_(-1.0)
+    _assert_matches_hf(clone, n=4)
+    assert _ours(model, PROMPTS, 4) == want  # the original's runtime is its own
+    torch.save(model, tmp_path / "m.pt")
+    loaded = torch.load(tmp_path / "m.pt", weights_only=False)
+    assert _state(loaded).runtime is None and _ours(loaded, PROMPTS, 4) == want
+
+
 # --------------------------------------------------------------------------------------------- threads
 def _alone(model, prompts, n, **kw):
     return [_ours(model, [p], n, **kw)[0] for p in prompts]

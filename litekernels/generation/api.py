@@ -219,14 +219,20 @@ def _cut_at_stop(text: str, stop) -> tuple[str, bool]:
     return (text[: min(hits)], True) if hits else (text, False)
 
 
-def _seeds(seed, batch: int, device):
-    """None, or RowSeeds from one seed (every row) or a list of one seed per prompt."""
+def _check_seed(seed, batch: int):
+    """None, or the list of one seed per prompt (an int seed applies to every prompt)."""
     if seed is None:
         return None
     seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed] * batch
     if len(seeds) != batch or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ValueError(f"seed must be an int or a list of {batch} ints (one per prompt), got {seed!r}")
-    return RowSeeds(seeds, device)
+    return seeds
+
+
+def _seeds(seed, batch: int, device):
+    """None, or RowSeeds from one seed (every row) or a list of one seed per prompt."""
+    seeds = _check_seed(seed, batch)
+    return None if seeds is None else RowSeeds(seeds, device)
 
 
 def _ready_runtime(model, st, batch, total_len, use_cuda_graph, skinny_gemm):
@@ -262,6 +268,7 @@ def generate_ids(model, prompts: list[list[int]], max_new_tokens: int, *, temper
         raise ValueError("prompts is empty: give at least one prompt")
     caps = _row_caps(model, prompts, max_new_tokens)
     B = len(prompts)
+    _check_seed(seed, B)
     total_len = max(len(p) + c for p, c in zip(prompts, caps))
     steps_max = max(caps)
     st = _state(model)
@@ -348,7 +355,7 @@ def stream(model, tokenizer, prompt: str, max_new_tokens: int = 128, *, temperat
         raise ValueError("stream() takes one prompt; use generate() for a batch")
     [cap] = _row_caps(model, ids, max_new_tokens)
     eos_set = set(_eos_ids(model, tokenizer))
-    _seeds(seed, 1, "cpu")  # check it now; the generator is made on the runtime's device
+    _check_seed(seed, 1)  # now, not at the first next(); the generator is made on the runtime's device
     return _stream(model, tokenizer, ids[0], cap, temperature, top_k, top_p, stop, seed, use_cuda_graph, eos_set)
 
 
