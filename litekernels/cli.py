@@ -69,7 +69,11 @@ def _demo(args) -> int:
     import torch
 
     from litekernels.generation.loading import load_model
-    from litekernels.patches import apply_lite_llama, lite_llama_summary, revert_lite_llama
+    from litekernels.patches import (
+        apply_lite_llama,
+        lite_llama_summary,
+        revert_lite_llama,
+    )
     from litekernels.utils import backend_name
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -115,8 +119,8 @@ def _load(args):
 
 
 def _sampling(args) -> dict:
-    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                use_cuda_graph=False if args.no_cuda_graph else None)
+    return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
+            "use_cuda_graph": False if args.no_cuda_graph else None}
 
 
 def _chat_text(tok, messages) -> str:

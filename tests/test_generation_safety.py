@@ -23,7 +23,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import litekernels.utils
 from litekernels.generation import LlamaRuntime, generate, generate_ids, stream
-from litekernels.generation.api import _state, get_runtime, release_runtime
+from litekernels.generation.api import _state, release_runtime
 
 CTX = 24  # the tiny models' context (max_position_embeddings)
 
@@ -370,7 +370,7 @@ def test_property_batched_equals_each_prompt_alone(prompts, new, kw, eos):
 @given(prompts=st.lists(prompt_st, min_size=2, max_size=4), new=st.integers(2, 6), base=st.integers(0, 1000))
 def test_property_per_prompt_seeds_and_reproducibility(prompts, new, base):
     seeds = [base + i for i in range(len(prompts))]
-    kw = dict(temperature=1.0, top_k=30)
+    kw = {"temperature": 1.0, "top_k": 30}
     got = _ours(MODEL, prompts, new, seed=seeds, **kw)
     assert got == _ours(MODEL, prompts, new, seed=seeds, **kw)
     for p, s, row in zip(prompts, seeds, got):
@@ -494,3 +494,20 @@ def test_gpu_peak_memory_flat_after_the_largest_call():
     grown = torch.cuda.max_memory_allocated() - largest
     assert grown <= 2**20, f"peak memory over 100 smaller calls exceeds the largest call's by {grown / 2**20:.1f} MiB"
     assert _state(model).builds == 1
+
+
+@pytest.mark.gpu
+def test_gpu_stream_with_graphs_survives_other_calls_between_tokens():
+    model = _gpu_model(seed=2)
+    prompt = TOK("hello there")["input_ids"]
+    want = _hf(model, prompt, 12)
+    it = stream(model, TOK, "hello there", 12)
+    next(it)
+    generate_ids(model, [[1, 2, 3]] * 8, 3)  # another bucket and the same cache rows, mid-stream
+    try:
+        while True:
+            next(it)
+    except StopIteration as done:
+        got = done.value.token_ids
+    assert _greedy_agrees(model, prompt, got, want[: len(got)])
+    assert len(got) == 12 or got[-1] == TOK.eos_token_id
