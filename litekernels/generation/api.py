@@ -278,7 +278,9 @@ def generate_ids(model, prompts: list[list[int]], max_new_tokens: int, *, temper
         dev = rt.device
         gen = _seeds(seed, B, dev)
         eos = torch.as_tensor(list(eos_ids) or [-1], device=dev)
-        last = torch.as_tensor([c - 1 for c in caps], device=dev)  # the step at which each row reaches its cap
+        # rows that reach the model's context before max_new_tokens stop at their own step (then stay put)
+        ragged = min(caps) < steps_max
+        last = torch.as_tensor([c - 1 for c in caps], device=dev) if ragged else None
 
         def sync():
             if dev.type == "cuda":
@@ -296,12 +298,17 @@ def generate_ids(model, prompts: list[list[int]], max_new_tokens: int, *, temper
         steps = 0
         for step in range(steps_max):
             out[:, step] = tok
-            finished |= torch.isin(tok, eos) | (last <= step)
+            finished |= torch.isin(tok, eos)
+            if ragged:
+                finished |= last <= step
             steps = step + 1
             if step == steps_max - 1 or (steps % SYNC_EVERY == 0 and bool(finished.all())):
                 break
             logits = rt.decode(tok, positions)
-            positions += ~finished  # a finished row stays put: it never writes past its own context
+            if ragged:
+                positions += ~finished  # a finished row stays put: it never writes past its own context
+            else:
+                positions += 1  # (every row's prompt + max_new_tokens fits, so no row can run past it)
             tok = torch.where(finished, tok, sample(logits, temperature, top_k, top_p, gen))
         sync()
         return out[:, :steps], t1 - t0, time.perf_counter() - t1
