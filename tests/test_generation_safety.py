@@ -160,6 +160,13 @@ def test_deepcopy_and_pickle_get_a_fresh_state(model, tmp_path):
     assert _state(loaded).runtime is None and _ours(loaded, PROMPTS, 4) == want
 
 
+def test_model_made_under_inference_mode(model):
+    with torch.inference_mode():
+        frozen = _tiny(seed=4)
+    _assert_matches_hf(frozen, n=4)  # inference tensors have no version counter: the check must not need one
+    assert _state(frozen).builds == 1
+
+
 # --------------------------------------------------------------------------------------------- threads
 def _alone(model, prompts, n, **kw):
     return [_ours(model, [p], n, **kw)[0] for p in prompts]

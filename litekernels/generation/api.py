@@ -92,7 +92,8 @@ class _WeightWatch:
 
     @staticmethod
     def _read(tensors):
-        return [(t.data_ptr(), t._version, t.dtype, t.device) for t in tensors]
+        # inference tensors (made under torch.inference_mode) have no version counter: storage checks only
+        return [(t.data_ptr(), -1 if t.is_inference() else t._version, t.dtype, t.device) for t in tensors]
 
     def changed(self, param_versions_matter: bool = True) -> bool:
         for d, k, v in self.slots:
