@@ -375,7 +375,7 @@ def _stream(model, tokenizer, prompt, cap, temperature, top_k, top_p, stop, seed
     shown, reason = "", "length"
     gen = tok = None
     mine = -1  # the epoch after this stream's last step; another call in between bumps st.epoch
-    t_prefill, t_start, prefills = 0.0, time.perf_counter(), 0
+    t_prefill, t_start = 0.0, time.perf_counter()
     for step in range(cap):
         with st.lock:
             rt = _ready_runtime(model, st, 1, total_len, use_cuda_graph, None)
@@ -384,7 +384,6 @@ def _stream(model, tokenizer, prompt, cap, temperature, top_k, top_p, stop, seed
             if st.epoch != mine:  # first step, or someone else used the cache since our last step
                 t0 = time.perf_counter()
                 logits = rt.prefill([prompt + seq])
-                prefills += 1
                 st.epoch += 1
             else:
                 logits = rt.decode(tok, torch.tensor([len(prompt) + len(seq) - 1], device=rt.device))
