@@ -10,20 +10,75 @@ checkpoint directory or a .gguf file."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
+import warnings
+
+
+def _say(line: str) -> None:
+    print(f"lite-llama: {line}", file=sys.stderr, flush=True)
+
+
+def _reference_note(device) -> None:
+    """The one reference-fallback line (README: "on a CPU ... without it, fall back to the reference with one
+    warning"); worded like apply_lite_llama's warning."""
+    from litekernels.utils import backend_name
+
+    if backend_name(device) == "reference":
+        _say(f"the model is on {device} and TRITON_INTERPRET is not set; the ops fall back to the plain PyTorch "
+             "reference (same results, no speed-up)")
+
+
+# argparse types: every argument is checked before the model loads (an error costs no loading time)
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    return value
+
+
+def _temperature(text: str) -> float:
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0 = greedy), got {value}")
+    return value
+
+
+def _top_p(text: str) -> float:
+    value = _float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
 
 
 def _demo(args) -> int:
     import torch
 
     from litekernels.generation.loading import load_model
-    from litekernels.patches import apply_lite_llama, lite_llama_summary, revert_lite_llama
+    from litekernels.patches import (
+        apply_lite_llama,
+        lite_llama_summary,
+        revert_lite_llama,
+    )
     from litekernels.utils import backend_name
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"loading {args.model or 'bundled SmolLM2-135M-Instruct'} on {device} ...", flush=True)
-    model, tok = load_model(args.model, dtype=args.dtype, device=device)
+    _say(f"loading {args.model or 'the bundled SmolLM2-135M-Instruct'} on {device} ...")
+    model, tok = load_model(args.model, dtype=args.dtype, device=device, progress=_say)
     messages = [{"role": "user", "content": args.prompt}]
     inputs = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     inputs = {k: v.to(device) for k, v in inputs.items()}
@@ -35,7 +90,11 @@ def _demo(args) -> int:
                              pad_token_id=tok.pad_token_id)
         return out[0, n_prompt:], time.perf_counter() - t0
 
-    apply_lite_llama(model)
+    with warnings.catch_warnings(record=True) as caught:  # printed as plain lines, not Python warning records
+        warnings.simplefilter("always")
+        apply_lite_llama(model)
+    for w in caught:
+        print(str(w.message), file=sys.stderr, flush=True)
     print(f"patched: {lite_llama_summary(model)}; ops run on: {backend_name(device)}")
     ours, t_ours = run()
     revert_lite_llama(model)
@@ -53,13 +112,15 @@ def _load(args):
     from litekernels.generation.loading import load_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"loading {args.model or 'bundled SmolLM2-135M-Instruct'} on {device} ...", file=sys.stderr, flush=True)
-    return load_model(args.model, dtype=args.dtype, device=device)
+    _say(f"loading {args.model or 'the bundled SmolLM2-135M-Instruct'} on {device} ...")
+    loaded = load_model(args.model, dtype=args.dtype, device=device, progress=_say)
+    _reference_note(device)
+    return loaded
 
 
 def _sampling(args) -> dict:
-    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                use_cuda_graph=False if args.no_cuda_graph else None)
+    return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
+            "use_cuda_graph": False if args.no_cuda_graph else None}
 
 
 def _chat_text(tok, messages) -> str:
@@ -121,10 +182,10 @@ def _add_common(p):
     p.add_argument("--model", default=None, help="HF checkpoint directory or .gguf file (default: bundled)")
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                    help="default: bfloat16 on CUDA, float32 on CPU")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=128)
+    p.add_argument("--temperature", type=_temperature, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=_positive_int, default=None)
+    p.add_argument("--top-p", type=_top_p, default=None, help="in (0, 1]")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-cuda-graph", action="store_true", help="run decode eagerly")
 
@@ -142,11 +203,17 @@ def main(argv=None) -> int:
     demo = sub.add_parser("demo", help="patched vs unpatched greedy answer on the bundled model")
     demo.add_argument("--prompt", default="What is the capital of France?")
     demo.add_argument("--model", default=None, help="HF checkpoint directory or .gguf file (default: bundled)")
-    demo.add_argument("--max-new-tokens", type=int, default=20)
+    demo.add_argument("--max-new-tokens", type=_positive_int, default=20)
     demo.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     args = parser.parse_args(argv)
-    if getattr(args, "max_new_tokens", 1) <= 0:
-        parser.error("--max-new-tokens must be positive")
+    try:
+        if args.model is not None:  # a bad path costs no import or loading time
+            from litekernels.generation.loading import model_kind
+
+            model_kind(args.model)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"lite-llama: {e}", file=sys.stderr)
+        return 2
     if args.command != "demo" and args.dtype is None:
         import torch
 
@@ -156,6 +223,9 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError, TypeError) as e:
         print(f"lite-llama: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nlite-llama: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

