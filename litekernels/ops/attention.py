@@ -272,21 +272,27 @@ def _bucket(D: int) -> int:
     return 64 if D <= 64 else 128 if D <= 128 else 256
 
 
-def fwd_config(D: int, arch=None) -> dict:
+def _lookup(table, D, arch, element_size):
+    if INTERPRET:
+        return 16, 16, 1, 1
+    key = _table_key(arch or gpu_arch())
+    bm, bn, w, st = table[key][_bucket(D)]
+    if element_size > 2 and key != 90:
+        # fp32 tiles are twice the bytes: halve them and drop pipelining off sm_90 (measured to fit by
+        # tests/test_launch_configs.py; fp32 attention is for tests and checks, not speed)
+        bm, bn, st = max(16, bm // 2), max(16, bn // 2), 1
+    return bm, bn, w, st
+
+
+def fwd_config(D: int, arch=None, element_size: int = 2) -> dict:
     """Forward launch settings for head_dim D on `arch` = (major, minor, smem) (default: sm_90) as a dict:
     BLOCK_M, BLOCK_N, num_warps, num_stages and the variant flags."""
-    if INTERPRET:
-        bm, bn, w, st = 16, 16, 1, 1
-    else:
-        bm, bn, w, st = _FWD_TABLE[_table_key(arch or gpu_arch())][_bucket(D)]
+    bm, bn, w, st = _lookup(_FWD_TABLE, D, arch, element_size)
     return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st, REVERSE=False, BLOCK_PTR=False)
 
 
-def bwd_config(D: int, arch=None) -> dict:
-    if INTERPRET:
-        bm, bn, w, st = 16, 16, 1, 1
-    else:
-        bm, bn, w, st = _BWD_TABLE[_table_key(arch or gpu_arch())][_bucket(D)]
+def bwd_config(D: int, arch=None, element_size: int = 2) -> dict:
+    bm, bn, w, st = _lookup(_BWD_TABLE, D, arch, element_size)
     return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
 
 
@@ -305,15 +311,16 @@ def _as_config(config, default: dict) -> dict:
 _settings_cache: dict = {}
 
 
-def _fwd_settings(D, device, config):
-    """Forward settings for a launch, cached per (head_dim, device) when no explicit config is given."""
+def _settings(which, D, dtype, device, config):
+    """Launch settings (which: fwd_config or bwd_config), cached per (head_dim, dtype, device) when no explicit
+    config is given."""
     if config is None:
-        key = (D, device)
+        key = (which, D, dtype, device)
         hit = _settings_cache.get(key)
         if hit is None:
-            hit = _settings_cache[key] = fwd_config(D, gpu_arch(device))
+            hit = _settings_cache[key] = which(D, gpu_arch(device), dtype.itemsize)
         return hit
-    return _as_config(config, fwd_config(D, gpu_arch(device)))
+    return _as_config(config, which(D, gpu_arch(device), dtype.itemsize))
 
 
 def _mask_args(attn_mask, B, H, Tq, Tk):
@@ -337,7 +344,7 @@ def attention_fwd(q, k, v, causal, scale, attn_mask=None, config=None):
     o = torch.empty((B, H, Tq, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, Tq), dtype=torch.float32, device=q.device)
     mask, ms = _mask_args(attn_mask, B, H, Tq, Tk)
-    c = _fwd_settings(D, q.device, config)
+    c = _settings(fwd_config, D, q.dtype, q.device, config)
     BD = max(16, triton.next_power_of_2(D))
     grid = (triton.cdiv(Tq, c["BLOCK_M"]), B * H)
     _attn_fwd_kernel[grid](q, k, v, o, lse, mask if mask is not None else q,
@@ -362,7 +369,7 @@ def attention_bwd(do, q, k, v, o, lse, causal, scale, attn_mask=None, config=Non
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
     mask, ms = _mask_args(attn_mask, B, H, Tq, Tk)
-    c = _as_config(config, bwd_config(D, gpu_arch(q.device)))
+    c = _settings(bwd_config, D, q.dtype, q.device, config)
     common = dict(CAUSAL=causal, HAS_MASK=mask is not None, BLOCK_D=BD, IEEE=exact_dot(q.dtype), **c)
     BM, BN = c["BLOCK_M"], c["BLOCK_N"]
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),

@@ -126,7 +126,7 @@ DECODE_DEFAULTS = dict(BLOCK_N=64, num_warps=4, num_stages=3, SPLITS=None, WAVES
                        FUSED=False)
 
 
-def decode_config(D: int, arch=None) -> dict:
+def decode_config(D: int, arch=None, element_size: int = 2) -> dict:
     """Default decode settings for head_dim D on arch (major, minor, smem); keys as DECODE_DEFAULTS."""
     c = dict(DECODE_DEFAULTS)
     if INTERPRET:
@@ -134,7 +134,9 @@ def decode_config(D: int, arch=None) -> dict:
         return c
     smem = (arch or gpu_arch())[2]
     bd = max(16, triton.next_power_of_2(D))
-    per_stage = 2 * c["BLOCK_N"] * bd * 2  # one K and one V tile, 16-bit
+    if element_size > 2:
+        c["BLOCK_N"] = 32
+    per_stage = 2 * c["BLOCK_N"] * bd * element_size  # one K and one V tile
     while c["num_stages"] > 1 and c["num_stages"] * per_stage + 16 * bd * 4 > smem * 0.9:
         c["num_stages"] -= 1
     return c
@@ -168,7 +170,7 @@ def _config_key(config):
 
 
 def _make_plan(B, H, HKV, L, D, Tq, dtype, device, has_mask, config, splits) -> _Plan:
-    c = decode_config(D, gpu_arch(device))
+    c = decode_config(D, gpu_arch(device), dtype.itemsize)
     if isinstance(config, (tuple, list)):
         config = dict(zip(("BLOCK_N", "num_warps", "num_stages"), config))
     if config:
