@@ -256,6 +256,9 @@ _BWD_TABLE = {
     89: {64: (64, 64, 4, 2), 128: (32, 64, 4, 2), 256: (32, 32, 4, 1)},
 }
 FWD_FLAGS = ("REVERSE", "BLOCK_PTR")  # variant switches a forward config may set (constexpr, default False)
+# tl.make_block_ptr exists up to Triton 3.6 (the GPU machine); later versions keep the name but raise
+# NotImplementedError ("removed in favor of the tensor descriptor API"), so BLOCK_PTR is refused there.
+HAS_BLOCK_PTR = hasattr(tl, "make_block_ptr") and "removed" not in (getattr(tl.make_block_ptr, "__doc__", "") or "")
 
 
 def _table_key(arch) -> int:
@@ -305,6 +308,8 @@ def _as_config(config, default: dict) -> dict:
     unknown = set(config) - set(default)
     if unknown:
         raise ValueError(f"unknown attention config keys {sorted(unknown)}; known: {sorted(default)}")
+    if config.get("BLOCK_PTR") and not HAS_BLOCK_PTR:
+        raise ValueError(f"config BLOCK_PTR=True needs tl.make_block_ptr, which triton {triton.__version__} removed")
     return {**default, **config}
 
 
