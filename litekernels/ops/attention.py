@@ -405,9 +405,28 @@ class LiteAttentionFunction(torch.autograd.Function):
         return dq, dk, dv, None, None, None
 
 
+_ATTN_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
 def check_attention_inputs(q, k, v, attn_mask=None):
-    """Shared by prefill and decode: shapes, dtypes, devices, head grouping and head_dim limits."""
-    check_tensor("q", q, ndim=4, dtypes=(torch.float16, torch.bfloat16, torch.float32))
+    """Shared by prefill and decode: shapes, dtypes, devices, head grouping and head_dim limits.
+    One compound test on the common path (valid input costs a few attribute reads, it runs on every decode
+    step of every layer); only when it fails do the named checks below run to say what is wrong."""
+    T = torch.Tensor
+    if (isinstance(q, T) and isinstance(k, T) and isinstance(v, T) and q.dtype in _ATTN_DTYPES
+            and k.dtype == q.dtype and v.dtype == q.dtype and q.dim() == 4 and k.dim() == 4 and v.dim() == 4):
+        dev = q.device
+        qs, ks = q.shape, k.shape
+        if (k.device == dev and v.device == dev and (attn_mask is None or attn_mask.device == dev)
+                and ks == v.shape and ks[0] == qs[0] and ks[3] == qs[3] and ks[1] > 0 and qs[1] % ks[1] == 0
+                and 1 <= qs[3] <= MAX_HEAD_DIM):
+            return
+    _check_attention_inputs_named(q, k, v, attn_mask)
+    raise ValueError(f"invalid attention inputs q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+
+
+def _check_attention_inputs_named(q, k, v, attn_mask=None):
+    check_tensor("q", q, ndim=4, dtypes=_ATTN_DTYPES)
     check_tensor("k", k, ndim=4, dtypes=(q.dtype,))
     check_tensor("v", v, ndim=4, dtypes=(q.dtype,))
     check_same_device(q=q, k=k, v=v, attn_mask=attn_mask)
