@@ -4,7 +4,7 @@ SDPA and the copy ceiling. Every candidate's output is first compared with SDPA 
 reported and dropped, not timed. A time budget stops trying further candidates (defaults are always timed).
 Writes bench/results/sweep-attn-<gpu>.json (and $OUT/) and prints the best candidate per shape.
 
-    python3 -m bench.sweep_attention                 # GPU, ~4-6 minutes on an H200 (compiles included)
+    python3 -m bench.sweep_attention                 # GPU, ~5-6 minutes on an H200 (compiles included)
     python3 -m bench.sweep_attention --only decode   # one part: prefill, decode
     TRITON_INTERPRET=1 python3 -m bench.sweep_attention --smoke   # CPU: tiny shapes, checks only, no timing
 """
@@ -76,21 +76,27 @@ def label(cfg: dict) -> str:
 class Sweep:
     def __init__(self, smoke: bool, budget_s: float):
         self.smoke, self.budget, self.t0 = smoke, budget_s, time.time()
+        self.part_end = self.t0 + budget_s
         self.dev = "cpu" if smoke else "cuda"
         self.rows: list[dict] = []
         if not smoke:
             from triton.testing import do_bench
             self._do_bench = do_bench
 
-    def over_budget(self) -> bool:
-        return time.time() - self.t0 > self.budget
+    def start_part(self, share: float):
+        """The next part may try candidates until `share` of the remaining budget is spent."""
+        now = time.time()
+        self.part_end = now + share * max(0.0, self.t0 + self.budget - now)
 
-    def ms(self, fn):
+    def over_budget(self) -> bool:
+        return time.time() > self.part_end
+
+    def ms(self, fn, grad_to_none=None):
         """Median ms of fn (do_bench, L2 flushed between runs); None in smoke mode (no timing on the CPU)."""
         if self.smoke:
             fn()
             return None
-        return self._do_bench(fn, warmup=10, rep=60, return_mode="median")
+        return self._do_bench(fn, warmup=10, rep=60, grad_to_none=grad_to_none, return_mode="median")
 
     def graph_ms(self, fn):
         """Median ms of replaying fn captured in a CUDA graph (the kernels alone, no host work)."""
@@ -184,7 +190,7 @@ def sweep_prefill(sw: Sweep):
                 def fb():
                     out = fn(q, k, v, True)
                     torch.autograd.backward(out, do)
-                t_fb = sw.ms(fb)
+                t_fb = sw.ms(fb, grad_to_none=[q, k, v])
                 q.grad = k.grad = v.grad = None
             except Exception as e:  # noqa: BLE001 - a backend that refuses this shape
                 sw.add(part="prefill", shape=shape, provider=name, error=repr(e)[:200])
@@ -317,7 +323,7 @@ def summary(rows):
     for (part, shape, mode, who), r in sorted(best.items(), key=lambda kv: kv[0]):
         if who != "lite":
             continue
-        ref_mode = "graph" if part == "decode" else mode
+        ref_mode = {"graph": "graph", "public": "eager"}.get(mode, mode) if part == "decode" else mode
         s = best.get((part, shape, ref_mode, "sdpa"))
         ratio = s["ms"] / r["ms"] if s else None
         rate = r.get("TFLOPs") or r.get("GBps")
@@ -332,7 +338,8 @@ def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--only", default="prefill,decode")
     p.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (TRITON_INTERPRET=1), no timing")
-    p.add_argument("--budget", type=float, default=300.0, help="seconds after which only defaults are tried")
+    p.add_argument("--budget", type=float, default=270.0,
+                   help="seconds of candidate trials (decode 35%%, prefill the rest); past it only defaults run")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if args.smoke and os.environ.get("TRITON_INTERPRET") != "1":
@@ -348,9 +355,11 @@ def main(argv=None):
             "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     print(meta, flush=True)
     only = args.only.split(",")
-    if "decode" in only:  # first: the smaller part, and the one the budget should not cut
+    if "decode" in only:  # first: the smaller part; it gets 35% of the budget when both parts run
+        sw.start_part(0.35 if "prefill" in only else 1.0)
         sweep_decode(sw, bw)
     if "prefill" in only:
+        sw.start_part(1.0)
         sweep_prefill(sw)
     meta["elapsed_s"] = round(time.time() - sw.t0, 1)
     lines = summary(sw.rows)

@@ -97,8 +97,11 @@ def _decode_split_kernel(Q, K, V, LENGTHS, KEYMASK, O_PART, LSE_PART, O, COUNTER
     tl.store(O_PART + row[:, None] * D + offs_d[None, :], out,
              mask=row_ok[:, None] & (offs_d[None, :] < D))
     if FUSED:
-        # The last split of this (batch, KV head) to finish merges the group's rows: the atomic (acq_rel, GPU
-        # scope) publishes this program's partials and, for the last one, makes every other program's visible.
+        # The last split of this (batch, KV head) to finish merges the group's rows. The barrier orders every
+        # thread's partial stores before the (single-thread) atomic, whose acq_rel GPU-scope semantics publish
+        # them (cumulatively) and, for the last program, acquire every other program's; its merge then reads
+        # through L2 (.cg loads), never a stale L1 line.
+        tl.debug_barrier()
         done = tl.atomic_add(COUNTER + pid_bh, 1)
         if done == SPLITS - 1:
             for rr in range(0, GROUP * Tq):
