@@ -296,14 +296,14 @@ def sweep_decode(sw: Sweep, bw):
                         sw.add(part="decode", shape=shape, provider="lite", mode="graph", config=label(cfg),
                                err=err, dropped="wrong output")
                         continue
+                    splits = DA._plans[next(reversed(DA._plans))].splits  # the plan this config just made
                     t = sw.graph_ms(lambda: DA.decode_attention_fwd(q, k, v, lengths, scale, config=cfg))
-                    # the graph's own output after replays must still match (counter state across replays)
                 except Exception as e:  # noqa: BLE001
                     sw.add(part="decode", shape=shape, provider="lite", mode="graph", config=label(cfg),
                            error=repr(e)[:200])
                     continue
                 sw.add(part="decode", shape=shape, provider="lite", mode="graph", config=label(cfg), err=err,
-                       splits=DA._plans[next(reversed(DA._plans))].splits, **rate(t))
+                       splits=splits, **rate(t))
         del q, k, v
         DA.clear_decode_cache()
         if not sw.smoke:
@@ -362,7 +362,10 @@ def main(argv=None):
         sw.start_part(1.0)
         sweep_prefill(sw)
     meta["elapsed_s"] = round(time.time() - sw.t0, 1)
-    lines = summary(sw.rows)
+    try:
+        lines = summary(sw.rows)
+    except Exception as e:  # noqa: BLE001 - never lose the measurements to a formatting bug
+        lines = [f"summary failed: {e!r}"]
     print("\n".join(["best per shape (ratio = SDPA ms / ours):"] + lines))
     out = args.out
     if args.smoke and out is None:
