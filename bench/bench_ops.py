@@ -326,7 +326,6 @@ def bench_decode_graph(res, bw):
         res.append(row)
         print(json.dumps({"decode_graph": row["shape"]}),
               {k2: round(v2.get("pct_copy_bw", -1), 1) for k2, v2 in row["providers"].items()}, flush=True)
-        del q, k, v
         torch.cuda.empty_cache()
 
 

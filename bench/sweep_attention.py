@@ -129,7 +129,6 @@ def copy_ceiling(sw: Sweep):
     x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
     y = torch.empty_like(x)
     ms = sw.ms(lambda: y.copy_(x))
-    del x, y
     return 2 * (1 << 30) / ms / 1e6
 
 
@@ -249,7 +248,6 @@ def sweep_prefill(sw: Sweep):
             sw.add(part="prefill", shape=shape, provider="lite", mode="fwd+bwd", config=label(cfg),
                    fwd_config=label(best_fwd[0]), rel_err=err, ms=total, bwd_ms=t,
                    TFLOPs=total and 3.5 * flops / total / 1e9)
-        del q, k, v, do, o, lse
         if not sw.smoke:
             torch.cuda.empty_cache()
 
@@ -304,7 +302,6 @@ def sweep_decode(sw: Sweep, bw):
                     continue
                 sw.add(part="decode", shape=shape, provider="lite", mode="graph", config=label(cfg), err=err,
                        splits=splits, **rate(t))
-        del q, k, v
         DA.clear_decode_cache()
         if not sw.smoke:
             torch.cuda.empty_cache()

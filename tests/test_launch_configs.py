@@ -11,7 +11,6 @@ signature drifted from what the launchers pass. Skipped, with the reason, when t
 import os
 
 import pytest
-import torch
 
 triton = pytest.importorskip("triton")
 
