@@ -77,6 +77,7 @@ class Sweep:
     def __init__(self, smoke: bool, budget_s: float):
         self.smoke, self.budget, self.t0 = smoke, budget_s, time.time()
         self.part_end = self.t0 + budget_s
+        self.checkpoint = lambda: None
         self.dev = "cpu" if smoke else "cuda"
         self.rows: list[dict] = []
         if not smoke:
@@ -250,6 +251,7 @@ def sweep_prefill(sw: Sweep):
                    TFLOPs=total and 3.5 * flops / total / 1e9)
         if not sw.smoke:
             torch.cuda.empty_cache()
+        sw.checkpoint()
 
 
 def sweep_decode(sw: Sweep, bw):
@@ -352,11 +354,18 @@ def main(argv=None):
             "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     print(meta, flush=True)
     only = args.only.split(",")
+    out = args.out
+    if args.smoke and out is None:
+        out = os.path.join(tempfile.gettempdir(), "sweep-attn-smoke.json")
+    from bench.results_io import save_results
     if "decode" in only:  # first: the smaller part; it gets 35% of the budget when both parts run
         sw.start_part(0.35 if "prefill" in only else 1.0)
         sweep_decode(sw, bw)
     if "prefill" in only:
         sw.start_part(1.0)
+        # partial files after each shape, so an outer timeout keeps what was measured
+        sw.checkpoint = lambda: save_results({"meta": {**meta, "partial": True}, "results": sw.rows}, "sweep-attn", out)
+        sw.checkpoint()
         sweep_prefill(sw)
     meta["elapsed_s"] = round(time.time() - sw.t0, 1)
     try:
@@ -364,10 +373,6 @@ def main(argv=None):
     except Exception as e:  # noqa: BLE001 - never lose the measurements to a formatting bug
         lines = [f"summary failed: {e!r}"]
     print("\n".join(["best per shape (ratio = SDPA ms / ours):"] + lines))
-    out = args.out
-    if args.smoke and out is None:
-        out = os.path.join(tempfile.gettempdir(), "sweep-attn-smoke.json")
-    from bench.results_io import save_results
     save_results({"meta": meta, "results": sw.rows, "summary": lines}, "sweep-attn", out)
 
 
