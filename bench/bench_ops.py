@@ -5,7 +5,11 @@ least (or its FLOPs), achieved GB/s or TFLOP/s, and the ratio to the measured co
 and to each baseline: torch eager (reference.py = HF's math), torch.compile of it, Liger-Kernel if installed,
 torch SDPA for attention. Writes bench/results/ops-<gpu>.json (and $OUT/ when set).
 
-    python -m bench.bench_ops [--quick] [--only rms_norm,swiglu,rope,attention,decode]
+    python -m bench.bench_ops [--quick] [--only rms_norm,swiglu,rope,attention,decode,host,decode_graph]
+
+host: CPU time per public call on tiny inputs (N back-to-back calls timed with time.perf_counter, the GPU idle
+before and synchronized only after), next to the GPU time of one call. decode_graph: the decode kernels alone,
+captured in a CUDA graph and replayed, next to SDPA captured the same way and the copy ceiling of this run.
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ from bench.results_io import save_results
 
 from litekernels import reference
 from litekernels.ops.attention import flash_attention
-from litekernels.ops.decode_attention import decode_attention
-from litekernels.ops.rms_norm import rms_norm
+from litekernels.ops.decode_attention import decode_attention, decode_attention_fwd
+from litekernels.ops.rms_norm import fused_add_rms_norm, rms_norm
 from litekernels.ops.rope import apply_rope
 from litekernels.ops.swiglu import silu_mul
 
@@ -201,10 +205,134 @@ def bench_decode(res, bw, quick):
         run_case(res, "decode", f"B={B} H={H}/{KV} L={L} D={D}", "fwd", provs, make, nbytes=nbytes, ceiling=bw)
 
 
+def host_us_per_call(fn, n=200, repeats=5):
+    """(CPU µs per call, wall µs per call including the GPU) of n back-to-back calls, median of `repeats`.
+    The queue is drained before each batch, so the CPU never waits on the GPU inside the timed loop
+    (n calls x 1-2 launches stay below the launch-queue depth)."""
+    import statistics
+    import time
+
+    for _ in range(10):
+        fn()
+    cpu, wall = [], []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        t1 = time.perf_counter()
+        torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        cpu.append((t1 - t0) / n * 1e6)
+        wall.append((t2 - t0) / n * 1e6)
+    return statistics.median(cpu), statistics.median(wall)
+
+
+def bench_host(res):
+    """Host overhead of every public op on tiny inputs (issue target: <= 20 µs per call). Rows go to the
+    results file's "host_overhead" list (no throughput metric, so not in the op tables/plots)."""
+    dev = "cuda"
+    x = torch.randn(4, 2048, dtype=BF16, device=dev)
+    r = torch.randn_like(x)
+    w = torch.randn(2048, dtype=BF16, device=dev)
+    g, u = torch.randn(4, 8192, dtype=BF16, device=dev), torch.randn(4, 8192, dtype=BF16, device=dev)
+    q = torch.randn(1, 32, 4, 64, dtype=BF16, device=dev)
+    k = torch.randn(1, 8, 4, 64, dtype=BF16, device=dev)
+    cos, sin = torch.randn(1, 4, 64, dtype=BF16, device=dev), torch.randn(1, 4, 64, dtype=BF16, device=dev)
+    qd = torch.randn(1, 32, 1, 64, dtype=BF16, device=dev)
+    kc, vc = (torch.randn(1, 8, 256, 64, dtype=BF16, device=dev) for _ in range(2))
+    lengths = torch.full((1,), 200, dtype=torch.int32, device=dev)
+    cases = {
+        "rms_norm": (lambda: rms_norm(x, w, 1e-5), lambda: reference.rms_norm(x, w, 1e-5)),
+        "fused_add_rms_norm": (lambda: fused_add_rms_norm(x, r, w, 1e-5), None),
+        "apply_rope": (lambda: apply_rope(q, k, cos, sin), lambda: reference.apply_rope(q, k, cos, sin)),
+        "silu_mul": (lambda: silu_mul(g, u), lambda: reference.silu_mul(g, u)),
+        "flash_attention": (lambda: flash_attention(q, k, k, causal=True),
+                            lambda: F.scaled_dot_product_attention(q, k, k, is_causal=True, enable_gqa=True)),
+        "decode_attention": (lambda: decode_attention(qd, kc, vc, lengths),
+                             lambda: F.scaled_dot_product_attention(qd, kc, vc, enable_gqa=True)),
+    }
+    with torch.no_grad():
+        for name, (ours, base) in cases.items():
+            row = {"op": "host", "shape": name, "mode": "host", "providers": {}}
+            for prov, fn in (("lite", ours), ("torch", base)):
+                if fn is None:
+                    continue
+                try:
+                    cpu, wall = host_us_per_call(fn)
+                    gpu_ms = do_bench(fn, warmup=25, rep=100, return_mode="median")
+                except Exception as e:  # noqa: BLE001
+                    row["providers"][prov] = {"error": repr(e)[:300]}
+                    continue
+                row["providers"][prov] = {"host_us": cpu, "wall_us_per_call": wall, "ms": gpu_ms,
+                                          "gpu_us_do_bench": gpu_ms * 1e3}
+                try:  # the GPU work alone: do_bench of a tiny op still includes launch latency
+                    row["providers"][prov]["gpu_us_graph"] = graph_ms(fn) * 1e3
+                except Exception as e:  # noqa: BLE001
+                    row["providers"][prov]["graph_error"] = repr(e)[:200]
+            res.append(row)
+            print(json.dumps({"host": name}), {p: {k: round(v.get(k, -1), 1) for k in ("host_us", "gpu_us_graph")}
+                                              for p, v in row["providers"].items()}, flush=True)
+
+
+def graph_ms(fn):
+    """Median ms of replaying fn captured in a CUDA graph (warmed up on a side stream first)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    return do_bench(graph.replay, warmup=25, rep=100, return_mode="median")
+
+
+def bench_decode_graph(res, bw):
+    """Decode kernels alone (CUDA-graph replay) vs SDPA captured the same way; GB/s of KV read vs copy."""
+    for B, H, KV, L, D in [(1, 32, 8, 32768, 64), (8, 32, 8, 8192, 128), (64, 32, 8, 2048, 64)]:
+        q = torch.randn(B, H, 1, D, dtype=BF16, device="cuda")
+        k = torch.randn(B, KV, L, D, dtype=BF16, device="cuda")
+        v = torch.randn(B, KV, L, D, dtype=BF16, device="cuda")
+        lengths = torch.full((B,), L, dtype=torch.int32, device="cuda")
+        nbytes = 2 * B * KV * L * D * 2
+        scale = D ** -0.5
+
+        def sdpa_dec():
+            try:
+                return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+            except TypeError:  # torch < 2.5: no enable_gqa
+                return F.scaled_dot_product_attention(q, k.repeat_interleave(H // KV, 1),
+                                                      v.repeat_interleave(H // KV, 1))
+        row = {"op": "decode_graph", "shape": f"B={B} H={H}/{KV} L={L} D={D}", "mode": "graph", "providers": {}}
+        provs = {"lite": lambda: decode_attention_fwd(q, k, v, lengths, scale),
+                 "lite_fused": lambda: decode_attention_fwd(q, k, v, lengths, scale, config={"FUSED": True}),
+                 "sdpa": sdpa_dec}
+        with torch.no_grad():
+            for name, fn in provs.items():
+                try:
+                    ms = graph_ms(fn)
+                except Exception as e:  # noqa: BLE001
+                    row["providers"][name] = {"error": repr(e)[:300]}
+                    continue
+                gbps = nbytes / ms / 1e6
+                row["providers"][name] = {"ms": ms, "GBps": gbps, "pct_copy_bw": 100 * gbps / bw}
+        ours = row["providers"].get("lite", {}).get("ms")
+        if ours:
+            row["speedup_vs"] = {k2: v2["ms"] / ours for k2, v2 in row["providers"].items() if "ms" in v2 and k2 != "lite"}
+        res.append(row)
+        print(json.dumps({"decode_graph": row["shape"]}),
+              {k2: round(v2.get("pct_copy_bw", -1), 1) for k2, v2 in row["providers"].items()}, flush=True)
+        torch.cuda.empty_cache()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--only", default="rms_norm,swiglu,rope,attention,decode")
+    p.add_argument("--only", default="rms_norm,swiglu,rope,attention,decode,host,decode_graph")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     only = set(args.only.split(","))
@@ -227,7 +355,12 @@ def main(argv=None):
         bench_attention(res, mm, args.quick)
     if "decode" in only:
         bench_decode(res, bw, args.quick)
-    doc = {"meta": meta, "results": res}
+    if "decode_graph" in only:
+        bench_decode_graph(res, bw)
+    host = []
+    if "host" in only:
+        bench_host(host)
+    doc = {"meta": meta, "results": res, "host_overhead": host}
     save_results(doc, "ops", args.out)
 
 

@@ -28,58 +28,47 @@ import torch
 from .. import reference
 from .._triton import tl, triton
 from ..utils import INTERPRET, check_same_device, check_tensor, unit_last, use_triton
+from ._tl_common import LOG2E, _dot, _finish_rows, _online_softmax_step, exact_dot, gpu_arch
 
-LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
 
 
 @triton.jit
-def _dot(a, b, IEEE: tl.constexpr):
-    """tl.dot with fp32 accumulation; IEEE: exact fp32 products (no tf32), operands upcast first."""
-    if IEEE:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    else:
-        return tl.dot(a, b)
-
-
-@triton.jit
-def _online_softmax_step(acc, m_i, l_i, s, v, IEEE: tl.constexpr):
-    """Fold one tile of log2-scaled scores s (rows x keys, -inf = masked) and its values v into the running
-    (acc, max, sum); rows that have seen only -inf keep max -inf and sum 0."""
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.math.exp2(m_i - m_safe)
-    p = tl.math.exp2(s - m_safe[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
-    return acc, m_new, l_i
-
-
-@triton.jit
-def _finish_rows(acc, m_i, l_i, EMPTY_LSE):
-    """(output, log2-sum-exp) of the finished rows; a row with no key gets output 0 and lse EMPTY_LSE."""
-    empty = l_i == 0.0
-    l_safe = tl.where(empty, 1.0, l_i)
-    return acc / l_safe[:, None], tl.where(empty, EMPTY_LSE, m_i + tl.math.log2(l_safe))
-
-
-@triton.jit
-def _query_tile(H, GROUP, BLOCK_M: tl.constexpr):
-    """Program (query block, batch*head) -> (batch*head, batch, head, its KV head, first query row)."""
+def _query_tile(H, GROUP, Tq, BLOCK_M: tl.constexpr, REVERSE: tl.constexpr):
+    """Program (query block, batch*head) -> (batch*head, batch, head, its KV head, first query row).
+    REVERSE: the last query block first; under causal attention it has the most keys, so the heavy programs
+    start in the first wave and the short ones fill the tail (heavy-first schedule)."""
     pid_bh = tl.program_id(1).to(tl.int64)
     h = pid_bh % H
-    return pid_bh, pid_bh // H, h, h // GROUP, tl.program_id(0) * BLOCK_M
+    pid_m = tl.program_id(0)
+    if REVERSE:
+        pid_m = tl.cdiv(Tq, BLOCK_M) - 1 - pid_m
+    return pid_bh, pid_bh // H, h, h // GROUP, pid_m * BLOCK_M
 
 
 @triton.jit
 def _attn_fwd_inner(acc, m_i, l_i, q, K, V, MASK, k_base, v_base, mask_base, stride_kn, stride_vn, stride_mn,
                     offs_m, offs_n, offs_d, lo, hi, Tk, D, OFFSET, qk_scale,
                     MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
-                    BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr, BLOCK_PTR: tl.constexpr):
+    """Keys [lo, hi) in BLOCK_N tiles. MASKED: apply the key-range, causal and boolean masks (the diagonal band);
+    else every key of the range is visible. BLOCK_PTR: load K and V through tl.make_block_ptr (bounds checked
+    by the block pointer) instead of pointer arithmetic."""
+    if BLOCK_PTR:
+        kt_ptr = tl.make_block_ptr(K + k_base, shape=(D, Tk), strides=(1, stride_kn), offsets=(0, lo),
+                                   block_shape=(BLOCK_D, BLOCK_N), order=(0, 1))
+        v_ptr = tl.make_block_ptr(V + v_base, shape=(Tk, D), strides=(stride_vn, 1), offsets=(lo, 0),
+                                  block_shape=(BLOCK_N, BLOCK_D), order=(1, 0))
     for start_n in range(lo, hi, BLOCK_N):
         n = start_n + offs_n
-        kt = tl.load(K + k_base + n[None, :] * stride_kn + offs_d[:, None],
-                     mask=(n[None, :] < Tk) & (offs_d[:, None] < D), other=0.0)
+        if BLOCK_PTR:
+            kt = tl.load(kt_ptr, boundary_check=(0, 1), padding_option="zero")
+            v = tl.load(v_ptr, boundary_check=(0, 1), padding_option="zero")
+        else:
+            kt = tl.load(K + k_base + n[None, :] * stride_kn + offs_d[:, None],
+                         mask=(n[None, :] < Tk) & (offs_d[:, None] < D), other=0.0)
+            v = tl.load(V + v_base + n[:, None] * stride_vn + offs_d[None, :],
+                        mask=(n[:, None] < Tk) & (offs_d[None, :] < D), other=0.0)
         s = _dot(q, kt, IEEE) * qk_scale
         if MASKED:
             valid = n[None, :] < Tk
@@ -89,9 +78,10 @@ def _attn_fwd_inner(acc, m_i, l_i, q, K, V, MASK, k_base, v_base, mask_base, str
                 mk = tl.load(MASK + mask_base + n[None, :] * stride_mn, mask=valid, other=0)
                 valid = valid & (mk != 0)
             s = tl.where(valid, s, float("-inf"))
-        v = tl.load(V + v_base + n[:, None] * stride_vn + offs_d[None, :],
-                    mask=(n[:, None] < Tk) & (offs_d[None, :] < D), other=0.0)
         acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v, IEEE)
+        if BLOCK_PTR:
+            kt_ptr = tl.advance(kt_ptr, (0, BLOCK_N))
+            v_ptr = tl.advance(v_ptr, (BLOCK_N, 0))
     return acc, m_i, l_i
 
 
@@ -101,8 +91,8 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, MASK,
                      smk_b, smk_h, smk_m, smk_n,
                      H, GROUP, Tq, Tk, D, qk_scale,
                      CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_D: tl.constexpr, IEEE: tl.constexpr):
-    pid_bh, b, h, kvh, m_start = _query_tile(H, GROUP, BLOCK_M)
+                     BLOCK_D: tl.constexpr, IEEE: tl.constexpr, REVERSE: tl.constexpr, BLOCK_PTR: tl.constexpr):
+    pid_bh, b, h, kvh, m_start = _query_tile(H, GROUP, Tq, BLOCK_M, REVERSE)
     OFFSET = Tk - Tq
     offs_m = m_start + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -127,16 +117,32 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, MASK,
     full_hi = tl.maximum(full_hi, 0)
     acc, m_i, l_i = _attn_fwd_inner(acc, m_i, l_i, q, K, V, MASK, k_base, v_base, mask_base, sk_n, sv_n, smk_n,
                                     offs_m, offs_n, offs_d, 0, full_hi, Tk, D, OFFSET, qk_scale,
-                                    False, CAUSAL, HAS_MASK, BLOCK_N, IEEE)
+                                    False, CAUSAL, HAS_MASK, BLOCK_N, BLOCK_D, IEEE, BLOCK_PTR)
     acc, m_i, l_i = _attn_fwd_inner(acc, m_i, l_i, q, K, V, MASK, k_base, v_base, mask_base, sk_n, sv_n, smk_n,
                                     offs_m, offs_n, offs_d, full_hi, hi, Tk, D, OFFSET, qk_scale,
-                                    True, CAUSAL, HAS_MASK, BLOCK_N, IEEE)
+                                    True, CAUSAL, HAS_MASK, BLOCK_N, BLOCK_D, IEEE, BLOCK_PTR)
     # an empty row stores lse = +inf, so the backward's exp2(s - lse) is 0 there
     out, lse = _finish_rows(acc, m_i, l_i, float("inf"))
     row_ok = offs_m < Tq
     tl.store(LSE + pid_bh * Tq + offs_m, lse, mask=row_ok)
     tl.store(O + b * so_b + h * so_h + offs_m[:, None] * so_m + offs_d[None, :], out.to(O.dtype.element_ty),
              mask=row_ok[:, None] & (offs_d[None, :] < D))
+
+
+@triton.jit
+def _attn_bwd_delta_kernel(O, DO, DELTA, so_b, so_h, so_m, sdo_b, sdo_h, sdo_m, H, Tq, D,
+                           BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """delta = rowsum(dO * O) per query row, fp32, (B, H, Tq); read once, no O-sized fp32 temporaries."""
+    pid_bh = tl.program_id(1).to(tl.int64)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    msk = (offs_m[:, None] < Tq) & (offs_d[None, :] < D)
+    o = tl.load(O + b * so_b + h * so_h + offs_m[:, None] * so_m + offs_d[None, :], mask=msk, other=0.0)
+    do = tl.load(DO + b * sdo_b + h * sdo_h + offs_m[:, None] * sdo_m + offs_d[None, :], mask=msk, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + pid_bh * Tq + offs_m, delta, mask=offs_m < Tq)
 
 
 @triton.jit
@@ -207,7 +213,7 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, MASK,
                         H, GROUP, Tq, Tk, D, scale, qk_scale,
                         CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_D: tl.constexpr, IEEE: tl.constexpr):
-    pid_bh, b, h, kvh, m_start = _query_tile(H, GROUP, BLOCK_M)
+    pid_bh, b, h, kvh, m_start = _query_tile(H, GROUP, Tq, BLOCK_M, False)
     OFFSET = Tk - Tq
     offs_m = m_start + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -235,31 +241,91 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, MASK,
              mask=row_mask)
 
 
-def exact_dot(dtype) -> bool:
-    """fp32 inputs get IEEE products; so does everything under the interpreter, whose bf16 tl.dot is wrong
-    (triton 3.9: it multiplies the raw bits), after the operands were rounded to their dtype as on the GPU."""
-    return dtype == torch.float32 or INTERPRET
+# Launch settings: (BLOCK_M, BLOCK_N, num_warps, num_stages) per compute capability and head_dim bucket.
+# sm_90: bench/sweep.py on an H200 (bench/results/sweep-H200.json, bf16 causal). sm_80 (163 KB shared memory) and
+# sm_89 (99 KB): chosen to fit; tests/test_launch_configs.py compiles each for its target and checks the
+# shared memory. Smaller-memory parts get fewer stages / smaller tiles, never a kernel that fails to launch.
+_FWD_TABLE = {
+    90: {64: (128, 64, 8, 4), 128: (128, 64, 8, 3), 256: (64, 32, 8, 2)},
+    80: {64: (128, 64, 4, 3), 128: (128, 64, 8, 2), 256: (64, 32, 8, 2)},
+    89: {64: (128, 64, 4, 2), 128: (64, 64, 4, 2), 256: (64, 32, 4, 1)},
+}
+_BWD_TABLE = {
+    90: {64: (64, 64, 4, 3), 128: (64, 64, 4, 2), 256: (32, 32, 8, 1)},
+    80: {64: (64, 64, 4, 2), 128: (64, 64, 4, 2), 256: (32, 32, 8, 1)},
+    89: {64: (64, 64, 4, 2), 128: (32, 64, 4, 2), 256: (32, 32, 4, 1)},
+}
+FWD_FLAGS = ("REVERSE", "BLOCK_PTR")  # variant switches a forward config may set (constexpr, default False)
+# tl.make_block_ptr exists up to Triton 3.6 (the GPU machine); later versions keep the name but raise
+# NotImplementedError ("removed in favor of the tensor descriptor API"), so BLOCK_PTR is refused there.
+HAS_BLOCK_PTR = hasattr(tl, "make_block_ptr") and "removed" not in (getattr(tl.make_block_ptr, "__doc__", "") or "")
 
 
-def _fwd_config(D):
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the forward (bench/sweep.py, H200, bf16 causal)."""
+def _table_key(arch) -> int:
+    """90 for sm_90 and newer, 80 for sm_80/87, 89 for the 99-KB parts (sm_86, sm_89) and anything smaller."""
+    major, minor, smem = arch
+    if major >= 9 and smem >= 200 * 1024:
+        return 90
+    if major == 8 and minor in (0, 7) and smem >= 160 * 1024:
+        return 80
+    return 89
+
+
+def _bucket(D: int) -> int:
+    return 64 if D <= 64 else 128 if D <= 128 else 256
+
+
+def _lookup(table, D, arch, element_size):
     if INTERPRET:
         return 16, 16, 1, 1
-    if D <= 64:
-        return 128, 64, 8, 4
-    if D <= 128:
-        return 128, 64, 8, 3
-    return 64, 32, 8, 2
+    key = _table_key(arch or gpu_arch())
+    bm, bn, w, st = table[key][_bucket(D)]
+    if element_size > 2 and key != 90:
+        # fp32 tiles are twice the bytes: halve them and drop pipelining off sm_90 (measured to fit by
+        # tests/test_launch_configs.py; fp32 attention is for tests and checks, not speed)
+        bm, bn, st = max(16, bm // 2), max(16, bn // 2), 1
+    return bm, bn, w, st
 
 
-def _bwd_config(D):
-    if INTERPRET:
-        return 16, 16, 1, 1
-    if D <= 64:
-        return 64, 64, 4, 3
-    if D <= 128:
-        return 64, 64, 4, 2
-    return 32, 32, 8, 1
+def fwd_config(D: int, arch=None, element_size: int = 2) -> dict:
+    """Forward launch settings for head_dim D on `arch` = (major, minor, smem) (default: sm_90) as a dict:
+    BLOCK_M, BLOCK_N, num_warps, num_stages and the variant flags."""
+    bm, bn, w, st = _lookup(_FWD_TABLE, D, arch, element_size)
+    return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st, REVERSE=False, BLOCK_PTR=False)
+
+
+def bwd_config(D: int, arch=None, element_size: int = 2) -> dict:
+    bm, bn, w, st = _lookup(_BWD_TABLE, D, arch, element_size)
+    return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
+
+
+def _as_config(config, default: dict) -> dict:
+    """A config given as a tuple (BLOCK_M, BLOCK_N, num_warps, num_stages) or a (partial) dict, over `default`."""
+    if config is None:
+        return default
+    if isinstance(config, (tuple, list)):
+        config = dict(zip(("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"), config))
+    unknown = set(config) - set(default)
+    if unknown:
+        raise ValueError(f"unknown attention config keys {sorted(unknown)}; known: {sorted(default)}")
+    if config.get("BLOCK_PTR") and not HAS_BLOCK_PTR:
+        raise ValueError(f"config BLOCK_PTR=True needs tl.make_block_ptr, which triton {triton.__version__} removed")
+    return {**default, **config}
+
+
+_settings_cache: dict = {}
+
+
+def _settings(which, D, dtype, device, config):
+    """Launch settings (which: fwd_config or bwd_config), cached per (head_dim, dtype, device) when no explicit
+    config is given."""
+    if config is None:
+        key = (which, D, dtype, device)
+        hit = _settings_cache.get(key)
+        if hit is None:
+            hit = _settings_cache[key] = which(D, gpu_arch(device), dtype.itemsize)
+        return hit
+    return _as_config(config, which(D, gpu_arch(device), dtype.itemsize))
 
 
 def _mask_args(attn_mask, B, H, Tq, Tk):
@@ -275,37 +341,42 @@ def _mask_args(attn_mask, B, H, Tq, Tk):
 
 
 def attention_fwd(q, k, v, causal, scale, attn_mask=None, config=None):
+    """Launch the forward; config: None (the table for this GPU), a tuple (BLOCK_M, BLOCK_N, num_warps,
+    num_stages) or a dict of those plus the variant flags REVERSE (heavy-first query blocks) and BLOCK_PTR."""
     q, k, v = unit_last(q), unit_last(k), unit_last(v)
     B, H, Tq, D = q.shape
     HKV, Tk = k.shape[1], k.shape[2]
     o = torch.empty((B, H, Tq, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, Tq), dtype=torch.float32, device=q.device)
     mask, ms = _mask_args(attn_mask, B, H, Tq, Tk)
-    BM, BN, warps, stages = config or _fwd_config(D)
+    c = _settings(fwd_config, D, q.dtype, q.device, config)
     BD = max(16, triton.next_power_of_2(D))
-    grid = (triton.cdiv(Tq, BM), B * H)
+    grid = (triton.cdiv(Tq, c["BLOCK_M"]), B * H)
     _attn_fwd_kernel[grid](q, k, v, o, lse, mask if mask is not None else q,
                            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                            v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
                            *ms, H, H // HKV, Tq, Tk, D, scale * LOG2E,
-                           CAUSAL=causal, HAS_MASK=mask is not None, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD,
-                           IEEE=exact_dot(q.dtype), num_warps=warps, num_stages=stages)
+                           CAUSAL=causal, HAS_MASK=mask is not None, BLOCK_D=BD, IEEE=exact_dot(q.dtype), **c)
     return o, lse
 
 
 def attention_bwd(do, q, k, v, o, lse, causal, scale, attn_mask=None, config=None):
-    do, q, k, v = unit_last(do), unit_last(q), unit_last(k), unit_last(v)
+    do, q, k, v, o = unit_last(do), unit_last(q), unit_last(k), unit_last(v), unit_last(o)
     B, H, Tq, D = q.shape
     HKV, Tk = k.shape[1], k.shape[2]
-    delta = (do.float() * o.float()).sum(-1)  # (B, H, Tq)
+    BD = max(16, triton.next_power_of_2(D))
+    delta = torch.empty((B, H, Tq), dtype=torch.float32, device=q.device)
+    DM = 16 if INTERPRET else max(1, min(128, 8192 // BD))
+    _attn_bwd_delta_kernel[(triton.cdiv(Tq, DM), B * H)](
+        o, do, delta, o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1), do.stride(2), H, Tq, D,
+        BLOCK_M=DM, BLOCK_D=BD, num_warps=1 if INTERPRET else 4)
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
     mask, ms = _mask_args(attn_mask, B, H, Tq, Tk)
-    BM, BN, warps, stages = config or _bwd_config(D)
-    BD = max(16, triton.next_power_of_2(D))
-    common = dict(CAUSAL=causal, HAS_MASK=mask is not None, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD,
-                  IEEE=exact_dot(q.dtype), num_warps=warps, num_stages=stages)
+    c = _settings(bwd_config, D, q.dtype, q.device, config)
+    common = dict(CAUSAL=causal, HAS_MASK=mask is not None, BLOCK_D=BD, IEEE=exact_dot(q.dtype), **c)
+    BM, BN = c["BLOCK_M"], c["BLOCK_N"]
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2))
     mask_ptr = mask if mask is not None else q
@@ -334,9 +405,28 @@ class LiteAttentionFunction(torch.autograd.Function):
         return dq, dk, dv, None, None, None
 
 
+_ATTN_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
 def check_attention_inputs(q, k, v, attn_mask=None):
-    """Shared by prefill and decode: shapes, dtypes, devices, head grouping and head_dim limits."""
-    check_tensor("q", q, ndim=4, dtypes=(torch.float16, torch.bfloat16, torch.float32))
+    """Shared by prefill and decode: shapes, dtypes, devices, head grouping and head_dim limits.
+    One compound test on the common path (valid input costs a few attribute reads, it runs on every decode
+    step of every layer); only when it fails do the named checks below run to say what is wrong."""
+    T = torch.Tensor
+    if (isinstance(q, T) and isinstance(k, T) and isinstance(v, T) and q.dtype in _ATTN_DTYPES
+            and k.dtype == q.dtype and v.dtype == q.dtype and q.dim() == 4 and k.dim() == 4 and v.dim() == 4):
+        dev = q.device
+        qs, ks = q.shape, k.shape
+        if (k.device == dev and v.device == dev and (attn_mask is None or attn_mask.device == dev)
+                and ks == v.shape and ks[0] == qs[0] and ks[3] == qs[3] and ks[1] > 0 and qs[1] % ks[1] == 0
+                and 1 <= qs[3] <= MAX_HEAD_DIM):
+            return
+    _check_attention_inputs_named(q, k, v, attn_mask)
+    raise ValueError(f"invalid attention inputs q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+
+
+def _check_attention_inputs_named(q, k, v, attn_mask=None):
+    check_tensor("q", q, ndim=4, dtypes=_ATTN_DTYPES)
     check_tensor("k", k, ndim=4, dtypes=(q.dtype,))
     check_tensor("v", v, ndim=4, dtypes=(q.dtype,))
     check_same_device(q=q, k=k, v=v, attn_mask=attn_mask)

@@ -24,15 +24,32 @@ import torch
 from .. import reference
 from .._triton import tl, triton
 from ..utils import INTERPRET, check_tensor, num_sms, unit_last, use_triton
-from .attention import LOG2E, _dot, _finish_rows, _online_softmax_step, check_attention_inputs, exact_dot
+from ._tl_common import LOG2E, _dot, _finish_rows, _online_softmax_step, exact_dot, gpu_arch
+from .attention import check_attention_inputs
 
 
 @triton.jit
-def _decode_split_kernel(Q, K, V, LENGTHS, KEYMASK, O_PART, LSE_PART,
-                         sq_b, sq_h, sq_t, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, skm_b,
+def _combine_row(O_PART, LSE_PART, O, part_row, out_ptrs, D, SPLITS, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Merge the SPLITS partial results of one query row (scratch row part_row) into out_ptrs."""
+    s = tl.arange(0, BLOCK_S)
+    d = tl.arange(0, BLOCK_D)
+    lse = tl.load(LSE_PART + part_row * SPLITS + s, mask=s < SPLITS, other=float("-inf"), cache_modifier=".cg")
+    m = tl.max(lse, 0)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    w = tl.math.exp2(lse - m_safe)
+    total = tl.sum(w, 0)
+    parts = tl.load(O_PART + (part_row * SPLITS + s[:, None]) * D + d[None, :],
+                    mask=(s[:, None] < SPLITS) & (d[None, :] < D), other=0.0, cache_modifier=".cg")
+    out = tl.sum(parts * w[:, None], 0) / tl.where(total == 0.0, 1.0, total)
+    tl.store(out_ptrs + d, out.to(O.dtype.element_ty), mask=d < D)
+
+
+@triton.jit
+def _decode_split_kernel(Q, K, V, LENGTHS, KEYMASK, O_PART, LSE_PART, O, COUNTER,
+                         sq_b, sq_h, sq_t, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, skm_b, so_b, so_h, so_t,
                          HKV, GROUP, Tq, D, qk_scale, SPLITS,
                          HAS_KEYMASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                         BLOCK_D: tl.constexpr, IEEE: tl.constexpr):
+                         BLOCK_D: tl.constexpr, IEEE: tl.constexpr, FUSED: tl.constexpr, BLOCK_S: tl.constexpr):
     split = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     b = pid_bh // HKV
@@ -60,23 +77,39 @@ def _decode_split_kernel(Q, K, V, LENGTHS, KEYMASK, O_PART, LSE_PART,
     for start_n in range(lo, hi, BLOCK_N):
         n = start_n + offs_n
         n_ok = n < hi
+        # both tiles are requested before the dot, so the V load overlaps the scores
         kt = tl.load(k_base + n[None, :] * sk_n + offs_d[:, None], mask=n_ok[None, :] & (offs_d[:, None] < D),
                      other=0.0)
+        v = tl.load(v_base + n[:, None] * sv_n + offs_d[None, :], mask=n_ok[:, None] & (offs_d[None, :] < D),
+                    other=0.0)
         s = _dot(q, kt, IEEE) * qk_scale
         valid = n_ok[None, :] & (n[None, :] < limit[:, None])
         if HAS_KEYMASK:
             km = tl.load(KEYMASK + b * skm_b + n, mask=n_ok, other=0)
             valid = valid & (km != 0)[None, :]
         s = tl.where(valid, s, float("-inf"))
-        v = tl.load(v_base + n[:, None] * sv_n + offs_d[None, :], mask=n_ok[:, None] & (offs_d[None, :] < D),
-                    other=0.0)
         acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v, IEEE)
     out, lse = _finish_rows(acc, m_i, l_i, float("-inf"))
     # scratch layout: O_PART (B, H, Tq, SPLITS, D), LSE_PART (B, H, Tq, SPLITS)
-    row = ((b * HKV * GROUP + h) * Tq + t) * SPLITS + split
+    part = (b * HKV * GROUP + h) * Tq + t
+    row = part * SPLITS + split
     tl.store(LSE_PART + row, lse, mask=row_ok)
     tl.store(O_PART + row[:, None] * D + offs_d[None, :], out,
              mask=row_ok[:, None] & (offs_d[None, :] < D))
+    if FUSED:
+        # The last split of this (batch, KV head) to finish merges the group's rows. The barrier orders every
+        # thread's partial stores before the (single-thread) atomic, whose acq_rel GPU-scope semantics publish
+        # them (cumulatively) and, for the last program, acquire every other program's; its merge then reads
+        # through L2 (.cg loads), never a stale L1 line.
+        tl.debug_barrier()
+        done = tl.atomic_add(COUNTER + pid_bh, 1)
+        if done == SPLITS - 1:
+            for rr in range(0, GROUP * Tq):
+                hh = kvh * GROUP + rr // Tq
+                tt = rr % Tq
+                _combine_row(O_PART, LSE_PART, O, (b * HKV * GROUP + hh) * Tq + tt,
+                             O + b * so_b + hh * so_h + tt * so_t, D, SPLITS, BLOCK_S, BLOCK_D)
+            tl.atomic_xchg(COUNTER + pid_bh, 0)  # ready for the next launch on this stream / graph replay
 
 
 @triton.jit
@@ -86,51 +119,142 @@ def _decode_combine_kernel(O_PART, LSE_PART, O, so_b, so_h, so_t, H, Tq, D, SPLI
     t = pid % Tq
     h = (pid // Tq) % H
     b = pid // (Tq * H)
-    s = tl.arange(0, BLOCK_S)
-    d = tl.arange(0, BLOCK_D)
-    lse = tl.load(LSE_PART + pid * SPLITS + s, mask=s < SPLITS, other=float("-inf"))
-    m = tl.max(lse, 0)
-    m_safe = tl.where(m == float("-inf"), 0.0, m)
-    w = tl.math.exp2(lse - m_safe)
-    total = tl.sum(w, 0)
-    parts = tl.load(O_PART + (pid * SPLITS + s[:, None]) * D + d[None, :],
-                    mask=(s[:, None] < SPLITS) & (d[None, :] < D), other=0.0)
-    out = tl.sum(parts * w[:, None], 0) / tl.where(total == 0.0, 1.0, total)
-    tl.store(O + b * so_b + h * so_h + t * so_t + d, out.to(O.dtype.element_ty), mask=d < D)
+    _combine_row(O_PART, LSE_PART, O, pid, O + b * so_b + h * so_h + t * so_t, D, SPLITS, BLOCK_S, BLOCK_D)
 
 
-def choose_splits(batch: int, kv_heads: int, max_len: int, block_n: int = 64) -> int:
-    """Splits so batch * kv_heads * splits programs fill the GPU about 4 times (at least 16 splits, each at
-    least 256 cache entries); fixed per cache shape, so a captured graph stays valid. bench/sweep.py, H200."""
+# Launch settings per compute capability: BLOCK_N, num_warps, num_stages of the split kernel. sm_90 from
+# bench/sweep.py (H200, bench/results/sweep-H200.json); sm_80/sm_89: fewer stages where a stage of K and V at
+# head_dim 256 would not fit (tests/test_launch_configs.py compiles them for those targets).
+DECODE_DEFAULTS = dict(BLOCK_N=64, num_warps=4, num_stages=3, SPLITS=None, WAVES=4, MIN_CHUNK=256, MAX_SPLITS=128,
+                       FUSED=False)
+
+
+def decode_config(D: int, arch=None, element_size: int = 2) -> dict:
+    """Default decode settings for head_dim D on arch (major, minor, smem); keys as DECODE_DEFAULTS."""
+    c = dict(DECODE_DEFAULTS)
+    if INTERPRET:
+        c.update(BLOCK_N=16, num_warps=1, num_stages=1)
+        return c
+    smem = (arch or gpu_arch())[2]
+    bd = max(16, triton.next_power_of_2(D))
+    if element_size > 2:
+        c["BLOCK_N"] = 32
+    per_stage = 2 * c["BLOCK_N"] * bd * element_size  # one K and one V tile
+    while c["num_stages"] > 1 and c["num_stages"] * per_stage + 16 * bd * 4 > smem * 0.9:
+        c["num_stages"] -= 1
+    return c
+
+
+def choose_splits(batch: int, kv_heads: int, max_len: int, block_n: int = 64, waves: int = 4,
+                  min_chunk: int = 256, max_splits: int = 128) -> int:
+    """Splits so batch * kv_heads * splits programs fill the GPU about `waves` times (at least 16 splits, each at
+    least min_chunk cache entries); fixed per cache shape, so a captured graph stays valid. bench/sweep.py, H200."""
     if INTERPRET:
         return max(1, min(3, triton.cdiv(max_len, 16)))
-    want = max(16, triton.cdiv(4 * num_sms(), batch * kv_heads))
-    return int(max(1, min(want, triton.cdiv(max_len, 256), 128)))
+    want = max(16, triton.cdiv(waves * num_sms(), batch * kv_heads))
+    return int(max(1, min(want, triton.cdiv(max_len, max(min_chunk, block_n)), max_splits)))
+
+
+class _Plan:
+    """Everything a decode launch needs that depends only on the shapes, dtype, device and config."""
+    __slots__ = ("grid", "cgrid", "consts", "cconsts", "splits", "part_shape", "lse_shape", "counter_len",
+                 "scratch", "B", "H", "Tq", "D", "HKV", "GROUP", "fused")
+
+
+_plans: dict = {}
+
+
+def _config_key(config):
+    if config is None:
+        return None
+    if isinstance(config, (tuple, list)):  # (BLOCK_N, num_warps, num_stages), the older sweep format
+        return tuple(config)
+    return tuple(sorted(config.items()))
+
+
+def _make_plan(B, H, HKV, L, D, Tq, dtype, device, has_mask, config, splits) -> _Plan:
+    c = decode_config(D, gpu_arch(device), dtype.itemsize)
+    if isinstance(config, (tuple, list)):
+        config = dict(zip(("BLOCK_N", "num_warps", "num_stages"), config))
+    if config:
+        unknown = set(config) - set(c)
+        if unknown:
+            raise ValueError(f"unknown decode config keys {sorted(unknown)}; known: {sorted(c)}")
+        c.update(config)
+    p = _Plan()
+    p.splits = int(splits or c["SPLITS"] or choose_splits(B, HKV, L, c["BLOCK_N"], c["WAVES"], c["MIN_CHUNK"],
+                                                         c["MAX_SPLITS"]))
+    group = H // HKV
+    bd = max(16, triton.next_power_of_2(D))
+    bs = max(2, triton.next_power_of_2(p.splits))
+    p.B, p.H, p.Tq, p.D, p.HKV, p.GROUP, p.fused = B, H, Tq, D, HKV, group, bool(c["FUSED"])
+    p.grid = (p.splits, B * HKV)
+    p.cgrid = (B * H * Tq,)
+    p.consts = dict(HAS_KEYMASK=has_mask, BLOCK_M=max(16, triton.next_power_of_2(group * Tq)),
+                    BLOCK_N=c["BLOCK_N"], BLOCK_D=bd, IEEE=exact_dot(dtype), FUSED=p.fused, BLOCK_S=bs,
+                    num_warps=c["num_warps"], num_stages=c["num_stages"])
+    p.cconsts = dict(BLOCK_S=bs, BLOCK_D=bd, num_warps=1 if INTERPRET else 4)
+    p.part_shape = (B, H, Tq, p.splits, D)
+    p.lse_shape = (B, H, Tq, p.splits)
+    p.counter_len = B * HKV
+    p.scratch = {}
+    return p
+
+
+def _current_stream_id(device):
+    """An id of the current stream of a CUDA device (None on the CPU), cheap enough for every call."""
+    if device.type != "cuda":
+        return None
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    if raw is not None:
+        return raw(device.index if device.index is not None else torch.cuda.current_device())
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+def _scratch(p: _Plan, device):
+    """(o_part, lse_part, counter) for this launch. Reused per (plan, stream): launches on one stream run in
+    order, so the next call's writes cannot overtake this call's reads. Two streams get separate buffers; calls
+    made while a CUDA graph is being captured get fresh buffers from the graph's pool (never cached), so a
+    replay never shares scratch with eager calls. NOT safe: the same plan used concurrently from two threads
+    on one stream (calls are then not ordered) - use separate streams."""
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    key = None if capturing else _current_stream_id(device)
+    buf = None if capturing else p.scratch.get(key)
+    if buf is None:
+        buf = (torch.empty(p.part_shape, dtype=torch.float32, device=device),
+               torch.empty(p.lse_shape, dtype=torch.float32, device=device),
+               torch.zeros(p.counter_len if p.fused else 1, dtype=torch.int32, device=device))
+        if not capturing:
+            p.scratch[key] = buf
+    return buf
 
 
 def decode_attention_fwd(q, k_cache, v_cache, lengths, scale, key_mask=None, splits=None, config=None):
-    q = unit_last(q)
+    """Launch split (+ combine unless FUSED). config: None (defaults for this GPU), a tuple (BLOCK_N, num_warps,
+    num_stages) or a dict of DECODE_DEFAULTS keys (SPLITS, WAVES, MIN_CHUNK, MAX_SPLITS pick the split count;
+    FUSED merges the partials in the split kernel's last program instead of a second launch)."""
+    if q.stride(-1) != 1:
+        q = q.contiguous()
     B, H, Tq, D = q.shape
-    HKV, L = k_cache.shape[1], k_cache.shape[2]
-    group = H // HKV
-    BN, warps, stages = (16, 1, 1) if INTERPRET else (config or (64, 4, 3))
-    splits = splits or choose_splits(B, HKV, L, BN)
-    BM = max(16, triton.next_power_of_2(group * Tq))
-    BD = max(16, triton.next_power_of_2(D))
-    o_part = torch.empty((B, H, Tq, splits, D), dtype=torch.float32, device=q.device)
-    lse_part = torch.empty((B, H, Tq, splits), dtype=torch.float32, device=q.device)
-    km = key_mask.view(torch.uint8) if key_mask is not None else lengths
-    _decode_split_kernel[(splits, B * HKV)](
-        q, k_cache, v_cache, lengths, km, o_part, lse_part,
-        q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), km.stride(0) if key_mask is not None else 0,
-        HKV, group, Tq, D, scale * LOG2E, splits,
-        HAS_KEYMASK=key_mask is not None, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD, IEEE=exact_dot(q.dtype),
-        num_warps=warps, num_stages=stages)
+    L = k_cache.shape[2]
+    has_mask = key_mask is not None
+    key = (B, H, k_cache.shape[1], L, D, Tq, q.dtype, q.device, has_mask, _config_key(config), splits)
+    p = _plans.get(key)
+    if p is None:
+        p = _plans[key] = _make_plan(B, H, k_cache.shape[1], L, D, Tq, q.dtype, q.device, has_mask, config, splits)
+    o_part, lse_part, counter = _scratch(p, q.device)
     o = torch.empty((B, H, Tq, D), dtype=q.dtype, device=q.device)
-    _decode_combine_kernel[(B * H * Tq,)](o_part, lse_part, o, o.stride(0), o.stride(1), o.stride(2), H, Tq, D,
-                                          splits, BLOCK_S=max(2, triton.next_power_of_2(splits)), BLOCK_D=BD,
-                                          num_warps=1 if INTERPRET else 4)
+    if has_mask:
+        km, skm = key_mask.view(torch.uint8), key_mask.stride(0)
+    else:
+        km, skm = lengths, 0
+    sq, sk, sv, so = q.stride(), k_cache.stride(), v_cache.stride(), o.stride()
+    _decode_split_kernel[p.grid](
+        q, k_cache, v_cache, lengths, km, o_part, lse_part, o, counter,
+        sq[0], sq[1], sq[2], sk[0], sk[1], sk[2], sv[0], sv[1], sv[2], skm, so[0], so[1], so[2],
+        p.HKV, p.GROUP, Tq, D, scale * LOG2E, p.splits, **p.consts)
+    if not p.fused:
+        _decode_combine_kernel[p.cgrid](o_part, lse_part, o, so[0], so[1], so[2], H, Tq, D, p.splits, **p.cconsts)
     return o
 
 
@@ -158,3 +282,8 @@ def decode_attention(q, k_cache, v_cache, lengths, *, scale: float | None = None
     if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
         raise ValueError("k_cache and v_cache need unit stride in head_dim (a static cache is allocated that way)")
     return decode_attention_fwd(q, k_cache, v_cache, lengths, scale, key_mask)
+
+
+def clear_decode_cache() -> None:
+    """Drop the cached launch plans and their scratch buffers (they hold device memory per shape and stream)."""
+    _plans.clear()

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .._triton import tl, triton
 from ..utils import INTERPRET, check_same_device, check_tensor, unit_last, use_triton
-from .attention import _dot, exact_dot
+from ._tl_common import _dot, exact_dot
 
 MAX_ROWS = 16
 

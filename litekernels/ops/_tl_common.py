@@ -1,0 +1,76 @@
+"""Triton helpers shared by the attention kernels (prefill, decode) and the skinny GEMM, plus the launch-target
+query they use to pick settings per GPU. Every op module imports from here; no op imports another's private names.
+
+  _dot                  tl.dot with fp32 accumulation; IEEE=True gives exact fp32 products (interpreter, fp32)
+  _online_softmax_step  fold one tile of log2-scaled scores and its values into the running (acc, max, sum)
+  _finish_rows          normalise the accumulator and give each row's log2-sum-exp
+  exact_dot(dtype)      the IEEE switch for a launch
+  LOG2E                 scores are kept in log2 units: exp(x) = exp2(x * LOG2E), folded into the scale
+  gpu_arch(device)      (compute capability major, minor, shared memory per block opt-in) of the launch device
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .._triton import tl, triton
+from ..utils import INTERPRET
+
+LOG2E = 1.4426950408889634
+
+# What the launch-setting tables assume when there is no GPU (interpreter): an H200-like sm_90 part.
+DEFAULT_ARCH = (9, 0, 232448)
+# Shared memory per block (opt-in) of the parts the tables are written for; test_launch_configs.py checks them.
+SMEM_LIMIT = {(8, 0): 166912, (8, 6): 101376, (8, 9): 101376, (9, 0): 232448}
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    """tl.dot with fp32 accumulation; IEEE: exact fp32 products (no tf32), operands upcast first."""
+    if IEEE:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b)
+
+
+@triton.jit
+def _online_softmax_step(acc, m_i, l_i, s, v, IEEE: tl.constexpr):
+    """Fold one tile of log2-scaled scores s (rows x keys, -inf = masked) and its values v into the running
+    (acc, max, sum); rows that have seen only -inf keep max -inf and sum 0."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.math.exp2(m_i - m_safe)
+    p = tl.math.exp2(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _finish_rows(acc, m_i, l_i, EMPTY_LSE):
+    """(output, log2-sum-exp) of the finished rows; a row with no key gets output 0 and lse EMPTY_LSE."""
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    return acc / l_safe[:, None], tl.where(empty, EMPTY_LSE, m_i + tl.math.log2(l_safe))
+
+
+def exact_dot(dtype) -> bool:
+    """fp32 inputs get IEEE products; so does everything under the interpreter, whose bf16 tl.dot is wrong
+    (triton 3.9: it multiplies the raw bits), after the operands were rounded to their dtype as on the GPU."""
+    return dtype == torch.float32 or INTERPRET
+
+
+@functools.lru_cache(maxsize=None)
+def _arch_of(index: int) -> tuple[int, int, int]:
+    p = torch.cuda.get_device_properties(index)
+    smem = getattr(p, "shared_memory_per_block_optin", 0) or SMEM_LIMIT.get((p.major, p.minor), 101376)
+    return p.major, p.minor, int(smem)
+
+
+def gpu_arch(device: torch.device | None = None) -> tuple[int, int, int]:
+    """(major, minor, shared memory bytes per block, opt-in) of a CUDA device; DEFAULT_ARCH off the GPU."""
+    if device is None or device.type != "cuda":
+        return DEFAULT_ARCH
+    return _arch_of(device.index if device.index is not None else torch.cuda.current_device())
