@@ -32,6 +32,23 @@ def use_triton(*tensors: torch.Tensor) -> bool:
     return dev.type == "cpu" and INTERPRET
 
 
+# torch.library custom ops (litekernels/library.py) need torch >= 2.4; older torch only has the eager path.
+HAS_CUSTOM_OPS = hasattr(torch.library, "custom_op") and hasattr(torch.library, "register_autograd")
+_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", None)
+
+
+def tracing() -> bool:
+    """True under torch.compile / torch.export, or inside a dispatch mode (FakeTensorMode, make_fx, ...).
+
+    The public functions then call `torch.ops.litekernels.<op>`, which tracers understand; otherwise they take
+    the cheaper eager route (reference or autograd Function) to the same launchers. Under Dynamo the first test
+    is a constant True, so the second is never traced.
+    """
+    if not HAS_CUSTOM_OPS:
+        return False
+    return torch.compiler.is_compiling() or (_dispatch_modes is not None and _dispatch_modes() > 0)
+
+
 def backend_name(device: torch.device | str | None = None) -> str:
     """'triton' (compiled), 'triton-interpreter' or 'reference', for `device` (default: CUDA if present)."""
     if device is None:

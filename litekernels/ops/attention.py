@@ -351,6 +351,9 @@ def check_attention_inputs(q, k, v, attn_mask=None):
         raise ValueError(f"head_dim {D} is not supported (1..{MAX_HEAD_DIM})")
 
 
+from ..utils import tracing  # noqa: E402  (kept next to its one user, the public function)
+
+
 def flash_attention(q, k, v, *, causal: bool = True, scale: float | None = None, attn_mask=None):
     """Attention of q (B,H,Tq,D) over k, v (B,Hkv,Tk,D); returns (B,H,Tq,D) in q's dtype. Differentiable.
 
@@ -361,6 +364,8 @@ def flash_attention(q, k, v, *, causal: bool = True, scale: float | None = None,
     if attn_mask is not None and attn_mask.dtype != torch.bool:
         raise TypeError(f"attn_mask must be a bool tensor (True = attend), got {attn_mask.dtype}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if tracing():  # torch.compile / export / fake tensors: the registered op (litekernels/library.py)
+        return torch.ops.litekernels.flash_attention(q, k, v, attn_mask, bool(causal), scale)[0]
     if not use_triton(q):
         return reference.attention(q, k, v, causal=causal, scale=scale, attn_mask=attn_mask)
     return LiteAttentionFunction.apply(q, k, v, bool(causal), scale, attn_mask)

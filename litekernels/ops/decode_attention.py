@@ -134,6 +134,9 @@ def decode_attention_fwd(q, k_cache, v_cache, lengths, scale, key_mask=None, spl
     return o
 
 
+from ..utils import tracing  # noqa: E402  (kept next to its one user, the public function)
+
+
 def decode_attention(q, k_cache, v_cache, lengths, *, scale: float | None = None, key_mask=None):
     """Attention of the Tq newest tokens per sequence over a static cache; returns (B,H,Tq,D). Inference only.
 
@@ -153,8 +156,11 @@ def decode_attention(q, k_cache, v_cache, lengths, *, scale: float | None = None
             raise ValueError(f"key_mask must have shape ({B}, {L}), got {tuple(key_mask.shape)}")
         key_mask = unit_last(key_mask)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    if not use_triton(q):
-        return reference.decode_attention(q, k_cache, v_cache, lengths, scale=scale, key_mask=key_mask)
-    if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
+    triton_path = use_triton(q)
+    if triton_path and (k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1):
         raise ValueError("k_cache and v_cache need unit stride in head_dim (a static cache is allocated that way)")
+    if tracing():  # torch.compile / export / fake tensors: the registered op (litekernels/library.py)
+        return torch.ops.litekernels.decode_attention(q, k_cache, v_cache, lengths, key_mask, scale)
+    if not triton_path:
+        return reference.decode_attention(q, k_cache, v_cache, lengths, scale=scale, key_mask=key_mask)
     return decode_attention_fwd(q, k_cache, v_cache, lengths, scale, key_mask)
