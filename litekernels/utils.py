@@ -26,10 +26,10 @@ def use_triton(*tensors: torch.Tensor) -> bool:
     """True when the Triton kernels can run on these tensors (CUDA, or CPU under the interpreter)."""
     if not HAS_TRITON:
         return False
-    dev = tensors[0].device
-    if dev.type == "cuda":
+    t = tensors[0]
+    if t.is_cuda:  # an attribute read; `.device` builds a Python object per call (host time, issue #9)
         return True
-    return dev.type == "cpu" and INTERPRET
+    return INTERPRET and t.device.type == "cpu"
 
 
 # torch.library custom ops (litekernels/library.py) need torch >= 2.4; older torch only has the eager path.

@@ -154,6 +154,11 @@ def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.T
     Outputs have q's dtype and layout. Differentiable in q and k.
     """
     _check(q, k, cos, sin)
+    return apply_rope_unchecked(q, k, cos, sin)
+
+
+def apply_rope_unchecked(q, k, cos, sin):
+    """`apply_rope` without the input checks, for callers whose tensors are valid by construction (the HF patch)."""
     if tracing():
         return tuple(torch.ops.litekernels.apply_rope(q, k, cos, sin))
     if not use_triton(q):
