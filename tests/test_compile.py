@@ -64,9 +64,9 @@ def _fwd_bwd(model, ids, mask):
 
 @pytest.mark.parametrize("padding", [True, False], ids=["left-padding", "no-mask"])
 def test_compiled_patched_model_fullgraph_forward_backward_match(padding):
-    model = tiny_model()
+    model = tiny_model(layers=1)
     apply_lite_llama(model)
-    ids, mask = _batch()
+    ids, mask = _batch(T=9)
     if not padding:
         mask = None
     ref_logits, ref_loss, ref_grads = _fwd_bwd(model, ids, mask)
@@ -87,7 +87,7 @@ def test_compiled_decode_step_uses_decode_attention():
     """A no-grad one-token step over a cache goes through torch.ops.litekernels.decode_attention in the graph."""
     from transformers import DynamicCache
 
-    model = tiny_model().eval()
+    model = tiny_model(layers=1).eval()
     apply_lite_llama(model)
     ids = torch.randint(1, 128, (1, 6))
     name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"  # 5.24 / 5.17
@@ -109,7 +109,7 @@ def test_compiled_decode_step_uses_decode_attention():
 def _static_generate(model, ids, mask, compile_backend=None):
     from transformers import CompileConfig
 
-    kw = dict(max_new_tokens=5, do_sample=False, pad_token_id=0, cache_implementation="static")
+    kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0, cache_implementation="static")
     if compile_backend is None:
         kw["disable_compile"] = True
     else:
@@ -120,7 +120,7 @@ def _static_generate(model, ids, mask, compile_backend=None):
 
 
 def test_hf_static_cache_compiled_generate_matches_uncompiled():
-    model = tiny_model().eval()
+    model = tiny_model(layers=1).eval()
     ids, mask = _batch(T=7)
     unpatched = _static_generate(model, ids, mask)
     apply_lite_llama(model)
