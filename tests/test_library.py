@@ -148,3 +148,22 @@ def test_rope_cache_write_op_mutates_the_caches_like_the_public_function():
     torch.testing.assert_close(q_op, q_pub)
     torch.testing.assert_close(a[4], b[4])
     torch.testing.assert_close(a[5], b[5])
+
+
+def test_torch_export_keeps_the_ops():
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(16))
+
+        def forward(self, x, q, k):
+            return LF.silu_mul(LF.rms_norm(x, self.w), x), LF.flash_attention(q, k, k, causal=True)
+
+    block = Block().to(DEV)
+    args = (_r(3, 16), _r(1, 4, 6, 16), _r(1, 2, 6, 16))
+    exported = torch.export.export(block, args)
+    targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
+    for name in ("rms_norm", "silu_mul", "flash_attention"):
+        assert f"litekernels.{name}.default" in targets, targets
+    for a, b in zip(exported.module()(*args), block(*args)):
+        torch.testing.assert_close(a, b)
