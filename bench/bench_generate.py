@@ -130,7 +130,7 @@ def bench_train(layers, batch, seq, steps=5):
             name = ("lite" if patched else "hf-sdpa") + ("-compile" if compiled else "")
             fn = torch.compile(model, fullgraph=True) if compiled else model
 
-            def step():
+            def step(fn=fn):
                 loss = fn(ids, labels=ids, use_cache=False).loss
                 loss.backward()
                 model.zero_grad(set_to_none=True)
@@ -152,8 +152,6 @@ def bench_train(layers, batch, seq, steps=5):
             torch.cuda.empty_cache()
         if patched:
             revert_lite_llama(model)
-    del model
-    torch.cuda.empty_cache()
     return rows
 
 

@@ -25,8 +25,6 @@ Usage: `torch.ops.litekernels.rms_norm(x, weight, 1e-6)` -> (y, rstd).
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import reference
@@ -127,7 +125,7 @@ def _ref_attention_probs(q, k, attn_mask, causal, scale):
 
 
 def _ref_attention_bwd(do, q, k, v, attn_mask, causal, scale):
-    B, H, Tq, D = q.shape
+    B, H = q.shape[:2]
     Hkv = k.shape[1]
     g = H // Hkv
     p, _ = _ref_attention_probs(q, k, attn_mask, causal, scale)
@@ -312,8 +310,8 @@ def _register() -> None:
 
     @register_fake("litekernels::flash_attention")
     def _(q, k, v, attn_mask, causal, scale):
-        B, H, Tq, D = q.shape
-        return q.new_empty((B, H, Tq, D)), q.new_empty((B, H, Tq), dtype=torch.float32)
+        B, H, Tq, _ = q.shape
+        return q.new_empty(q.shape), q.new_empty((B, H, Tq), dtype=torch.float32)
 
     @custom_op("litekernels::flash_attention_backward", mutates_args=(),
                schema="(Tensor do, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor? attn_mask, bool causal, "

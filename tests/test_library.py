@@ -140,7 +140,7 @@ def test_op_gradients_equal_the_eager_public_functions(index):
 
 
 def test_rope_cache_write_op_mutates_the_caches_like_the_public_function():
-    name, args = op_cases()[3]
+    _, args = op_cases()[3]
     a = [x.clone() if isinstance(x, torch.Tensor) else x for x in args]
     b = [x.clone() if isinstance(x, torch.Tensor) else x for x in args]
     q_op = torch.ops.litekernels.rope_cache_write(*a)

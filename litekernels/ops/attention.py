@@ -351,7 +351,7 @@ def check_attention_inputs(q, k, v, attn_mask=None):
         raise ValueError(f"head_dim {D} is not supported (1..{MAX_HEAD_DIM})")
 
 
-from ..utils import tracing  # noqa: E402  (kept next to its one user, the public function)
+from ..utils import tracing  # kept next to its one user, the public function (a local edit)
 
 
 def flash_attention(q, k, v, *, causal: bool = True, scale: float | None = None, attn_mask=None):

@@ -134,7 +134,7 @@ def decode_attention_fwd(q, k_cache, v_cache, lengths, scale, key_mask=None, spl
     return o
 
 
-from ..utils import tracing  # noqa: E402  (kept next to its one user, the public function)
+from ..utils import tracing  # kept next to its one user, the public function (a local edit)
 
 
 def decode_attention(q, k_cache, v_cache, lengths, *, scale: float | None = None, key_mask=None):
