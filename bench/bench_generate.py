@@ -14,7 +14,8 @@ tied embeddings), prompts of 128 random tokens, 256 new tokens, EOS ignored. Pro
   hf-static-compile       HF generate, sdpa, cache_implementation="static" with HF's default compilation
                           (torch.compile mode="reduce-overhead" of the decode step)
   hf-lite-static-compile  the same after apply_lite_llama (our ops are torch.library custom ops in the graph)
-The static-compile providers run only for the batches in --compile-batches (each batch size compiles anew).
+The static-compile providers run only for the batches in --compile-batches (each batch size compiles anew;
+`--compile-batches ""` skips them). Each row records wall_s, the provider's whole time including compiles.
 --train adds a training-step table (B4 T2048 by default, --train-shape): forward+backward of the patched model,
 eager and torch.compile(fullgraph=True), next to the unpatched model eager and compiled; tokens/s, peak memory.
 plus the HBM roofline for batch 1 (weight bytes / measured copy bandwidth). Prefill ms is timed separately
@@ -230,6 +231,7 @@ def main(argv=None):
         for prov in args.providers.split(","):
             if prov.endswith("static-compile") and B not in compile_batches:
                 continue
+            t_start = time.perf_counter()
             try:
                 if prov.startswith("lite"):
                     t_pre, t_dec = bench_lite(model, prompts, args.new, prov.startswith("lite-graph"),
@@ -247,6 +249,7 @@ def main(argv=None):
                        "decode_tok_s": B * (args.new - 1) / t_dec}
             except Exception as e:  # noqa: BLE001 - keep the other providers
                 row = {"batch": B, "provider": prov, "error": repr(e)[:300]}
+            row["wall_s"] = time.perf_counter() - t_start  # the provider's whole cost here (warm-ups, compiles)
             print(row, flush=True)
             rows.append(row)
             torch._dynamo.reset()  # compiled providers: free their graphs before the next one
