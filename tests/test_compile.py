@@ -184,6 +184,18 @@ def test_gpu_compiled_patched_model_forward_backward_parity():
         assert ((a.float() - b.float()).abs().max() / scale) < 5e-2
 
 
+def _assert_same_greedy(got, want, prompt_len, tie=2e-2):
+    """Equal greedy tokens; a divergence is accepted only where the reference's top two logits were a near tie
+    (random bf16 weights: Inductor's glue, e.g. its own sin/cos for the rotary tables, rounds differently)."""
+    a, b = got.sequences[:, prompt_len:], want.sequences[:, prompt_len:]
+    if torch.equal(a, b):
+        return
+    step = int((a != b).any(0).nonzero()[0])
+    top2 = want.logits[step].float().topk(2, dim=-1).values
+    gap = (top2[:, 0] - top2[:, 1])[(a[:, step] != b[:, step])]
+    assert bool((gap < tie).all()), f"tokens differ at step {step} without a near tie (top-2 gaps {gap.tolist()})"
+
+
 @pytest.mark.gpu
 def test_gpu_hf_static_cache_default_compile_generate_matches_uncompiled():
     model = _bf16_model(layers=2).eval()
@@ -191,9 +203,12 @@ def test_gpu_hf_static_cache_default_compile_generate_matches_uncompiled():
     mask = torch.ones_like(ids)
     mask[1, :5] = 0
     apply_lite_llama(model)
-    kw = dict(max_new_tokens=12, do_sample=False, pad_token_id=0, cache_implementation="static")
+    kw = dict(max_new_tokens=12, do_sample=False, pad_token_id=0, cache_implementation="static",
+              return_dict_in_generate=True, output_logits=True)
     eager = model.generate(ids, attention_mask=mask, disable_compile=True, **kw)
+    torch._dynamo.reset()
     compiled = model.generate(ids, attention_mask=mask, **kw)  # HF's default: compiled decode, reduce-overhead
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1, "HF generate did not compile"
     again = model.generate(ids, attention_mask=mask, **kw)  # replays the captured graphs
-    assert torch.equal(compiled, eager)
-    assert torch.equal(again, eager)
+    _assert_same_greedy(compiled, eager, ids.shape[1])
+    assert torch.equal(again.sequences, compiled.sequences)
