@@ -99,3 +99,29 @@ def decode_attention(q, k_cache, v_cache, lengths, *, scale=None, key_mask=None)
     if key_mask is not None:
         allowed = allowed & key_mask.to(torch.bool).view(B, 1, 1, L)
     return attention(q, k_cache, v_cache, causal=False, scale=scale, attn_mask=allowed)
+
+
+def fused_linear_cross_entropy(hidden, weight, labels, bias=None, *, ignore_index=-100, reduction="mean",
+                               label_smoothing=0.0, softcap=None, z_loss=0.0, n_items=None):
+    """cross_entropy(F.linear(hidden, weight, bias), labels) with the full logits, in float32 (float64 inputs
+    stay float64). Same conventions as litekernels.fused_linear_cross_entropy: fp32 result; softcap
+    cap*tanh(x/cap) before the loss; z_loss * logsumexp^2 per non-ignored row; mean divides by n_items or the
+    number of non-ignored labels, and a mean over zero items is 0."""
+    dt = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    logits = F.linear(hidden.to(dt), weight.to(dt), None if bias is None else bias.to(dt))
+    logits = logits.reshape(-1, weight.shape[0])
+    flat = labels.reshape(-1)
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    rows = F.cross_entropy(logits, flat, ignore_index=ignore_index, reduction="none", label_smoothing=label_smoothing)
+    valid = flat != ignore_index
+    if z_loss:
+        rows = rows + z_loss * torch.logsumexp(logits, dim=-1).pow(2) * valid
+    if reduction == "none":
+        return rows.view(labels.shape)
+    total = rows.sum()
+    if reduction == "sum":
+        return total
+    divisor = valid.sum() if n_items is None else torch.as_tensor(n_items, device=total.device)
+    divisor = divisor.to(dt)
+    return total / torch.where(divisor > 0, divisor, torch.ones_like(divisor))

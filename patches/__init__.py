@@ -22,7 +22,9 @@ from litekernels.ops.rope import apply_rope_unchecked
 from litekernels.utils import SUPPORTED_DTYPES, backend_name
 
 from . import attention as _attention
+from . import causal_lm as _causal_lm
 from . import llama  # noqa: F401  (registers the Llama architecture)
+from . import mistral, qwen2, qwen3  # noqa: F401  (register the other Llama-family architectures)
 from .registry import ARCHITECTURES, Architecture, find_architecture
 
 __all__ = ["apply_lite_llama", "revert_lite_llama", "lite_llama_summary", "ARCHITECTURES", "Architecture"]
@@ -121,13 +123,17 @@ def _warn_backend(device=None) -> None:
 
 
 def apply_lite_llama(model=None, *, rms_norm: bool = True, rope: bool = True, swiglu: bool = True,
-                     attention: bool = True):
+                     attention: bool = True, fused_linear_cross_entropy: bool = True):
     """Patch a loaded Llama-family model in place (or, with no model, transformers' classes); returns the model.
+
+    fused_linear_cross_entropy: in training mode with labels, the causal-LM forward computes the loss without
+    building logits (returns logits=None); see patches/causal_lm.py.
 
     Idempotent: applying the same options again changes nothing; other options first revert, then re-apply.
     Raises TypeError for an unsupported model, leaving it untouched.
     """
-    options = dict(rms_norm=rms_norm, rope=rope, swiglu=swiglu, attention=attention)
+    options = dict(rms_norm=rms_norm, rope=rope, swiglu=swiglu, attention=attention,
+                   fused_linear_cross_entropy=fused_linear_cross_entropy)
     if model is None:
         _patch_classes(options)
         return None
@@ -159,6 +165,10 @@ def apply_lite_llama(model=None, *, rms_norm: bool = True, rope: bool = True, sw
             counts["rope"] += 1
     if counts["rope"]:
         _rope_dispatch(arch).users.add(model)
+    lm_cls = _causal_lm_class(arch)
+    if fused_linear_cross_entropy and lm_cls is not None and isinstance(model, lm_cls):
+        _set_forward(state, model, lambda current, m=model: _causal_lm.make_instance_forward(current, m))
+        counts["fused_linear_cross_entropy"] = True
     if attention and config is not None:
         state.attn_implementation = config._attn_implementation
         _set_attn_implementation(model, _attention.register())
@@ -166,6 +176,13 @@ def apply_lite_llama(model=None, *, rms_norm: bool = True, rope: bool = True, sw
     state.counts = counts
     object.__setattr__(model, "_lite_llama", state)
     return model
+
+
+def _causal_lm_class(arch: Architecture):
+    try:
+        return arch.cls("causal_lm_class")
+    except AttributeError:  # a family without a ForCausalLM class of the derived name
+        return None
 
 
 def _set_attn_implementation(model, name: str) -> None:
@@ -226,6 +243,11 @@ def _patch_classes(options: dict) -> None:
                 cls = arch.cls(attr)
                 _class_saved.append((cls, "forward", cls.__dict__.get("forward", _MISSING)))
                 cls.forward = fwd
+        cls = _causal_lm_class(arch)
+        if options["fused_linear_cross_entropy"] and cls is not None:
+            previous = cls.__dict__.get("forward", _MISSING)
+            _class_saved.append((cls, "forward", previous))
+            cls.forward = _causal_lm.make_class_forward(cls.forward)
         if options["rope"]:
             _rope_dispatch(arch).class_patched = True
             _class_saved.append((arch, "rope", None))

@@ -50,10 +50,18 @@ def lite_attention_forward(module, query, key, value, attention_mask, dropout: f
     mask = attention_mask
     if mask is not None and mask.dtype != torch.bool:
         mask = None if mask.is_floating_point() else mask != 0
-    if ((dropout and module.training) or sliding_window is not None or softcap is not None
+    # a window no shorter than the keys never cuts (query i sees keys j > i - window): Mistral passes its
+    # config's window (4096 by default) on every call, so only a window that matters goes to HF eager
+    windowed = sliding_window is not None and key.shape[2] > sliding_window
+    if ((dropout and module.training) or windowed or softcap is not None
             or (attention_mask is not None and mask is None) or query.dtype != key.dtype
             or query.dtype not in SUPPORTED_DTYPES or query.shape[-1] > MAX_HEAD_DIM):
         from transformers.models.llama.modeling_llama import eager_attention_forward
+        if attention_mask is not None and attention_mask.dtype == torch.bool:
+            # HF eager attention adds the mask to the scores: a bool mask (our registered sdpa mask builder)
+            # must become additive first, or it is silently added as 0/1 (wrong sliding-window/padding logits)
+            attention_mask = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device).masked_fill(
+                ~attention_mask, torch.finfo(query.dtype).min)
         return eager_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                        scaling=scaling, **kwargs)
     B, _, Tq, D = query.shape

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from typing import Any, Callable
 
 ARCHITECTURES: dict[str, "Architecture"] = {}
 
@@ -17,12 +18,50 @@ class Architecture:
     mlp_class: str
     attention_class: str
     rope_function: str  # module-level function the attention forward looks up on each call
+    # the causal-LM head class whose forward gets the fused linear cross-entropy; None: derived from
+    # pretrained_class ("LlamaPreTrainedModel" -> "LlamaForCausalLM")
+    causal_lm_class: str | None = None
+    # --- how the generation runtime reads the weights (dotted attribute paths) ------------------------------
+    # from the ...ForCausalLM model:
+    layers: str = "model.layers"
+    embed_tokens: str = "model.embed_tokens"
+    final_norm: str = "model.norm"
+    lm_head: str = "lm_head"
+    rotary_emb: str = "model.rotary_emb"  # module called as rotary_emb(x, position_ids) -> (cos, sin)
+    # from one decoder layer (each projection an nn.Linear; its bias, if any, is read from the same module):
+    input_norm: str = "input_layernorm"
+    post_attention_norm: str = "post_attention_layernorm"
+    attention: str = "self_attn"  # the attention module (its `scaling` is the softmax scale)
+    q_proj: str = "self_attn.q_proj"
+    k_proj: str = "self_attn.k_proj"
+    v_proj: str = "self_attn.v_proj"
+    o_proj: str = "self_attn.o_proj"
+    gate_proj: str = "mlp.gate_proj"
+    up_proj: str = "mlp.up_proj"
+    down_proj: str = "mlp.down_proj"
+    q_norm: str | None = None  # per-head RMSNorm on q (over head_dim) before RoPE (Qwen3)
+    k_norm: str | None = None  # per-head RMSNorm on k (over head_dim) before RoPE (Qwen3)
+    # config -> the sliding window of the model's attention layers (None: full causal attention everywhere)
+    sliding_window: Callable[[Any], int | None] | None = None
 
     def module(self):
         return importlib.import_module(self.modeling_module)
 
     def cls(self, attr: str):
+        if attr == "causal_lm_class" and self.causal_lm_class is None:
+            return getattr(self.module(), self.pretrained_class.replace("PreTrainedModel", "ForCausalLM"))
         return getattr(self.module(), getattr(self, attr))
+
+    def window(self, config) -> int | None:
+        """The smallest sliding window any attention layer of a model with this config uses, or None."""
+        return None if self.sliding_window is None else self.sliding_window(config)
+
+
+def get_path(obj, path: str):
+    """obj.a.b.c for path "a.b.c"; numeric parts index a ModuleList."""
+    for part in path.split("."):
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+    return obj
 
 
 def register(arch: Architecture) -> Architecture:
@@ -31,7 +70,7 @@ def register(arch: Architecture) -> Architecture:
 
 
 def find_architecture(model) -> Architecture:
-    """The Architecture whose pretrained class `model` is an instance of; TypeError naming the supported ones."""
+    """The Architecture whose pretrained class `model` is an instance of; else TypeError naming them all."""
     for arch in ARCHITECTURES.values():
         try:
             base = arch.cls("pretrained_class")

@@ -38,7 +38,8 @@ def test_patched_logits_match(model):
         apply_lite_llama(model)
         out = model(ids, attention_mask=mask).logits
     summary = lite_llama_summary(model)
-    assert summary == {"architecture": "llama", "rms_norm": 5, "mlp": 2, "rope": 2, "attention": "lite"}
+    assert summary == {"architecture": "llama", "rms_norm": 5, "mlp": 2, "rope": 2, "attention": "lite",
+                       "fused_linear_cross_entropy": True}
     torch.testing.assert_close(out[0], ref[0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out[1, 6:], ref[1, 6:], atol=1e-4, rtol=1e-4)  # padded positions are don't-care
 

@@ -1,4 +1,4 @@
-"""A static-KV-cache runtime over a Hugging Face Llama model's weights, with CUDA-graph decode.
+"""A static-KV-cache runtime over a Hugging Face Llama-family model's weights, with CUDA-graph decode.
 
 Invariants (the graph rules):
   * the cache (all layers, `max_batch` rows, `max_seq_len` slots) is allocated once, after loading;
@@ -10,9 +10,24 @@ Invariants (the graph rules):
   * warm-up and capture write only the last cache slot, which a sequence overwrites before it can attend it;
   * without CUDA (or with use_cuda_graph=False) the same step runs eagerly: graph output equals eager output.
 
-Per layer a decode step launches: fused residual-add+RMSNorm, one GEMM for q/k/v (weights concatenated once
-by the runtime; the HF parameters are untouched), one kernel for RoPE + the KV-cache write, flash-decoding
-(split + combine), the o-projection, fused add+RMSNorm, one GEMM for gate/up, SiLU*mul and the down projection.
+Per layer a decode step launches: fused residual-add+RMSNorm, one GEMM for q/k/v, (Qwen3: RMSNorm of q and k
+heads), one kernel for RoPE + the KV-cache write, flash-decoding (split + combine), the o-projection, fused
+add+RMSNorm, one GEMM for gate/up, SiLU*mul and the down projection.
+
+No weight copies: the fused q/k/v and gate/up GEMMs read one buffer per layer and projection group, and the HF
+parameters are views of it. Building the first runtime moves each group's parameters into that buffer once
+(`param.data = buffer[rows]`: same Parameter objects, names, state_dict values, optimizer references; old
+storage freed), a later runtime finds them already back to back and just views them. Where that is impossible
+(DTensor or other tensor subclasses, mixed dtypes, a parameter shared between groups, `fuse_weights=False`)
+the group runs one GEMM per projection instead, still without copies. Layer weights are found through the
+model's Architecture entry (patches/), so this file knows no family's attribute paths.
+
+Autograd and optimizers: the buffer is a plain tensor (requires_grad=False); each parameter stays the same
+leaf nn.Parameter (requires_grad kept) whose `.data` is a view of its rows. Autograd writes `param.grad` as
+before, optimizer state keyed by the Parameter is untouched, and an optimizer's in-place update writes into
+the buffer, so the runtime sees it without a rebuild. What the runtime cannot see is a parameter that gets new
+storage (`.to()`, load_state_dict(assign=True), `param.data = ...`): `weights_signature()` / `is_stale()`
+detect that.
 """
 
 from __future__ import annotations
@@ -26,21 +41,36 @@ from .. import functional as LF
 
 
 @dataclasses.dataclass
+class _Proj:
+    """Projections that read the same input: one GEMM on `weight` (rows of every part, stacked), or, when the
+    parts cannot share one buffer without a copy, one GEMM per part (`parts`) and a concat of the outputs."""
+
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+    parts: list | None = None  # [(weight, bias)] when weight is None
+
+
+@dataclasses.dataclass
 class _Layer:
     w_in: torch.Tensor
+    eps_in: float
     w_post: torch.Tensor
-    wqkv: torch.Tensor
-    bqkv: torch.Tensor | None
+    eps_post: float
+    qkv: _Proj
     wo: torch.Tensor
     bo: torch.Tensor | None
-    wgu: torch.Tensor
-    bgu: torch.Tensor | None
+    gu: _Proj
     wdown: torch.Tensor
     bdown: torch.Tensor | None
+    q_norm: torch.Tensor | None = None  # per-head RMSNorm weights (head_dim,) applied before RoPE (Qwen3)
+    k_norm: torch.Tensor | None = None
+    qk_eps: float = 0.0
 
 
-def _cat(*ts):
-    return None if ts[0] is None else torch.cat(ts, 0)
+# Rope types whose cos/sin depend only on the position (HF computes them once, so a table of every position is
+# exact). "dynamic" and "longrope" rescale with the current sequence length: a table would be wrong.
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+_MOE_SETTINGS = ("num_experts", "num_local_experts", "n_routed_experts")
 
 
 def _bucket(n: int) -> int:
@@ -50,65 +80,307 @@ def _bucket(n: int) -> int:
     return b
 
 
+# ------------------------------------------------------------------------------------------------------------
+# reading the model: checks, and the zero-copy fusion of projections that share an input
+# ------------------------------------------------------------------------------------------------------------
+def check_config(config, arch, max_seq_len: int) -> None:
+    """ValueError naming the first setting the runtime cannot run (raised when a runtime is built)."""
+    name = arch.name
+    act = getattr(config, "hidden_act", "silu")
+    if act not in ("silu", "swish"):
+        raise ValueError(f"{name}: hidden_act={act!r} is not supported by the runtime (SiLU MLPs only)")
+    for key in _MOE_SETTINGS:
+        n = getattr(config, key, None)
+        if isinstance(n, int) and n > 0:
+            raise ValueError(f"{name}: {key}={n}: mixture-of-experts models are not supported by the runtime")
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+    if rope_type not in SUPPORTED_ROPE_TYPES:
+        raise ValueError(f"{name}: rope_type={rope_type!r} is not supported by the runtime (its cos/sin "
+                         f"depend on the sequence length); supported: {', '.join(SUPPORTED_ROPE_TYPES)}")
+    partial = (rope.get("partial_rotary_factor") if isinstance(rope, dict) else None) or \
+        getattr(config, "partial_rotary_factor", None) or 1.0
+    if partial != 1.0:
+        raise ValueError(f"{name}: partial_rotary_factor={partial} is not supported by the runtime (RoPE on "
+                         "the whole head only)")
+    window = arch.window(config)
+    # a query at position i sees keys j > i - window (HF's sliding-window mask); the cache holds positions
+    # 0..max_seq_len-1, so the window never cuts iff max_seq_len <= window
+    if window is not None and max_seq_len > window:
+        raise ValueError(f"{name}: config.sliding_window={window} is shorter than the runtime's KV cache of "
+                         f"max_seq_len={max_seq_len} positions, and the runtime has no sliding-window "
+                         f"attention; keep prompt + new tokens <= {window} (max_seq_len <= {window}) or use "
+                         "HF generate")
+
+
+def _linear(layer, path: str, i: int):
+    from litekernels.patches.registry import get_path
+
+    try:
+        m = get_path(layer, path)
+    except (AttributeError, IndexError) as e:
+        raise TypeError(f"layer {i} has no {path} ({e}); the runtime expects a dense Llama-family "
+                        "layer") from None
+    if not isinstance(m, torch.nn.Linear) or type(m).forward is not torch.nn.Linear.forward:
+        raise TypeError(f"layer {i}.{path} is a {type(m).__name__}, not a plain nn.Linear; the runtime "
+                        "reads the weight directly and would ignore what that module adds (merge LoRA "
+                        "adapters with merge_and_unload() first)")
+    return m
+
+
+def _plain(t) -> bool:
+    """A dense tensor we may view and rebind: not a DTensor or other subclass, not on the meta device, not an
+    inference tensor (a model built under torch.inference_mode: its views outside that mode fail)."""
+    return (t is not None and type(t.data) is torch.Tensor and t.device.type != "meta"
+            and not t.is_inference())
+
+
+def _adjacent(ts) -> torch.Tensor | None:
+    """The tensors stacked along dim 0 as one view of their storage, if they already lie back to back."""
+    first = ts[0]
+    ptr = first.untyped_storage().data_ptr()
+    offset = first.storage_offset()
+    for t in ts:
+        if (t.untyped_storage().data_ptr() != ptr or t.storage_offset() != offset or not t.is_contiguous()
+                or t.dtype != first.dtype or t.shape[1:] != first.shape[1:]):
+            return None
+        offset += t.numel()
+    rows = sum(t.shape[0] for t in ts)
+    shape = (rows, *first.shape[1:])
+    strides = torch.empty(shape, device="meta").stride()
+    return first.detach().as_strided(shape, strides, first.storage_offset())
+
+
+def _rebind(ts) -> torch.Tensor:
+    """Copy the tensors into one new buffer and make each parameter a view of its rows (param.data = view).
+
+    The Parameter objects stay the same (names, state_dict, optimizers, tied references), their old storage is
+    freed (unless something else holds it), and in-place updates of a parameter are seen by the fused buffer.
+    """
+    first = ts[0]
+    rows = sum(t.shape[0] for t in ts)
+    fused = torch.empty((rows, *first.shape[1:]), dtype=first.dtype, device=first.device)
+    row = 0
+    for t in ts:
+        fused[row: row + t.shape[0]].copy_(t.detach())
+        row += t.shape[0]
+    row = 0
+    for t in ts:
+        t.data = fused[row: row + t.shape[0]]
+        row += t.shape[0]
+    return fused
+
+
+def _fuse(modules, fuse: bool, seen: set) -> _Proj:
+    """One _Proj over the nn.Linear modules `modules` (same input), without copying their weights.
+
+    Fused when every weight (and bias, if they all have one) is a plain tensor of one dtype and device, and no
+    parameter is shared with another fused group; otherwise one GEMM per module.
+    """
+    ws = [m.weight for m in modules]
+    bs = [m.bias for m in modules]
+    with_bias = [b is not None for b in bs]
+    tensors = ws + (bs if all(with_bias) else [])
+    ok = (fuse and (all(with_bias) or not any(with_bias)) and all(_plain(t) for t in tensors)
+          and len({(t.dtype, t.device) for t in tensors}) == 1 and len({t.shape[1:] for t in ws}) == 1
+          and not any(id(t) in seen for t in tensors) and len({id(t) for t in tensors}) == len(tensors))
+    if not ok:
+        return _Proj(None, None, list(zip(ws, bs)))
+    seen.update(id(t) for t in tensors)
+    w = _adjacent(ws)
+    if w is None:
+        w = _rebind(ws)
+    b = None
+    if all(with_bias):
+        b = _adjacent(bs)
+        if b is None:
+            b = _rebind(bs)
+    return _Proj(w, b)
+
+
+def unfuse_weights(model) -> int:
+    """Give every q/k/v and gate/up parameter its own storage again (undo the runtime's sharing).
+
+    Only needed before handing the model to code that mishandles parameters sharing one storage: accelerate's
+    `clean_state_dict_for_safetensors` (Accelerator.save_model) keeps one name per storage and would drop the
+    others from the checkpoint. transformers' save_pretrained, safetensors' save_file (>= 0.4) and torch.save
+    handle disjoint views correctly (save_pretrained clones them while saving). Copies
+    one group at a time, so memory grows by at most one layer's group while it runs; drops the runtime cached
+    on the model by generate(), and any other runtime of this model becomes stale (`is_stale()`). Returns the
+    number of parameters given their own storage.
+    """
+    from litekernels.patches.registry import find_architecture, get_path
+
+    arch = find_architecture(model)
+    model.__dict__.pop("_lite_runtime", None)
+    moved = 0
+    with torch.inference_mode(False), torch.no_grad():  # new storage: ordinary tensors, still trainable
+        for layer in get_path(model, arch.layers):
+            for names in (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")):
+                modules = [get_path(layer, getattr(arch, n)) for n in names]
+                for attr in ("weight", "bias"):
+                    ts = [getattr(m, attr, None) for m in modules]
+                    if any(t is None for t in ts) or not all(_plain(t) for t in ts):
+                        continue
+                    if len({t.untyped_storage().data_ptr() for t in ts}) == 1:
+                        for t in ts:
+                            t.data = t.data.clone()
+                            moved += 1
+    return moved
+
+
 class LlamaRuntime:
-    """Inference runtime for a (patched or not) Llama-family `...ForCausalLM`.
+    """Inference runtime for a (patched or not) Llama-family `...ForCausalLM` (Llama, Mistral, Qwen2, Qwen3).
 
     runtime = LlamaRuntime(model, max_batch=8, max_seq_len=2048)
     logits = runtime.prefill([[1, 2, 3], [4, 5]])          # (B, vocab) at each prompt's last token
     logits = runtime.decode(next_tokens, positions)         # one token per sequence
+
+    Weights are read through the model's Architecture entry (patches/), never copied: q/k/v and gate/up run as
+    one GEMM each over a buffer the HF parameters are views of (see `_rebind`); `fuse_weights=False` leaves
+    the parameters' storage alone and runs one GEMM per projection instead. In-place changes to the parameters
+    (optimizer steps, load_state_dict) are seen by the runtime; replacing a parameter or its storage (`.to()`,
+    load_state_dict(assign=True), `param.data = ...`) is not: `is_stale()` tells, then build a new runtime.
     """
 
-    def __init__(self, model, *, max_batch: int = 8, max_seq_len: int = 2048, use_cuda_graph: bool | None = None,
-                 skinny_gemm: bool | None = None):
-        from litekernels.patches.registry import find_architecture
+    def __init__(self, model, *, max_batch: int = 8, max_seq_len: int = 2048,
+                 use_cuda_graph: bool | None = None, skinny_gemm: bool | None = None,
+                 fuse_weights: bool = True):
+        from litekernels.patches.registry import find_architecture, get_path
 
-        find_architecture(model)  # TypeError for non-Llama models
+        arch = find_architecture(model)  # TypeError for models outside the Llama family
         if max_batch < 1 or max_seq_len < 2:
             raise ValueError(f"max_batch must be >= 1 and max_seq_len >= 2, got {max_batch}, {max_seq_len}")
         cfg = model.config
-        base = model.model
-        p = next(model.parameters())
+        check_config(cfg, arch, max_seq_len)
+        self.arch = arch
+        try:
+            layers = get_path(model, arch.layers)
+            embed_mod, head_mod = get_path(model, arch.embed_tokens), get_path(model, arch.lm_head)
+            norm_mod, rotary = get_path(model, arch.final_norm), get_path(model, arch.rotary_emb)
+        except AttributeError as e:
+            raise TypeError(f"LlamaRuntime needs a ...ForCausalLM model; {type(model).__name__} has no "
+                            f"{e.name if hasattr(e, 'name') and e.name else e}") from None
+        # every parameter the runtime reads, as (module, attribute): weights_signature() re-reads them
+        self._sources = [(embed_mod, "weight"), (head_mod, "weight"), (norm_mod, "weight")]
+        if getattr(head_mod, "bias", None) is not None:
+            self._sources.append((head_mod, "bias"))
+        self._check_tensors(model)
+        p = embed_mod.weight
         self.device, self.dtype = p.device, p.dtype
         self.use_cuda_graph = (self.device.type == "cuda") if use_cuda_graph is None else use_cuda_graph
         if self.use_cuda_graph and self.device.type != "cuda":
             raise ValueError("use_cuda_graph=True needs the model on a CUDA device")
         self.config = cfg
         # Opt-in: decode projections through our skinny GEMM (ops/linear.py). Measured end to end on an H200
-        # (bench/results/generate-H200.json) it ties cuBLAS at batch 1 (870 vs 870 tok/s) and trails at batch 8
-        # (6430 vs 6622), so cuBLAS (F.linear) is the default.
+        # (bench/results/generate-H200.json) it ties cuBLAS at batch 1 and trails at batch 8, so cuBLAS
+        # (F.linear) is the default.
         self.skinny_gemm = bool(skinny_gemm)
         self._linear = LF.decode_linear if skinny_gemm else F.linear
+        self.fuse_weights = bool(fuse_weights)
         self.max_batch, self.max_seq_len = max_batch, max_seq_len
         self.n_heads = cfg.num_attention_heads
         self.n_kv = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         self.inter = cfg.intermediate_size
-        self.eps = base.norm.variance_epsilon
-        attn0 = base.layers[0].self_attn
-        self.scale = float(attn0.scaling)
-        with torch.no_grad():
+        self.eps = norm_mod.variance_epsilon
+        self.scale = float(get_path(layers[0], arch.attention).scaling)
+        seen: set = set()
+        # Outside inference mode even when built inside one: tensors made there would be inference tensors, so
+        # the parameters rebound to the fused buffers could no longer be trained and the cache could not be
+        # written outside inference mode. (inference_mode(False) turns grad mode on: no_grad goes inside it.)
+        with torch.inference_mode(False), torch.no_grad():
             self.layers = []
-            for layer in base.layers:
-                a, m = layer.self_attn, layer.mlp
-                self.layers.append(_Layer(
-                    w_in=layer.input_layernorm.weight, w_post=layer.post_attention_layernorm.weight,
-                    wqkv=_cat(a.q_proj.weight, a.k_proj.weight, a.v_proj.weight),
-                    bqkv=_cat(a.q_proj.bias, a.k_proj.bias, a.v_proj.bias), wo=a.o_proj.weight, bo=a.o_proj.bias,
-                    wgu=_cat(m.gate_proj.weight, m.up_proj.weight), bgu=_cat(m.gate_proj.bias, m.up_proj.bias),
-                    wdown=m.down_proj.weight, bdown=m.down_proj.bias))
-            self.embed = base.embed_tokens.weight
-            self.norm_w = base.norm.weight
-            self.lm_head = model.lm_head.weight
-            self.lm_bias = getattr(model.lm_head, "bias", None)
+            for i, layer in enumerate(layers):
+                names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+                q, k, v, o, g, u, d = (_linear(layer, getattr(arch, n), i) for n in names)
+                n_in, n_post = get_path(layer, arch.input_norm), get_path(layer, arch.post_attention_norm)
+                rec = _Layer(w_in=n_in.weight, eps_in=n_in.variance_epsilon, w_post=n_post.weight,
+                             eps_post=n_post.variance_epsilon, qkv=_fuse([q, k, v], self.fuse_weights, seen),
+                             wo=o.weight, bo=o.bias, gu=_fuse([g, u], self.fuse_weights, seen),
+                             wdown=d.weight, bdown=d.bias)
+                if arch.q_norm is not None:
+                    qn, kn = get_path(layer, arch.q_norm), get_path(layer, arch.k_norm)
+                    rec.q_norm, rec.k_norm, rec.qk_eps = qn.weight, kn.weight, qn.variance_epsilon
+                    if kn.variance_epsilon != qn.variance_epsilon:
+                        raise ValueError(f"layer {i}: q_norm and k_norm have different eps")
+                    self._sources += [(qn, "weight"), (kn, "weight")]
+                self._sources += [(n_in, "weight"), (n_post, "weight")]
+                for m in (q, k, v, o, g, u, d):
+                    self._sources.append((m, "weight"))
+                    if m.bias is not None:
+                        self._sources.append((m, "bias"))
+                self.layers.append(rec)
+            self.embed = embed_mod.weight
+            self.norm_w = norm_mod.weight
+            self.lm_head = head_mod.weight
+            self.lm_bias = getattr(head_mod, "bias", None)
             # cos/sin for every position, computed by HF's own rotary module (llama3 / yarn scaling included)
             pos = torch.arange(max_seq_len, device=self.device)[None]
             probe = torch.empty(1, dtype=self.dtype, device=self.device)
-            cos, sin = base.rotary_emb(probe, pos)
+            cos, sin = rotary(probe, pos)
             self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()  # (L, D)
             shape = (len(self.layers), max_batch, self.n_kv, max_seq_len, self.head_dim)
             self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
             self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self._graphs: dict[int, tuple] = {}
+        self._signature = self.weights_signature()
+
+    def _check_tensors(self, model) -> None:
+        devices = set()
+        for name, t in model.named_parameters():
+            if type(t.data) is not torch.Tensor:
+                raise TypeError(f"parameter {name} is a {type(t.data).__name__} (tensor parallel / FSDP?); "
+                                "the runtime needs plain tensors on one device: use HF generate instead")
+            if t.device.type == "meta":
+                raise ValueError(f"parameter {name} is on the meta device (offloaded by accelerate?); the "
+                                 "runtime needs every weight on one device")
+            devices.add(t.device)
+        if len(devices) > 1:
+            names = ", ".join(sorted(map(str, devices)))
+            raise ValueError(f"the model's parameters are on several devices ({names}); the runtime needs "
+                             "every weight on one device")
+
+    def weights_signature(self) -> tuple:
+        """(id, data_ptr, dtype, device, shape) of each parameter the runtime reads, re-read from the modules.
+
+        Cheap (a few hundred attribute reads). It changes when a parameter is replaced or gets new storage
+        (`model.to()`, load_state_dict(assign=True), `param.data = ...`, a new Parameter assigned), i.e.
+        exactly when this runtime would read stale weights; in-place updates keep it (and the runtime sees
+        them).
+        """
+        out = []
+        for module, attr in self._sources:
+            t = getattr(module, attr)
+            out.append((id(t), t.data_ptr(), t.dtype, t.device, tuple(t.shape)))
+        return tuple(out)
+
+    def is_stale(self) -> bool:
+        """True when the model's parameters no longer are the tensors this runtime reads (rebuild it)."""
+        return self.weights_signature() != self._signature
+
+    def runtime_tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor the runtime holds, by name (for memory accounting and tests)."""
+        out = {"embed": self.embed, "norm_w": self.norm_w, "lm_head": self.lm_head, "cos": self.cos,
+               "sin": self.sin, "k_cache": self.k_cache, "v_cache": self.v_cache}
+        if self.lm_bias is not None:
+            out["lm_bias"] = self.lm_bias
+        for i, L in enumerate(self.layers):
+            for f in dataclasses.fields(L):
+                val = getattr(L, f.name)
+                if isinstance(val, torch.Tensor):
+                    out[f"layers.{i}.{f.name}"] = val
+                elif isinstance(val, _Proj):
+                    for j, (w, b) in enumerate(val.parts or [(val.weight, val.bias)]):
+                        out[f"layers.{i}.{f.name}.{j}.weight"] = w
+                        if b is not None:
+                            out[f"layers.{i}.{f.name}.{j}.bias"] = b
+        return out
+
+    def _proj(self, x, p: _Proj):
+        if p.weight is not None:
+            return self._linear(x, p.weight, p.bias)
+        return torch.cat([self._linear(x, w, b) for w, b in p.parts], dim=-1)
 
     # ---------------------------------------------------------------------------------------------------------
     def _layers(self, h, attend):
@@ -117,14 +389,19 @@ class LlamaRuntime:
         residual = None
         for i, L in enumerate(self.layers):
             if residual is None:
-                x, residual = LF.rms_norm(h, L.w_in, self.eps), h
+                x, residual = LF.rms_norm(h, L.w_in, L.eps_in), h
             else:
-                x, residual = LF.fused_add_rms_norm(h, residual, L.w_in, self.eps)
+                x, residual = LF.fused_add_rms_norm(h, residual, L.w_in, L.eps_in)
             B, T, _ = x.shape
-            o = attend(i, self._linear(x, L.wqkv, L.bqkv).view(B, T, H + 2 * KV, D))  # (B, H, T, D)
+            qkv = self._proj(x, L.qkv).view(B, T, H + 2 * KV, D)
+            if L.q_norm is not None:  # Qwen3: RMSNorm over head_dim on every q and k head, before RoPE
+                q = LF.rms_norm(qkv[:, :, :H], L.q_norm, L.qk_eps)
+                k = LF.rms_norm(qkv[:, :, H:H + KV], L.k_norm, L.qk_eps)
+                qkv = torch.cat([q, k, qkv[:, :, H + KV:]], dim=2)
+            o = attend(i, qkv)  # (B, H, T, D)
             h = self._linear(o.transpose(1, 2).reshape(B, T, H * D), L.wo, L.bo)
-            x, residual = LF.fused_add_rms_norm(h, residual, L.w_post, self.eps)
-            gate, up = self._linear(x, L.wgu, L.bgu).split(self.inter, dim=-1)
+            x, residual = LF.fused_add_rms_norm(h, residual, L.w_post, L.eps_post)
+            gate, up = self._proj(x, L.gu).split(self.inter, dim=-1)
             h = self._linear(LF.silu_mul(gate, up), L.wdown, L.bdown)
         x, _ = LF.fused_add_rms_norm(h, residual, self.norm_w, self.eps)
         return x
@@ -180,20 +457,24 @@ class LlamaRuntime:
 
     def _graph(self, bucket: int):
         if bucket not in self._graphs:
-            tokens = torch.zeros(bucket, dtype=torch.long, device=self.device)
-            # warm-up and capture write only the last slot, which a sequence overwrites before it attends it
-            positions = torch.full((bucket,), self.max_seq_len - 1, dtype=torch.long, device=self.device)
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):  # JIT compilation and autotuning happen here, outside capture
-                    self._decode_eager(tokens, positions)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                logits = self._decode_eager(tokens, positions)
-            self._graphs[bucket] = (graph, tokens, positions, logits)
+            with torch.inference_mode(False), torch.no_grad():  # persistent buffers: ordinary tensors
+                self._graphs[bucket] = self._capture(bucket)
         return self._graphs[bucket]
+
+    def _capture(self, bucket: int):
+        tokens = torch.zeros(bucket, dtype=torch.long, device=self.device)
+        # warm-up and capture write only the last slot, which a sequence overwrites before it attends it
+        positions = torch.full((bucket,), self.max_seq_len - 1, dtype=torch.long, device=self.device)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # JIT compilation and autotuning happen here, outside capture
+                self._decode_eager(tokens, positions)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits = self._decode_eager(tokens, positions)
+        return graph, tokens, positions, logits
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

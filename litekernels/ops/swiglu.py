@@ -5,7 +5,13 @@ Math, in float32, one rounding at the end:
     dg = dy * u * sigmoid(g) * (1 + g * (1 - sigmoid(g)))
     du = dy * silu(g)
 Only g and u are saved; sigmoid is recomputed in backward. Gradients go to fresh buffers (the inputs are never
-overwritten, so a caller may still hold them).
+overwritten, so a caller may still hold them) - unless the caller opts in with `inplace_backward=True`: then
+dg and du are written over the saved g and u (each element is read before the same program overwrites it),
+which saves two (rows x cols) allocations at the moment of the backward. Safe only when nothing else needs g
+and u after the forward: the caller must not keep them (nor a forward hook capture them). Autograd users of
+them are protected: their version counters are bumped, so another node that saved them, or a second backward
+through a retained graph, raises torch's "modified by an inplace operation" error instead of using gradients.
+Falls back to fresh buffers when g and u share storage or need a copy to be row-indexed.
 
 Grid: (rows, column blocks), int64 row offsets; inputs may be strided along rows (for example the two halves
 of a fused gate_up projection). Usage: y = silu_mul(gate, up)
@@ -63,31 +69,54 @@ def silu_mul_fwd(gate, up):
     return y.view(shape)
 
 
-def silu_mul_bwd(dy, gate, up):
+def silu_mul_bwd(dy, gate, up, inplace=False):
+    """Returns (dgate, dup); with inplace=True they are written over gate's and up's storage."""
     shape = gate.shape
     d, g, u = as_rows(dy), as_rows(gate), as_rows(up)
-    dg = torch.empty(g.shape, dtype=gate.dtype, device=gate.device)
-    du = torch.empty(g.shape, dtype=up.dtype, device=gate.device)
+    if inplace:
+        dg, du = g, u
+    else:
+        dg = torch.empty(g.shape, dtype=gate.dtype, device=gate.device)
+        du = torch.empty(g.shape, dtype=up.dtype, device=gate.device)
     if dg.numel():
         _silu_mul_bwd_kernel[_grid(*g.shape)](d, g, u, dg, du, d.stride(0), g.stride(0), u.stride(0),
                                               dg.stride(0), du.stride(0), g.shape[1], BLOCK=BLOCK, num_warps=4)
     return dg.view(shape), du.view(shape)
 
 
+_increment_version = getattr(getattr(torch.autograd, "graph", None), "increment_version", None)
+
+
+def _can_overwrite(gate, up) -> bool:
+    """gate and up may receive their own gradients: separate storages, rows indexable without a copy, and a
+    torch that can bump their version counters (so misuse raises instead of computing with gradients)."""
+    return (_increment_version is not None and gate.stride(-1) == 1 and up.stride(-1) == 1
+            and gate.untyped_storage().data_ptr() != up.untyped_storage().data_ptr())
+
+
 class LiteSiLUMulFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, gate, up):
+    def forward(ctx, gate, up, inplace_backward=False):
         ctx.save_for_backward(gate, up)
+        ctx.inplace_backward = inplace_backward
         return silu_mul_fwd(gate, up)
 
     @staticmethod
     def backward(ctx, dy):
         gate, up = ctx.saved_tensors
-        return silu_mul_bwd(dy, gate, up)
+        inplace = ctx.inplace_backward and _can_overwrite(gate, up)
+        dg, du = silu_mul_bwd(dy, gate, up, inplace=inplace)
+        if inplace:
+            _increment_version(gate)
+            _increment_version(up)
+        return dg, du, None
 
 
-def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """silu(gate) * up elementwise; same shape and dtype as the inputs. Differentiable in both."""
+def silu_mul(gate: torch.Tensor, up: torch.Tensor, *, inplace_backward: bool = False) -> torch.Tensor:
+    """silu(gate) * up elementwise; same shape and dtype as the inputs. Differentiable in both.
+
+    inplace_backward: the backward writes the gradients over gate's and up's storage (less memory); only for
+    callers that do not use gate and up after this call (see the module docstring)."""
     check_tensor("gate", gate)
     check_tensor("up", up)
     check_same_device(gate=gate, up=up)
@@ -99,4 +128,4 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         return torch.ops.litekernels.silu_mul(gate, up)
     if not use_triton(gate):
         return reference.silu_mul(gate, up)
-    return LiteSiLUMulFunction.apply(gate, up)
+    return LiteSiLUMulFunction.apply(gate, up, bool(inplace_backward))

@@ -1,0 +1,398 @@
+"""Training benchmark (GPU): Hugging Face / lite-llama / Liger-Kernel side by side in one process.
+
+Random bf16 weights, labels = inputs, AdamW(fused=True), `use_cache=False`. For each model shape and provider:
+build the model (seeded), apply the provider's patch, run warm-up steps, then timed steps; report tokens/s
+and torch.cuda.max_memory_allocated over the training steps (weights, gradients, optimizer state and
+activations; the previous provider's model is freed and the peak counter reset first). Providers:
+  hf     transformers as built (attn_implementation="sdpa", unfused loss: full fp32 logits)
+  lite   apply_lite_llama(model): our RMSNorm, RoPE, SiLU*mul, attention and fused linear cross-entropy
+  liger  liger_kernel.transformers.apply_liger_kernel_to_llama(model=m), when Liger-Kernel is importable
+         (its module-level rebinding of transformers' Llama classes is undone after its run)
+Shapes: 1b = Llama-3.2-1B (16 layers, hidden 2048, 32/8 heads, inter 8192, vocab 128256, tied embeddings);
+8b = Llama-3.1-8B (hidden 4096, 32/8 heads, inter 14336, vocab 128256, untied), --layers-8b decoder layers.
+Also: a loss curve of lite vs hf over --curve-steps steps from the same seed and data (1b shape), and the
+fused op alone (ours / Liger's LigerFusedLinearCrossEntropyLoss / F.linear + F.cross_entropy on fp32 logits,
+forward + backward time and peak memory) at 8192 tokens, hidden 2048, vocab 128256, bf16.
+Writes bench/results/train-<gpu>.json (and $OUT/) and docs/img/train-<gpu>.png.
+
+    python -m bench.bench_train                       # 1b and 8b (8 layers), curve, op microbenchmark
+    python -m bench.bench_train --shapes 8b --layers-8b 12
+    python -m bench.bench_train --smoke               # CPU, tiny model: exercises every code path
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import os
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+from bench.results_io import save_results
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+IMG = os.path.join(HERE, "..", "docs", "img")
+
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+SHAPES = {
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+               num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True),
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=8, head_dim=128, vocab_size=128256, tie_word_embeddings=False),
+    "smoke": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, vocab_size=512, tie_word_embeddings=True),
+}
+
+
+def liger_version():
+    try:
+        from importlib.metadata import version
+
+        import liger_kernel.transformers  # noqa: F401
+
+        return version("liger-kernel")
+    except Exception:  # noqa: BLE001 - not installed, or broken against this transformers
+        return None
+
+
+def build(shape: dict, device, seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(**shape, max_position_embeddings=131072, rope_parameters=LLAMA3_ROPE, pad_token_id=0,
+                      attn_implementation="sdpa", use_cache=False)
+    torch.manual_seed(seed)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # initialise directly in bf16: no fp32 copy of the weights
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(default)
+    return model.to(torch.bfloat16).train()
+
+
+class LigerPatch:
+    """Applies Liger-Kernel to one model and, on undo(), restores the transformers module attributes it rebinds
+    process-wide (RMSNorm/MLP classes, rotary function, causal-LM forward), so later providers see stock HF."""
+
+    def __init__(self, model):
+        from liger_kernel.transformers import apply_liger_kernel_to_llama
+        from transformers.models.llama import modeling_llama as ml
+
+        self.module = ml
+        self.saved = dict(vars(ml))
+        self.cls_forward = ml.LlamaForCausalLM.__dict__.get("forward")
+        apply_liger_kernel_to_llama(model=model)
+
+    def undo(self):
+        ml = self.module
+        for name in [k for k in vars(ml) if k not in self.saved]:
+            delattr(ml, name)
+        for name, value in self.saved.items():
+            if vars(ml).get(name) is not value:
+                setattr(ml, name, value)
+        if ml.LlamaForCausalLM.__dict__.get("forward") is not self.cls_forward:
+            ml.LlamaForCausalLM.forward = self.cls_forward
+
+
+def apply_provider(model, provider):
+    """Patch `model` for `provider`; returns an undo callable."""
+    if provider == "hf":
+        return lambda: None
+    if provider == "lite":
+        from litekernels.patches import apply_lite_llama, revert_lite_llama
+
+        apply_lite_llama(model)
+        return lambda: revert_lite_llama(model)
+    if provider == "liger":
+        patch = LigerPatch(model)
+        return patch.undo
+    raise ValueError(provider)
+
+
+def sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def free(device):
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def make_optimizer(model, device, lr):
+    fused = torch.device(device).type == "cuda"
+    return torch.optim.AdamW(model.parameters(), lr=lr, fused=fused)
+
+
+def train_step(model, opt, ids):
+    out = model(input_ids=ids, labels=ids, use_cache=False)
+    out.loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return out.loss.detach()
+
+
+def bench_provider(shape_name, shape, provider, args, device):
+    """Warm-up + timed training steps of one provider on a fresh model; returns a result row."""
+    free(device)
+    model = build(shape, device)
+    undo = apply_provider(model, provider)
+    try:
+        opt = make_optimizer(model, device, lr=1e-5)
+        g = torch.Generator().manual_seed(1)
+        ids = torch.randint(0, shape["vocab_size"], (args.batch, args.seq), generator=g).to(device)
+        if torch.device(device).type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        for _ in range(args.warmup):
+            train_step(model, opt, ids)
+        sync(device)
+        t0 = time.perf_counter()
+        losses = [train_step(model, opt, ids) for _ in range(args.steps)]
+        sync(device)
+        dt = time.perf_counter() - t0
+        peak = torch.cuda.max_memory_allocated() if torch.device(device).type == "cuda" else None
+        losses = [float(x) for x in losses]
+    finally:
+        undo()
+    params = sum(p.numel() for p in model.parameters())
+    del model, opt
+    free(device)
+    return {"shape": shape_name, "layers": shape["num_hidden_layers"], "provider": provider, "params": params,
+            "batch": args.batch, "seq": args.seq, "steps": args.steps, "tok_s": args.batch * args.seq * args.steps / dt,
+            "step_ms": 1e3 * dt / args.steps, "peak_mem_bytes": peak,
+            "peak_mem_GB": None if peak is None else peak / 1e9, "last_loss": losses[-1]}
+
+
+def loss_curve(shape, providers, args, device):
+    """Per-step training loss of each provider from the same seed, weights and batches."""
+    curves = {}
+    for provider in providers:
+        free(device)
+        model = build(shape, device, seed=123)
+        undo = apply_provider(model, provider)
+        try:
+            opt = make_optimizer(model, device, lr=args.curve_lr)
+            g = torch.Generator().manual_seed(7)
+            data = [torch.randint(0, shape["vocab_size"], (args.batch, args.seq), generator=g).to(device)
+                    for _ in range(4)]  # a few batches, cycled: the loss has something to learn
+            curves[provider] = [float(train_step(model, opt, data[i % len(data)])) for i in range(args.curve_steps)]
+        finally:
+            undo()
+        del model, opt
+        free(device)
+        print(provider, "loss curve", [round(x, 4) for x in curves[provider]], flush=True)
+    return curves
+
+
+def bench_op(args, device):
+    """The fused op alone vs Liger's and the unfused torch path: fwd+bwd time and peak memory."""
+    from litekernels import fused_linear_cross_entropy
+
+    N, H, V = args.op_shape
+    torch.manual_seed(0)
+    h = torch.randn(N, H, device=device, dtype=torch.bfloat16, requires_grad=True)
+    w = (torch.randn(V, H, device=device) * 0.02).to(torch.bfloat16).requires_grad_()
+    y = torch.randint(0, V, (N,), device=device)
+    y[::13] = -100
+    fns = {"lite": lambda: fused_linear_cross_entropy(h, w, y),
+           "torch": lambda: F.cross_entropy(F.linear(h, w).float(), y)}
+    if args.liger:
+        try:
+            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+            liger_loss = LigerFusedLinearCrossEntropyLoss()
+            fns["liger"] = lambda: liger_loss(w, h, y)
+        except Exception as e:  # noqa: BLE001
+            print("liger op unavailable:", repr(e)[:200], flush=True)
+    cuda = torch.device(device).type == "cuda"
+    row = {"shape": f"N{N} H{H} V{V} bf16", "providers": {}}
+    ref = None
+    for name, fn in fns.items():
+        def run():
+            fn().backward()
+            h.grad = w.grad = None
+
+        try:
+            loss = float(fn().detach())
+            ref = loss if ref is None else ref
+            run()
+            if cuda:
+                from triton.testing import do_bench
+
+                ms = do_bench(run, warmup=25, rep=200, return_mode="median")
+                sync(device)
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                run()
+                sync(device)
+                peak = torch.cuda.max_memory_allocated() - base
+            else:
+                t0 = time.perf_counter()
+                run()
+                ms, peak = 1e3 * (time.perf_counter() - t0), None
+            row["providers"][name] = {"fwd_bwd_ms": ms, "peak_mem_bytes": peak, "loss": loss,
+                                      "peak_mem_GB": None if peak is None else peak / 1e9}
+        except Exception as e:  # noqa: BLE001 - keep the other providers
+            row["providers"][name] = {"error": repr(e)[:300]}
+        print("op", name, row["providers"][name], flush=True)
+    return row
+
+
+def plot(doc, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in doc["results"] if "tok_s" in r]
+    shapes = list(dict.fromkeys(r["shape"] for r in rows))
+    fig, axes = plt.subplots(1, 1 + 2 * len(shapes), figsize=(5 + 6 * len(shapes), 4))
+    axes = list(axes) if hasattr(axes, "__len__") else [axes]
+    ax = axes[0]
+    for prov, losses in doc.get("loss_curve", {}).items():
+        ax.plot(range(1, len(losses) + 1), losses, marker=".", label=prov)
+    ax.set_title("training loss, same seed and batches")
+    ax.set_xlabel("step")
+    ax.legend()
+    for i, shape in enumerate(shapes):
+        sr = [r for r in rows if r["shape"] == shape]
+        names = [r["provider"] for r in sr]
+        a1, a2 = axes[1 + 2 * i], axes[2 + 2 * i]
+        a1.bar(names, [r["tok_s"] for r in sr], color="tab:blue")
+        a1.set_title(f"{shape} ({sr[0]['layers']} layers): tokens/s")
+        mem = [r["peak_mem_GB"] or 0 for r in sr]
+        a2.bar(names, mem, color="tab:orange")
+        a2.set_title(f"{shape}: peak memory (GB)")
+    fig.suptitle(f"{doc['meta']['device']}, batch {doc['meta']['batch']} x {doc['meta']['seq']}, bf16, AdamW fused")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print("wrote", path)
+
+
+def ratios(rows) -> dict:
+    """Per shape: lite's tok/s and peak memory divided by each other provider's (the issue's targets:
+    tok/s ratio >= 1.05 and memory ratio <= 1.0 against liger)."""
+    out = {}
+    for shape in dict.fromkeys(r["shape"] for r in rows):
+        by = {r["provider"]: r for r in rows if r["shape"] == shape and "tok_s" in r}
+        lite = by.get("lite")
+        if lite is None:
+            continue
+        for prov, r in by.items():
+            if prov != "lite":
+                mem = (lite["peak_mem_bytes"] / r["peak_mem_bytes"]) if r["peak_mem_bytes"] else None
+                out[f"{shape}/{prov}"] = {"tok_s": lite["tok_s"] / r["tok_s"], "peak_mem": mem}
+    return out
+
+
+def table(doc) -> str:
+    lines = ["| shape | layers | provider | tok/s | peak memory GB | step ms |", "|---|---|---|---|---|---|"]
+    for r in doc["results"]:
+        if "tok_s" in r:
+            mem = "—" if r["peak_mem_GB"] is None else f"{r['peak_mem_GB']:.1f}"
+            lines.append(f"| {r['shape']} | {r['layers']} | {r['provider']} | {r['tok_s']:,.0f} | {mem} | "
+                         f"{r['step_ms']:.1f} |")
+        else:
+            lines.append(f"| {r['shape']} | {r.get('layers')} | {r['provider']} | error: {r['error'][:80]} | | |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shapes", default="1b,8b")
+    p.add_argument("--layers-1b", type=int, default=16)
+    p.add_argument("--layers-8b", type=int, default=8)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=2048)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--providers", default="hf,lite,liger")
+    p.add_argument("--curve-steps", type=int, default=20)
+    p.add_argument("--curve-lr", type=float, default=3e-4)
+    p.add_argument("--no-op", action="store_true", help="skip the fused-op microbenchmark")
+    p.add_argument("--smoke", action="store_true", help="tiny model on CPU (or the GPU), results to a temp dir")
+    p.add_argument("--out", default=None, help="JSON path (default bench/results/train-<gpu>.json)")
+    args = p.parse_args(argv)
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    shapes = {}
+    if args.smoke:
+        shapes["smoke"] = dict(SHAPES["smoke"])
+        args.batch, args.seq, args.warmup, args.steps, args.curve_steps = 2, 32, 1, 2, 3
+        args.op_shape = (64, 64, 500)
+        tmp = tempfile.mkdtemp(prefix="bench-train-")
+        args.out = args.out or os.path.join(tmp, "train-smoke.json")
+        img = os.path.join(tmp, "train-smoke.png")
+    else:
+        if device != "cuda":
+            raise SystemExit("bench_train needs a CUDA GPU (use --smoke for a CPU check of the code paths)")
+        for name in args.shapes.split(","):
+            shapes[name] = dict(SHAPES[name], num_hidden_layers=getattr(args, f"layers_{name}"))
+        args.op_shape = (8192, 2048, 128256)
+        img = None
+    args.liger = liger_version()
+    providers = [x for x in args.providers.split(",") if x != "liger" or args.liger]
+    note = "" if args.liger or "liger" not in args.providers else "Liger-Kernel not importable: its rows are skipped"
+    if note:
+        print("note:", note, flush=True)
+
+    import triton
+    import transformers
+
+    meta = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu-smoke", "torch": torch.__version__,
+            "triton": triton.__version__, "transformers": transformers.__version__, "liger_kernel": args.liger,
+            "batch": args.batch, "seq": args.seq, "warmup_steps": args.warmup, "timed_steps": args.steps,
+            "optimizer": "AdamW(fused=True), lr 1e-5 (timing) / %g (curve)" % args.curve_lr,
+            "data": "random token ids, labels = inputs", "note": note,
+            "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    print(meta, flush=True)
+    t_start = time.perf_counter()
+    rows = []
+    for name, shape in shapes.items():
+        for prov in providers:
+            try:
+                row = bench_provider(name, shape, prov, args, device)
+            except Exception as e:  # noqa: BLE001 - keep the other providers
+                free(device)
+                row = {"shape": name, "layers": shape["num_hidden_layers"], "provider": prov, "error": repr(e)[:300]}
+            print(row, flush=True)
+            rows.append(row)
+    curve_shape = shapes.get("smoke") or dict(SHAPES["1b"], num_hidden_layers=args.layers_1b)
+    curves = loss_curve(curve_shape, [x for x in ("hf", "lite") if x in providers], args, device) \
+        if args.curve_steps else {}
+    diff = None
+    if "hf" in curves and "lite" in curves:
+        diff = max(abs(a - b) for a, b in zip(curves["hf"], curves["lite"]))
+        print(f"loss curve: max |lite - hf| over {args.curve_steps} steps = {diff:.4g}", flush=True)
+    op = None if args.no_op else bench_op(args, device)
+    meta["total_s"] = time.perf_counter() - t_start
+    doc = {"meta": meta, "results": rows, "ratios": ratios(rows), "loss_curve": curves,
+           "loss_curve_max_abs_diff": diff, "op": op}
+    print("ratios (lite / other):", doc["ratios"], flush=True)
+    paths = save_results(doc, "train", out=args.out)
+    print(table(doc))
+    if img is None:
+        gpu = meta["device"].replace("NVIDIA ", "").replace(" ", "-")
+        img = os.path.join(IMG, f"train-{gpu}.png")
+    try:
+        plot(doc, img)
+        if os.environ.get("OUT"):
+            plot(doc, os.path.join(os.environ["OUT"], os.path.basename(img)))
+    except ImportError as e:
+        print("no plot (matplotlib missing):", e)
+    return doc, paths
+
+
+if __name__ == "__main__":
+    main()
