@@ -14,7 +14,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from litekernels.patches import apply_lite_llama
-from litekernels.utils import HAS_CUSTOM_OPS
+from litekernels.utils import HAS_CUSTOM_OPS, INTERPRET
 
 pytestmark = [pytest.mark.skipif(not HAS_CUSTOM_OPS, reason="torch.library.custom_op needs torch >= 2.4"),
               pytest.mark.filterwarnings("ignore:lite-llama. the model is on cpu")]
@@ -59,13 +59,20 @@ def _batch(B=2, T=11, vocab=128):
 def _fwd_bwd(model, ids, mask):
     out = model(ids, attention_mask=mask, labels=ids)
     grads = torch.autograd.grad(out.loss, [p for p in model.parameters() if p.requires_grad])
-    return out.logits.detach(), out.loss.detach(), grads
+    logits = None if out.logits is None else out.logits.detach()  # None: the fused cross-entropy (training)
+    return logits, out.loss.detach(), grads
 
 
+FLCE_UNDER_INTERPRETER = pytest.mark.skipif(
+    INTERPRET, reason="fused_linear_cross_entropy is not a registered op yet: Dynamo traces its autograd Function "
+    "into the Triton launches, which the interpreter cannot run under Dynamo (reference path and CUDA are tested)")
+
+
+@pytest.mark.parametrize("flce", [False, pytest.param(True, marks=FLCE_UNDER_INTERPRETER)], ids=["ce", "flce"])
 @pytest.mark.parametrize("padding", [True, False], ids=["left-padding", "no-mask"])
-def test_compiled_patched_model_fullgraph_forward_backward_match(padding):
+def test_compiled_patched_model_fullgraph_forward_backward_match(padding, flce):
     model = tiny_model(layers=1)
-    apply_lite_llama(model)
+    apply_lite_llama(model, fused_linear_cross_entropy=flce)
     ids, mask = _batch(T=9)
     if not padding:
         mask = None
@@ -77,7 +84,7 @@ def test_compiled_patched_model_fullgraph_forward_backward_match(padding):
     targets = backend.targets()
     for op in ("rms_norm", "apply_rope", "silu_mul", "flash_attention"):
         assert any(f"litekernels.{op}" in t for t in targets), (op, sorted(t for t in targets if "lite" in t))
-    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)  # both None in training mode
     torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-6)
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
@@ -147,7 +154,7 @@ def test_static_cache_prefill_without_mask_reads_only_the_written_keys():
 def test_inductor_fullgraph_compile_cpu():
     """Inductor (C++ codegen on the CPU) around the opaque litekernels ops: forward and backward."""
     model = tiny_model(layers=1)
-    apply_lite_llama(model)
+    apply_lite_llama(model, fused_linear_cross_entropy=False)
     ids, mask = _batch()
     ref_logits, ref_loss, ref_grads = _fwd_bwd(model, ids, mask)
     logits, loss, grads = _fwd_bwd(torch.compile(model, fullgraph=True), ids, mask)
@@ -166,9 +173,10 @@ def _bf16_model(layers):
 
 
 @pytest.mark.gpu
-def test_gpu_compiled_patched_model_forward_backward_parity():
+@pytest.mark.parametrize("flce", [False, True], ids=["ce", "flce"])
+def test_gpu_compiled_patched_model_forward_backward_parity(flce):
     model = _bf16_model(layers=3)
-    apply_lite_llama(model)
+    apply_lite_llama(model, fused_linear_cross_entropy=flce)
     ids = torch.randint(1, 1024, (2, 200), device="cuda")
     mask = torch.ones_like(ids)
     mask[1, :17] = 0
@@ -176,8 +184,9 @@ def test_gpu_compiled_patched_model_forward_backward_parity():
     logits, loss, grads = _fwd_bwd(torch.compile(model, fullgraph=True), ids, mask)
     # Inductor fuses the glue between our ops (residual adds, casts, the loss) differently from eager, so bf16
     # results differ by rounding: compare at bf16 tolerances, relative to each gradient's scale.
-    torch.testing.assert_close(logits[0], ref_logits[0], atol=3e-2, rtol=3e-2)
-    torch.testing.assert_close(logits[1, 17:], ref_logits[1, 17:], atol=3e-2, rtol=3e-2)
+    if not flce:  # the fused cross-entropy returns no logits in training
+        torch.testing.assert_close(logits[0], ref_logits[0], atol=3e-2, rtol=3e-2)
+        torch.testing.assert_close(logits[1, 17:], ref_logits[1, 17:], atol=3e-2, rtol=3e-2)
     torch.testing.assert_close(loss, ref_loss, atol=1e-2, rtol=1e-2)
     for a, b in zip(grads, ref_grads):
         scale = b.float().abs().max().clamp_min(1e-6)

@@ -45,7 +45,7 @@ import torch
 
 from .. import reference
 from .._triton import tl, triton
-from ..utils import check_same_device, check_same_dtype, check_tensor, use_triton
+from ..utils import check_same_device, check_same_dtype, check_tensor, tracing, use_triton
 
 MAX_BLOCK = 8192  # vocab columns per loop iteration of the row kernel (not tuned on a GPU yet)
 REDUCTIONS = ("mean", "sum", "none")
@@ -353,6 +353,8 @@ def _check_labels_range(labels, vocab, ignore_index):
     if labels.numel() == 0:
         return
     if labels.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    if tracing():  # torch.compile / export: a graph cannot branch on data (and it would be a host sync)
         return
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab))
     if bool(bad.any()):
