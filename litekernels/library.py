@@ -46,7 +46,7 @@ OPS = {
     "decode_attention": "(Tensor q, Tensor k_cache, Tensor v_cache, Tensor lengths, Tensor? key_mask, float scale) "
                         "-> Tensor",
     "decode_linear": "(Tensor x, Tensor weight, Tensor? bias) -> Tensor",
-    # "fused_linear_cross_entropy": registered by litekernels/ops/cross_entropy.py's section below, when it lands.
+    # "fused_linear_cross_entropy": not registered yet (see the slot at the end of _register and docs/patching.md)
 }
 BACKWARD_OPS = ("rms_norm_backward", "fused_add_rms_norm_backward", "apply_rope_backward", "silu_mul_backward",
                 "flash_attention_backward")
@@ -361,8 +361,10 @@ def _register() -> None:
         return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
     # ------------------------------------------------------------------ fused linear cross-entropy
-    # (slot for litekernels/ops/cross_entropy.py: define "fused_linear_cross_entropy" here with its fake,
-    #  a "fused_linear_cross_entropy_backward" op and register_autograd, then add it to OPS.)
+    # Slot for litekernels/ops/cross_entropy.py. A plan that fits custom ops: an op returning the per-row losses
+    # and lse (flce_fwd with reduction="none"), the mean/sum and n_items done in plain torch around it by the
+    # public function while tracing, and a backward op over flce_bwd_recompute (recomputes the chunk logits);
+    # then add "fused_linear_cross_entropy" to OPS and a case to tests/test_library.py.
 
 
 if HAS_CUSTOM_OPS:
