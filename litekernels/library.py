@@ -46,10 +46,13 @@ OPS = {
     "decode_attention": "(Tensor q, Tensor k_cache, Tensor v_cache, Tensor lengths, Tensor? key_mask, float scale) "
                         "-> Tensor",
     "decode_linear": "(Tensor x, Tensor weight, Tensor? bias) -> Tensor",
-    # "fused_linear_cross_entropy": not registered yet (see the slot at the end of _register and docs/patching.md)
+    # Triton backends only (CUDA, interpreter): on the reference path the public function is plain PyTorch,
+    # which tracers follow directly. Per-row losses and lse; the public function reduces them in torch.
+    "fused_linear_cross_entropy": "(Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, int ignore_index, "
+                                  "float label_smoothing, float? softcap, float z_loss) -> (Tensor loss_rows, Tensor lse)",
 }
 BACKWARD_OPS = ("rms_norm_backward", "fused_add_rms_norm_backward", "apply_rope_backward", "silu_mul_backward",
-                "flash_attention_backward")
+                "flash_attention_backward", "fused_linear_cross_entropy_backward")
 
 
 def op(name: str):
@@ -146,6 +149,7 @@ def _register() -> None:
     from torch.library import custom_op, register_autograd, register_fake
 
     from .ops import attention as _attn
+    from .ops import cross_entropy as _ce
     from .ops import decode_attention as _dec
     from .ops import linear as _lin
     from .ops import rms_norm as _rms
@@ -361,10 +365,54 @@ def _register() -> None:
         return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
     # ------------------------------------------------------------------ fused linear cross-entropy
-    # Slot for litekernels/ops/cross_entropy.py. A plan that fits custom ops: an op returning the per-row losses
-    # and lse (flce_fwd with reduction="none"), the mean/sum and n_items done in plain torch around it by the
-    # public function while tracing, and a backward op over flce_bwd_recompute (recomputes the chunk logits);
-    # then add "fused_linear_cross_entropy" to OPS and a case to tests/test_library.py.
+    @define("fused_linear_cross_entropy")
+    def fused_linear_cross_entropy(hidden, weight, bias, labels, ignore_index, label_smoothing, softcap, z_loss):
+        if not use_triton(hidden):
+            raise NotImplementedError("torch.ops.litekernels.fused_linear_cross_entropy runs the Triton kernels "
+                                      "(CUDA or TRITON_INTERPRET=1); on the reference path the public function "
+                                      "is plain PyTorch")
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            loss, lse, _ = _ce.flce_fwd(hidden, weight, bias, labels, ignore_index=ignore_index, reduction="none",
+                                        label_smoothing=label_smoothing, softcap=softcap, z_loss=z_loss,
+                                        n_items=None, chunk_size=None, grad_hidden=False, grad_weight=False,
+                                        grad_bias=False)
+        return loss, lse
+
+    @register_fake("litekernels::fused_linear_cross_entropy")
+    def _(hidden, weight, bias, labels, ignore_index, label_smoothing, softcap, z_loss):
+        n = hidden.shape[0]
+        return hidden.new_empty((n,), dtype=torch.float32), hidden.new_empty((n,), dtype=torch.float32)
+
+    @custom_op("litekernels::fused_linear_cross_entropy_backward", mutates_args=(),
+               schema="(Tensor grad_rows, Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, Tensor lse, "
+                      "int ignore_index, float label_smoothing, float? softcap, float z_loss) "
+                      "-> (Tensor dhidden, Tensor dweight, Tensor dbias)")
+    def fused_linear_cross_entropy_backward(grad_rows, hidden, weight, bias, labels, lse, ignore_index,
+                                            label_smoothing, softcap, z_loss):
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            gh, gw, gb = _ce.flce_bwd_recompute(
+                grad_rows, hidden, weight, bias, labels, lse, ignore_index=ignore_index,
+                label_smoothing=label_smoothing, softcap=softcap, z_loss=z_loss, chunk_size=None,
+                grad_hidden=True, grad_weight=True, grad_bias=bias is not None)
+        return gh, gw, (gb.to(bias.dtype) if bias is not None else weight.new_empty((0,)))
+
+    @register_fake("litekernels::fused_linear_cross_entropy_backward")
+    def _(grad_rows, hidden, weight, bias, labels, lse, ignore_index, label_smoothing, softcap, z_loss):
+        return (hidden.new_empty(hidden.shape), weight.new_empty(weight.shape),
+                bias.new_empty(bias.shape) if bias is not None else weight.new_empty((0,)))
+
+    def flce_setup(ctx, inputs, output):
+        hidden, weight, bias, labels, *scalars = inputs
+        ctx.scalars, ctx.has_bias = scalars, bias is not None
+        ctx.save_for_backward(hidden, weight, bias, labels, output[1])
+
+    def flce_bwd(ctx, grad_rows, _dlse):
+        hidden, weight, bias, labels, lse = ctx.saved_tensors
+        gh, gw, gb = torch.ops.litekernels.fused_linear_cross_entropy_backward(
+            grad_rows, hidden, weight, bias, labels, lse, *ctx.scalars)
+        return gh, gw, (gb if ctx.has_bias else None), None, None, None, None, None
+
+    register_autograd("litekernels::fused_linear_cross_entropy", flce_bwd, setup_context=flce_setup)
 
 
 if HAS_CUSTOM_OPS:

@@ -14,7 +14,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from litekernels.patches import apply_lite_llama
-from litekernels.utils import HAS_CUSTOM_OPS, INTERPRET
+from litekernels.utils import HAS_CUSTOM_OPS
 
 pytestmark = [pytest.mark.skipif(not HAS_CUSTOM_OPS, reason="torch.library.custom_op needs torch >= 2.4"),
               pytest.mark.filterwarnings("ignore:lite-llama. the model is on cpu")]
@@ -63,12 +63,7 @@ def _fwd_bwd(model, ids, mask):
     return logits, out.loss.detach(), grads
 
 
-FLCE_UNDER_INTERPRETER = pytest.mark.skipif(
-    INTERPRET, reason="fused_linear_cross_entropy is not a registered op yet: Dynamo traces its autograd Function "
-    "into the Triton launches, which the interpreter cannot run under Dynamo (reference path and CUDA are tested)")
-
-
-@pytest.mark.parametrize("flce", [False, pytest.param(True, marks=FLCE_UNDER_INTERPRETER)], ids=["ce", "flce"])
+@pytest.mark.parametrize("flce", [False, True], ids=["ce", "flce"])
 @pytest.mark.parametrize("padding", [True, False], ids=["left-padding", "no-mask"])
 def test_compiled_patched_model_fullgraph_forward_backward_match(padding, flce):
     model = tiny_model(layers=1)

@@ -63,6 +63,7 @@ def test_every_public_op_is_registered():
     for name in list(library.OPS) + list(library.BACKWARD_OPS):
         assert library.op(name).default._schema.name == f"litekernels::{name}"
     assert {name for name, _ in op_cases()} == expected
+    assert set(library.OPS) == expected | {"fused_linear_cross_entropy"}  # tested below, on kernel backends
 
 
 @pytest.mark.parametrize("index", range(len(IDS)), ids=IDS)
@@ -167,3 +168,39 @@ def test_torch_export_keeps_the_ops():
         assert f"litekernels.{name}.default" in targets, targets
     for a, b in zip(exported.module()(*args), block(*args)):
         torch.testing.assert_close(a, b)
+
+
+KERNELS = torch.cuda.is_available() or __import__("litekernels.utils", fromlist=["INTERPRET"]).INTERPRET
+
+
+def _flce_args(bias):
+    N, H, V = 10, 32, 50
+    labels = torch.randint(0, V, (N,), device=DEV)
+    labels[3] = -100
+    b = _r(V, grad=True) if bias else None
+    return (_r(N, H, grad=True), _r(V, H, grad=True), b, labels, -100, 0.1, None if bias else 20.0, 1e-3)
+
+
+@pytest.mark.skipif(not KERNELS, reason="the op runs the Triton kernels only (CUDA or TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias+smoothing"])
+def test_fused_linear_cross_entropy_op(bias):
+    args = _flce_args(bias)
+    torch.library.opcheck(torch.ops.litekernels.fused_linear_cross_entropy.default, args)
+    # per-row losses, reduced in torch, against the public function's eager route (its autograd Function)
+    hidden, weight, b, labels, ignore, smooth, cap, z = args
+    rows, _ = torch.ops.litekernels.fused_linear_cross_entropy(*args)
+    want = LF.fused_linear_cross_entropy(hidden, weight, labels, b, ignore_index=ignore, label_smoothing=smooth,
+                                         softcap=cap, z_loss=z, reduction="sum")
+    torch.testing.assert_close(rows.sum(), want, atol=1e-4, rtol=1e-4)
+    params = [t for t in (hidden, weight, b) if t is not None]
+    got_g = torch.autograd.grad(rows.sum(), params)
+    want_g = torch.autograd.grad(want, params)
+    for x, y in zip(got_g, want_g):
+        torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(KERNELS, reason="reference path only")
+def test_fused_linear_cross_entropy_op_refuses_the_reference_path():
+    with pytest.raises(NotImplementedError, match="Triton kernels"):
+        torch.ops.litekernels.fused_linear_cross_entropy(*[a.detach() if isinstance(a, torch.Tensor) else a
+                                                           for a in _flce_args(False)])

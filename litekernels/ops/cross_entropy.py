@@ -422,6 +422,14 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, label
     lead = labels.shape
     h2 = hidden.reshape(-1, hidden.shape[-1])
     lab = labels.reshape(-1)
+    if tracing():  # torch.compile / export: per-row losses from the registered op, reduced here in torch
+        rows, _ = torch.ops.litekernels.fused_linear_cross_entropy(
+            h2, weight, bias, lab, int(ignore_index), float(label_smoothing),
+            None if softcap is None else float(softcap), float(z_loss))
+        if reduction == "none":
+            return rows.view(lead)
+        total = rows.sum()
+        return total if reduction == "sum" else total / _mean_divisor(lab, ignore_index, n_items)
     opts = dict(ignore_index=int(ignore_index), reduction=reduction, label_smoothing=float(label_smoothing),
                 softcap=None if softcap is None else float(softcap), z_loss=float(z_loss), chunk_size=chunk_size,
                 accumulate_fp32=bool(accumulate_fp32) and weight.dtype != torch.float32,
