@@ -209,6 +209,7 @@ def main(argv=None):
     p.add_argument("--compile-batches", default="1", help="batches at which the static-compile providers run")
     p.add_argument("--train", action="store_true", help="add the training-step table (compiles the 1B model)")
     p.add_argument("--train-shape", default="4,2048", help="batch,seq of the training step")
+    p.add_argument("--out", default=None, help="results path (default bench/results/generate-<gpu>.json)")
     args = p.parse_args(argv)
     compile_batches = {int(b) for b in args.compile_batches.split(",") if b}
     from bench.bench_ops import copy_bandwidth
@@ -224,11 +225,11 @@ def main(argv=None):
             "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     print(meta, flush=True)
     rows = []
-    for B in [int(b) for b in args.batches.split(",")]:
+    for B in [int(b) for b in args.batches.split(",") if b]:
         g = torch.Generator().manual_seed(B)
         ids = torch.randint(10, 128000, (B, args.prompt), generator=g).cuda()
         prompts = ids.tolist()
-        for prov in args.providers.split(","):
+        for prov in [p for p in args.providers.split(",") if p]:
             if prov.endswith("static-compile") and B not in compile_batches:
                 continue
             t_start = time.perf_counter()
@@ -268,7 +269,7 @@ def main(argv=None):
         del model
         torch.cuda.empty_cache()
         doc["train_step"] = bench_train(args.layers, tb, ts)
-    save_results(doc, "generate")
+    save_results(doc, "generate", out=args.out)
 
 
 def print_ratios(rows):
