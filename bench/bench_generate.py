@@ -8,16 +8,27 @@ tied embeddings), prompts of 128 random tokens, 256 new tokens, EOS ignored. Pro
   hf-eager     HF generate, attn_implementation="eager", dynamic cache
   hf-sdpa      HF generate, sdpa, dynamic cache
   hf-static    HF generate, sdpa, cache_implementation="static", disable_compile=True
+  hf-lite      HF generate at its defaults (dynamic cache) after apply_lite_llama ("lite" attention)
+  hf-liger     HF generate at its defaults after Liger-Kernel's apply_liger_kernel_to_llama (on a copy of the
+               model; Liger's global rebinding is undone afterwards), if liger_kernel is importable
+  hf-static-compile       HF generate, sdpa, cache_implementation="static" with HF's default compilation
+                          (torch.compile mode="reduce-overhead" of the decode step)
+  hf-lite-static-compile  the same after apply_lite_llama (our ops are torch.library custom ops in the graph)
+The static-compile providers run only for the batches in --compile-batches (each batch size compiles anew;
+`--compile-batches ""` skips them). Each row records wall_s, the provider's whole time including compiles.
+--train adds a training-step table (B4 T2048 by default, --train-shape): forward+backward of the patched model,
+eager and torch.compile(fullgraph=True), next to the unpatched model eager and compiled; tokens/s, peak memory.
 plus the HBM roofline for batch 1 (weight bytes / measured copy bandwidth). Prefill ms is timed separately
 (a 1-token generate for HF); decode tok/s = batch * (new - 1) / (total - prefill). Also: kernels launched per
 decode step and the time per layer. Writes bench/results/generate-<gpu>.json (and $OUT/).
 
-    python -m bench.bench_generate [--batches 1,8,32] [--new 256] [--layers 16]
+    python -m bench.bench_generate [--batches 1,8,32] [--new 256] [--layers 16] [--compile-batches 1] [--train]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import time
@@ -53,16 +64,101 @@ def sync_time(fn):
     return time.perf_counter() - t, out
 
 
-def bench_hf(model, ids, new, impl, static):
-    model.set_attn_implementation(impl)
+def bench_hf(model, ids, new, impl, static, compile_=False):
+    if impl is not None:
+        model.set_attn_implementation(impl)
     kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
     if static:
-        kw.update(cache_implementation="static", disable_compile=True)
+        kw.update(cache_implementation="static", disable_compile=not compile_)
+    if compile_:
+        # compile and capture at the timed length (the static cache is sized by it), twice: the first call
+        # compiles, the second records the CUDA graphs of the reduce-overhead mode
+        for _ in range(2):
+            model.generate(ids, max_new_tokens=new, min_new_tokens=new, **kw)
     model.generate(ids, max_new_tokens=4, min_new_tokens=4, **kw)  # warm-up
     t_pre, _ = sync_time(lambda: model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw))
     t_all, out = sync_time(lambda: model.generate(ids, max_new_tokens=new, min_new_tokens=new, **kw))
     assert out.shape[1] == ids.shape[1] + new
     return t_pre, t_all - t_pre
+
+
+def bench_hf_lite(model, ids, new, static=False, compile_=False):
+    """HF generate after apply_lite_llama (reverted afterwards, so the next provider sees the plain model)."""
+    from litekernels.patches import apply_lite_llama, revert_lite_llama
+
+    apply_lite_llama(model)
+    try:
+        return bench_hf(model, ids, new, None, static, compile_)
+    finally:
+        revert_lite_llama(model)
+
+
+def bench_hf_liger(model, ids, new):
+    """HF generate after Liger-Kernel's instance patch, on a copy of the model: Liger has no revert and rebinds
+    module globals of modeling_llama (RoPE, the RMSNorm/MLP classes), which are restored afterwards."""
+    from liger_kernel.transformers import apply_liger_kernel_to_llama
+    from transformers.models.llama import modeling_llama
+
+    saved = dict(vars(modeling_llama))
+    liger_model = copy.deepcopy(model)
+    liger_model.set_attn_implementation("sdpa")
+    try:
+        apply_liger_kernel_to_llama(model=liger_model)
+        return bench_hf(liger_model, ids, new, None, False)
+    finally:
+        for name in set(vars(modeling_llama)) - set(saved):
+            delattr(modeling_llama, name)
+        for name, value in saved.items():
+            if vars(modeling_llama).get(name) is not value:
+                setattr(modeling_llama, name, value)
+        del liger_model
+        torch.cuda.empty_cache()
+
+
+def bench_train(layers, batch, seq, steps=5):
+    """Forward+backward of the LM loss at batch x seq: unpatched and patched, eager and torch.compile'd."""
+    rows = []
+    model = build(layers)
+    model.train()
+    model.config.use_cache = False
+    ids = torch.randint(10, model.config.vocab_size, (batch, seq), device=model.device)
+    from litekernels.patches import apply_lite_llama, revert_lite_llama
+
+    for patched in (False, True):
+        if patched:
+            apply_lite_llama(model)
+        for compiled in (False, True):
+            name = ("lite" if patched else "hf-sdpa") + ("-compile" if compiled else "")
+            fn = torch.compile(model, fullgraph=True) if compiled else model
+
+            def step(fn=fn):
+                loss = fn(ids, labels=ids, use_cache=False).loss
+                loss.backward()
+                model.zero_grad(set_to_none=True)
+                return loss
+
+            try:
+                t_compile, _ = sync_time(step)  # includes compilation for the compiled providers
+                step()
+                torch.cuda.reset_peak_memory_stats()
+                t, _ = sync_time(lambda: [step() for _ in range(steps)])
+                row = {"provider": name, "batch": batch, "seq": seq, "step_ms": 1e3 * t / steps,
+                       "tokens_per_s": batch * seq * steps / t, "first_step_s": t_compile,
+                       "peak_GB": torch.cuda.max_memory_allocated() / 1e9}
+            except Exception as e:  # noqa: BLE001 - keep the other providers
+                row = {"provider": name, "batch": batch, "seq": seq, "error": repr(e)[:300]}
+            print(row, flush=True)
+            rows.append(row)
+            torch._dynamo.reset()
+            torch.cuda.empty_cache()
+        if patched:
+            revert_lite_llama(model)
+    return rows
+
+
+HF_PROVIDERS = {  # name -> (attention implementation, static cache, compile)
+    "hf-eager": ("eager", False, False), "hf-sdpa": ("sdpa", False, False), "hf-static": ("sdpa", True, False),
+    "hf-static-compile": ("sdpa", True, True)}
 
 
 def bench_lite(model, prompts, new, graph, skinny=True):
@@ -108,8 +204,14 @@ def main(argv=None):
     p.add_argument("--new", type=int, default=256)
     p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--layers", type=int, default=16)
-    p.add_argument("--providers", default="lite-graph,lite-graph-cublas,lite-eager,hf-eager,hf-sdpa,hf-static")
+    p.add_argument("--providers", default="lite-graph,lite-graph-cublas,lite-eager,hf-eager,hf-sdpa,hf-static,"
+                                          "hf-lite,hf-liger,hf-static-compile,hf-lite-static-compile")
+    p.add_argument("--compile-batches", default="1", help="batches at which the static-compile providers run")
+    p.add_argument("--train", action="store_true", help="add the training-step table (compiles the 1B model)")
+    p.add_argument("--train-shape", default="4,2048", help="batch,seq of the training step")
+    p.add_argument("--out", default=None, help="results path (default bench/results/generate-<gpu>.json)")
     args = p.parse_args(argv)
+    compile_batches = {int(b) for b in args.compile_batches.split(",") if b}
     from bench.bench_ops import copy_bandwidth
 
     model = build(args.layers)
@@ -123,25 +225,37 @@ def main(argv=None):
             "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     print(meta, flush=True)
     rows = []
-    for B in [int(b) for b in args.batches.split(",")]:
+    for B in [int(b) for b in args.batches.split(",") if b]:
         g = torch.Generator().manual_seed(B)
         ids = torch.randint(10, 128000, (B, args.prompt), generator=g).cuda()
         prompts = ids.tolist()
-        for prov in args.providers.split(","):
+        for prov in [p for p in args.providers.split(",") if p]:
+            if prov.endswith("static-compile") and B not in compile_batches:
+                continue
+            t_start = time.perf_counter()
             try:
                 if prov.startswith("lite"):
                     t_pre, t_dec = bench_lite(model, prompts, args.new, prov.startswith("lite-graph"),
                                               skinny=not prov.endswith("cublas"))
+                elif prov.startswith("hf-lite"):
+                    model.set_attn_implementation("sdpa")
+                    static = prov == "hf-lite-static-compile"
+                    t_pre, t_dec = bench_hf_lite(model, ids, args.new, static=static, compile_=static)
+                elif prov == "hf-liger":
+                    t_pre, t_dec = bench_hf_liger(model, ids, args.new)
                 else:
-                    impl = "eager" if prov == "hf-eager" else "sdpa"
-                    t_pre, t_dec = bench_hf(model, ids, args.new, impl, prov == "hf-static")
+                    impl, static, compile_ = HF_PROVIDERS[prov]
+                    t_pre, t_dec = bench_hf(model, ids, args.new, impl, static, compile_)
                 row = {"batch": B, "provider": prov, "prefill_ms": 1e3 * t_pre,
                        "decode_tok_s": B * (args.new - 1) / t_dec}
             except Exception as e:  # noqa: BLE001 - keep the other providers
                 row = {"batch": B, "provider": prov, "error": repr(e)[:300]}
+            row["wall_s"] = time.perf_counter() - t_start  # the provider's whole cost here (warm-ups, compiles)
             print(row, flush=True)
             rows.append(row)
+            torch._dynamo.reset()  # compiled providers: free their graphs before the next one
             torch.cuda.empty_cache()
+    print_ratios(rows)
     model.set_attn_implementation("sdpa")
     try:
         profile = {str(B): step_profile(model, B) for B in (1, 8)}
@@ -150,7 +264,24 @@ def main(argv=None):
         profile = {"error": repr(e)[:300]}
     print(json.dumps(profile, indent=1), flush=True)
     doc = {"meta": meta, "results": rows, "decode_step": profile}
-    save_results(doc, "generate")
+    if args.train:
+        tb, ts = (int(v) for v in args.train_shape.split(","))
+        del model
+        torch.cuda.empty_cache()
+        doc["train_step"] = bench_train(args.layers, tb, ts)
+    save_results(doc, "generate", out=args.out)
+
+
+def print_ratios(rows):
+    """The issue-#10 ratios per batch: patched HF generate over Liger and unpatched; static+compile patched over
+    unpatched."""
+    by = {(r["batch"], r["provider"]): r.get("decode_tok_s") for r in rows}
+    for B in sorted({r["batch"] for r in rows}):
+        for num, den in (("hf-lite", "hf-liger"), ("hf-lite", "hf-sdpa"),
+                         ("hf-lite-static-compile", "hf-static-compile")):
+            a, b = by.get((B, num)), by.get((B, den))
+            if a and b:
+                print(f"batch {B}: {num} / {den} = {a / b:.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ Submodules: `functional` (ops as functions), `modules` (nn.Module wrappers), `re
 from .functional import apply_rope, decode_attention, flash_attention, fused_add_rms_norm, rms_norm, silu_mul
 from .functional import fused_linear_cross_entropy
 from .modules import LiteMLP, LiteRMSNorm
+from . import library  # noqa: F401,E402  (registers torch.ops.litekernels.*)
 from .utils import backend_name
 
 __version__ = "0.1.0"

@@ -8,6 +8,11 @@ from torch import nn
 from . import functional as LF
 
 
+def _local(t):
+    """A replicated DTensor parameter (transformers' tensor parallel) as the plain tensor the kernels read."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 class LiteRMSNorm(nn.Module):
     """Drop-in for LlamaRMSNorm: same `weight` parameter and `variance_epsilon`."""
 
@@ -16,8 +21,9 @@ class LiteRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size, device=device, dtype=dtype))
         self.variance_epsilon = eps
 
+    # Also the forward apply_lite_llama binds to Hugging Face's RMSNorm modules (same attribute names).
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return LF.rms_norm(hidden_states, self.weight, self.variance_epsilon)
+        return LF.rms_norm(hidden_states, _local(self.weight), self.variance_epsilon)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.variance_epsilon}"
@@ -33,5 +39,6 @@ class LiteMLP(nn.Module):
         self.up_proj = nn.Linear(hidden_size, intermediate_size, **kw)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, **kw)
 
+    # Also the forward apply_lite_llama binds to Hugging Face's MLP modules (same attribute names).
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(LF.silu_mul(self.gate_proj(x), self.up_proj(x)))

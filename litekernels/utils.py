@@ -26,10 +26,27 @@ def use_triton(*tensors: torch.Tensor) -> bool:
     """True when the Triton kernels can run on these tensors (CUDA, or CPU under the interpreter)."""
     if not HAS_TRITON:
         return False
-    dev = tensors[0].device
-    if dev.type == "cuda":
+    t = tensors[0]
+    if t.is_cuda:  # an attribute read; `.device` builds a Python object per call (host time, issue #9)
         return True
-    return dev.type == "cpu" and INTERPRET
+    return INTERPRET and t.device.type == "cpu"
+
+
+# torch.library custom ops (litekernels/library.py) need torch >= 2.4; older torch only has the eager path.
+HAS_CUSTOM_OPS = hasattr(torch.library, "custom_op") and hasattr(torch.library, "register_autograd")
+_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", None)
+
+
+def tracing() -> bool:
+    """True under torch.compile / torch.export, or inside a dispatch mode (FakeTensorMode, make_fx, ...).
+
+    The public functions then call `torch.ops.litekernels.<op>`, which tracers understand; otherwise they take
+    the cheaper eager route (reference or autograd Function) to the same launchers. Under Dynamo the first test
+    is a constant True, so the second is never traced.
+    """
+    if not HAS_CUSTOM_OPS:
+        return False
+    return torch.compiler.is_compiling() or (_dispatch_modes is not None and _dispatch_modes() > 0)
 
 
 def backend_name(device: torch.device | str | None = None) -> str:

@@ -17,8 +17,9 @@ import warnings
 import weakref
 
 
-from litekernels import functional as LF
-from litekernels.utils import backend_name
+from litekernels.modules import LiteMLP, LiteRMSNorm
+from litekernels.ops.rope import apply_rope_unchecked
+from litekernels.utils import SUPPORTED_DTYPES, backend_name
 
 from . import attention as _attention
 from . import causal_lm as _causal_lm
@@ -34,17 +35,9 @@ _MISSING = object()
 # ------------------------------------------------------------------------------------------------------------
 # replacement forwards (shared by every architecture)
 # ------------------------------------------------------------------------------------------------------------
-def _local(t):
-    """A replicated DTensor parameter (transformers' tensor parallel) as the plain tensor our kernels read."""
-    return t.to_local() if hasattr(t, "to_local") else t
-
-
-def _rms_norm_forward(self, hidden_states):
-    return LF.rms_norm(hidden_states, _local(self.weight), self.variance_epsilon)
-
-
-def _mlp_forward(self, x):
-    return self.down_proj(LF.silu_mul(self.gate_proj(x), self.up_proj(x)))
+# One definition each, in litekernels/modules.py: HF's modules have the same attribute names as ours.
+_rms_norm_forward = LiteRMSNorm.forward
+_mlp_forward = LiteMLP.forward
 
 
 # RoPE: the attention forward looks the module-level function up on each call. We put a dispatcher there once;
@@ -63,8 +56,9 @@ class _RopeDispatch:
     def __call__(self, q, k, cos, sin, *args, **kwargs):
         unsqueeze_dim = args[0] if args else kwargs.get("unsqueeze_dim", 1)
         active = self.class_patched or getattr(_rope_scope, "depth", 0) > 0
-        if active and unsqueeze_dim == 1 and q.dim() == 4:
-            return LF.apply_rope(q, k, cos, sin)
+        if active and unsqueeze_dim == 1 and q.dim() == 4 and q.dtype in SUPPORTED_DTYPES:
+            # HF's attention made these (q, k (B,H|Hkv,T,D) of one dtype, cos/sin (B|1,T,D)): no re-checks per call
+            return apply_rope_unchecked(q, k, cos, sin)
         return self.original(q, k, cos, sin, *args, **kwargs)
 
 

@@ -2,47 +2,60 @@
 flash-decoding, anything else to Hugging Face's own eager attention.
 
 Registered with `AttentionInterface` and, under the same name, `AttentionMaskInterface` (with HF's sdpa mask
-builder). Without the mask registration `create_causal_mask` returns None for an unknown name and left padding
-or static-cache decode silently give wrong tokens (see shared/notes). What arrives here as `attention_mask`:
-  * None       -> plain causal (HF only skips the mask when Tq == Tk, or Tq == 1 with every key valid);
-  * bool 4-D   -> True = attend; passed to the kernel as a mask (still combined with bottom-right causal, which
-                  is implied by every causal mask HF builds, so the kernel can skip blocks past the diagonal);
-  * float 4-D  -> an additive mask; used if it holds only 0 and "minus infinity", else HF eager attention.
+builder, which runs once per forward, not per layer). Without the mask registration `create_causal_mask`
+returns None for an unknown name and left padding or static-cache decode silently give wrong tokens (see
+shared/notes). What arrives here as `attention_mask`:
+  * None       -> HF's sdpa contract: causal, top-left aligned (HF skips the mask only when Tq == Tk, when the
+                  cache holds nothing before these queries, or for one query with every key valid), so for
+                  Tq > 1 only the first Tq keys matter (a static cache's unwritten tail is never read);
+  * bool 4-D   -> True = attend; passed to the kernel as a tensor argument (still combined with bottom-right
+                  causal, which every causal mask HF builds implies, so the kernel can skip blocks);
+  * int 4-D    -> nonzero = attend;
+  * float 4-D  -> an additive bias (only a user-supplied 4-D mask is one; our mask builder gives bool): HF's
+                  eager attention, never approximated. Looking at its values to detect a 0/-inf mask would be a
+                  host sync per layer and a graph break under torch.compile.
+
+Per call this does no host sync and allocates only what the kernel needs; the one-token path reuses the
+`lengths` tensor across the layers of a step. Under torch.compile the kernels are the registered ops
+`torch.ops.litekernels.flash_attention` / `decode_attention`, opaque to Inductor, the mask a plain input.
 """
 
 from __future__ import annotations
 
 import torch
 
-from litekernels.ops.attention import flash_attention
-from litekernels.ops.decode_attention import decode_attention
+from litekernels.ops.attention import flash_attention_unchecked
+from litekernels.ops.decode_attention import decode_attention_unchecked
+from litekernels.utils import SUPPORTED_DTYPES, tracing
 
 NAME = "lite"
+MAX_HEAD_DIM = 256
+
+_last_lengths: list = [None, None]  # [(batch, keys, device), tensor]: the layers of one decode step share it
 
 
-def _as_bool_mask(mask: torch.Tensor):
-    if mask.dtype == torch.bool:
-        return mask
-    if not mask.is_floating_point():
-        return mask != 0
-    blocked = mask <= torch.finfo(mask.dtype).min / 2
-    if bool(((mask == 0) | blocked).all()):
-        return ~blocked
-    return None  # a real additive bias: not ours to approximate
+def _full_lengths(batch: int, keys: int, device) -> torch.Tensor:
+    if tracing():  # a traced graph builds its own (a cached tensor would be baked in as a constant)
+        return torch.full((batch,), keys, dtype=torch.int32, device=device)
+    key = (batch, keys, device)
+    if _last_lengths[0] != key:
+        _last_lengths[1] = torch.full((batch,), keys, dtype=torch.int32, device=device)
+        _last_lengths[0] = key
+    return _last_lengths[1]
 
 
 def lite_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
                            sliding_window=None, softcap=None, **kwargs):
     """AttentionInterface contract: q (B,H,Tq,D), k/v (B,Hkv,Tk,D) -> ((B,Tq,H,D), None)."""
-    causal = bool(getattr(module, "is_causal", True))
-    mask = None if attention_mask is None else _as_bool_mask(attention_mask)
+    mask = attention_mask
+    if mask is not None and mask.dtype != torch.bool:
+        mask = None if mask.is_floating_point() else mask != 0
     # a window no shorter than the keys never cuts (query i sees keys j > i - window): Mistral passes its
     # config's window (4096 by default) on every call, so only a window that matters goes to HF eager
     windowed = sliding_window is not None and key.shape[2] > sliding_window
-    unsupported = ((dropout and module.training) or windowed or softcap is not None
-                   or (attention_mask is not None and mask is None) or query.dtype != key.dtype
-                   or query.shape[-1] > 256)
-    if unsupported:
+    if ((dropout and module.training) or windowed or softcap is not None
+            or (attention_mask is not None and mask is None) or query.dtype != key.dtype
+            or query.dtype not in SUPPORTED_DTYPES or query.shape[-1] > MAX_HEAD_DIM):
         from transformers.models.llama.modeling_llama import eager_attention_forward
         if attention_mask is not None and attention_mask.dtype == torch.bool:
             # HF eager attention adds the mask to the scores: a bool mask (our registered sdpa mask builder)
@@ -51,14 +64,23 @@ def lite_attention_forward(module, query, key, value, attention_mask, dropout: f
                 ~attention_mask, torch.finfo(query.dtype).min)
         return eager_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                        scaling=scaling, **kwargs)
-    B, H, Tq, _ = query.shape
+    B, _, Tq, D = query.shape
     Tk = key.shape[2]
-    if Tq == 1 and not torch.is_grad_enabled() and (mask is None or mask.shape[1] == 1):
-        lengths = torch.full((B,), Tk, dtype=torch.int32, device=query.device)
-        key_mask = None if mask is None else mask[:, 0, 0, :].expand(B, Tk)
-        out = decode_attention(query, key, value, lengths, scale=scaling, key_mask=key_mask)
+    scale = D ** -0.5 if scaling is None else float(scaling)
+    if key.stride(-1) != 1 or value.stride(-1) != 1:  # never for HF's projections and caches; kept as a guard
+        key, value = key.contiguous(), value.contiguous()
+    if Tq == 1 and (mask is None or mask.shape[1] == 1) and not torch.is_grad_enabled():
+        key_mask = None
+        if mask is not None:
+            key_mask = mask[:, 0, 0, :].expand(B, Tk)
+            if key_mask.stride(-1) != 1:
+                key_mask = key_mask.contiguous()
+        out = decode_attention_unchecked(query, key, value, _full_lengths(B, Tk, query.device), scale, key_mask)
     else:
-        out = flash_attention(query, key, value, causal=causal, scale=scaling, attn_mask=mask)
+        causal = getattr(module, "is_causal", True)
+        if mask is None and causal and Tk > Tq > 1:  # top-left causal: later keys are never visible
+            key, value = key[:, :, :Tq], value[:, :, :Tq]
+        out = flash_attention_unchecked(query, key, value, bool(causal), scale, mask)
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -119,8 +119,8 @@ def test_mistral_window_that_never_cuts_runs_our_attention(monkeypatch):
     import litekernels.patches.attention as lite_attention
 
     calls = []
-    real = lite_attention.flash_attention
-    monkeypatch.setattr(lite_attention, "flash_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = lite_attention.flash_attention_unchecked
+    monkeypatch.setattr(lite_attention, "flash_attention_unchecked", lambda *a, **k: calls.append(1) or real(*a, **k))
     model = make("mistral", sliding_window=13)  # == T: never cuts
     ids, mask = _batch()
     with torch.no_grad():

@@ -441,6 +441,9 @@ def _check_attention_inputs_named(q, k, v, attn_mask=None):
         raise ValueError(f"head_dim {D} is not supported (1..{MAX_HEAD_DIM})")
 
 
+from ..utils import tracing  # kept next to its one user, the public function (a local edit)
+
+
 def flash_attention(q, k, v, *, causal: bool = True, scale: float | None = None, attn_mask=None):
     """Attention of q (B,H,Tq,D) over k, v (B,Hkv,Tk,D); returns (B,H,Tq,D) in q's dtype. Differentiable.
 
@@ -451,6 +454,14 @@ def flash_attention(q, k, v, *, causal: bool = True, scale: float | None = None,
     if attn_mask is not None and attn_mask.dtype != torch.bool:
         raise TypeError(f"attn_mask must be a bool tensor (True = attend), got {attn_mask.dtype}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    return flash_attention_unchecked(q, k, v, bool(causal), scale, attn_mask)
+
+
+def flash_attention_unchecked(q, k, v, causal: bool, scale: float, attn_mask=None):
+    """`flash_attention` after its checks (bool causal, float scale): for callers whose inputs are valid by
+    construction (the HF attention function). Traced code gets the registered op (litekernels/library.py)."""
+    if tracing():
+        return torch.ops.litekernels.flash_attention(q, k, v, attn_mask, causal, scale)[0]
     if not use_triton(q):
         return reference.attention(q, k, v, causal=causal, scale=scale, attn_mask=attn_mask)
-    return LiteAttentionFunction.apply(q, k, v, bool(causal), scale, attn_mask)
+    return LiteAttentionFunction.apply(q, k, v, causal, scale, attn_mask)

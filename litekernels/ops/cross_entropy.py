@@ -45,7 +45,7 @@ import torch
 
 from .. import reference
 from .._triton import tl, triton
-from ..utils import check_same_device, check_same_dtype, check_tensor, use_triton
+from ..utils import check_same_device, check_same_dtype, check_tensor, tracing, use_triton
 
 MAX_BLOCK = 8192  # vocab columns per loop iteration of the row kernel (not tuned on a GPU yet)
 REDUCTIONS = ("mean", "sum", "none")
@@ -354,6 +354,8 @@ def _check_labels_range(labels, vocab, ignore_index):
         return
     if labels.is_cuda and torch.cuda.is_current_stream_capturing():
         return
+    if tracing():  # torch.compile / export: a graph cannot branch on data (and it would be a host sync)
+        return
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab))
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
@@ -420,6 +422,14 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, label
     lead = labels.shape
     h2 = hidden.reshape(-1, hidden.shape[-1])
     lab = labels.reshape(-1)
+    if tracing():  # torch.compile / export: per-row losses from the registered op, reduced here in torch
+        rows, _ = torch.ops.litekernels.fused_linear_cross_entropy(
+            h2, weight, bias, lab, int(ignore_index), float(label_smoothing),
+            None if softcap is None else float(softcap), float(z_loss))
+        if reduction == "none":
+            return rows.view(lead)
+        total = rows.sum()
+        return total if reduction == "sum" else total / _mean_divisor(lab, ignore_index, n_items)
     opts = dict(ignore_index=int(ignore_index), reduction=reduction, label_smoothing=float(label_smoothing),
                 softcap=None if softcap is None else float(softcap), z_loss=float(z_loss), chunk_size=chunk_size,
                 accumulate_fp32=bool(accumulate_fp32) and weight.dtype != torch.float32,

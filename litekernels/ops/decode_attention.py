@@ -258,6 +258,9 @@ def decode_attention_fwd(q, k_cache, v_cache, lengths, scale, key_mask=None, spl
     return o
 
 
+from ..utils import tracing  # kept next to its one user, the public function (a local edit)
+
+
 def decode_attention(q, k_cache, v_cache, lengths, *, scale: float | None = None, key_mask=None):
     """Attention of the Tq newest tokens per sequence over a static cache; returns (B,H,Tq,D). Inference only.
 
@@ -277,10 +280,18 @@ def decode_attention(q, k_cache, v_cache, lengths, *, scale: float | None = None
             raise ValueError(f"key_mask must have shape ({B}, {L}), got {tuple(key_mask.shape)}")
         key_mask = unit_last(key_mask)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if use_triton(q) and (k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1):
+        raise ValueError("k_cache and v_cache need unit stride in head_dim (a static cache is allocated that way)")
+    return decode_attention_unchecked(q, k_cache, v_cache, lengths, scale, key_mask)
+
+
+def decode_attention_unchecked(q, k_cache, v_cache, lengths, scale: float, key_mask=None):
+    """`decode_attention` after its checks (float scale, unit-stride caches and key_mask): for callers whose
+    inputs are valid by construction (the HF attention function). Traced code gets the registered op."""
+    if tracing():
+        return torch.ops.litekernels.decode_attention(q, k_cache, v_cache, lengths, key_mask, scale)
     if not use_triton(q):
         return reference.decode_attention(q, k_cache, v_cache, lengths, scale=scale, key_mask=key_mask)
-    if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
-        raise ValueError("k_cache and v_cache need unit stride in head_dim (a static cache is allocated that way)")
     return decode_attention_fwd(q, k_cache, v_cache, lengths, scale, key_mask)
 
 

@@ -24,7 +24,7 @@ import torch
 from .. import reference
 from .._triton import tl, triton
 from ..utils import (as_rows, check_same_device, check_same_dtype, check_same_shape, check_tensor, num_sms,
-                     row_settings, use_triton)
+                     row_settings, use_triton, tracing)
 
 
 @triton.jit
@@ -181,6 +181,8 @@ def _check(x, weight, residual=None):
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """RMSNorm over the last dimension, HF LlamaRMSNorm semantics. Differentiable in x and weight."""
     _check(x, weight)
+    if tracing():
+        return torch.ops.litekernels.rms_norm(x, weight, float(eps))[0]
     if not use_triton(x):
         return reference.rms_norm(x, weight, eps)
     return LiteRMSNormFunction.apply(x, weight, float(eps))
@@ -189,6 +191,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
 def fused_add_rms_norm(x, residual, weight, eps: float = 1e-6):
     """h = x + residual; returns (rms_norm(h), h) in one pass. Differentiable in x, residual and weight."""
     _check(x, weight, residual)
+    if tracing():
+        y, h, _ = torch.ops.litekernels.fused_add_rms_norm(x, residual, weight, float(eps))
+        return y, h
     if not use_triton(x):
         return reference.fused_add_rms_norm(x, residual, weight, eps)
     return LiteFusedAddRMSNormFunction.apply(x, residual, weight, float(eps))

@@ -21,7 +21,7 @@ import torch
 
 from .. import reference
 from .._triton import tl, triton
-from ..utils import check_same_device, check_tensor, unit_last, use_triton
+from ..utils import check_same_device, check_tensor, tracing, unit_last, use_triton
 
 
 @triton.jit
@@ -154,9 +154,31 @@ def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.T
     Outputs have q's dtype and layout. Differentiable in q and k.
     """
     _check(q, k, cos, sin)
+    return apply_rope_unchecked(q, k, cos, sin)
+
+
+def apply_rope_unchecked(q, k, cos, sin):
+    """`apply_rope` without the input checks, for callers whose tensors are valid by construction (the HF patch)."""
+    if tracing():
+        return tuple(torch.ops.litekernels.apply_rope(q, k, cos, sin))
     if not use_triton(q):
         return reference.apply_rope(q, k, cos, sin)
     return LiteRoPEFunction.apply(q, k, cos, sin)
+
+
+def rope_cache_write_fwd(qkv, cos_table, sin_table, positions, k_cache, v_cache, n_heads: int, n_kv_heads: int):
+    """Launch the decode-step kernel (inputs already checked by `rope_cache_write`)."""
+    B, _, D = qkv.shape
+    qkv = qkv if qkv.stride(-1) == 1 and qkv.stride(1) == D else qkv.contiguous()
+    q = torch.empty((B, n_heads, 1, D), dtype=qkv.dtype, device=qkv.device)
+    half = D // 2
+    _rope_cache_write_kernel[(B,)](
+        qkv, positions, cos_table, sin_table, q, k_cache, v_cache, qkv.stride(0), cos_table.stride(0),
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), n_heads, n_kv_heads,
+        HALF=half, D=D, BLOCK_HQ=triton.next_power_of_2(n_heads), BLOCK_HK=triton.next_power_of_2(n_kv_heads),
+        BLOCK_D=triton.next_power_of_2(half), num_warps=4)
+    return q
 
 
 def rope_cache_write(qkv, cos_table, sin_table, positions, k_cache, v_cache, n_heads: int, n_kv_heads: int):
@@ -172,15 +194,10 @@ def rope_cache_write(qkv, cos_table, sin_table, positions, k_cache, v_cache, n_h
         raise ValueError(f"qkv has {n_rows} head rows; expected n_heads + 2 * n_kv_heads = {n_heads + 2 * n_kv_heads}")
     if k_cache.shape[0] < B or k_cache.shape[1] != n_kv_heads or k_cache.shape[3] != D or k_cache.shape != v_cache.shape:
         raise ValueError(f"caches of shape {tuple(k_cache.shape)}/{tuple(v_cache.shape)} do not fit qkv {tuple(qkv.shape)}")
+    if tracing():
+        return torch.ops.litekernels.rope_cache_write(qkv, cos_table, sin_table, positions, k_cache, v_cache, n_heads,
+                                                      n_kv_heads)
     if not use_triton(qkv):
         return reference.rope_cache_write(qkv, cos_table, sin_table, positions, k_cache, v_cache, n_heads, n_kv_heads)
-    qkv = qkv if qkv.stride(-1) == 1 and qkv.stride(1) == D else qkv.contiguous()
-    q = torch.empty((B, n_heads, 1, D), dtype=qkv.dtype, device=qkv.device)
-    half = D // 2
-    _rope_cache_write_kernel[(B,)](
-        qkv, positions, cos_table, sin_table, q, k_cache, v_cache, qkv.stride(0), cos_table.stride(0),
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), n_heads, n_kv_heads,
-        HALF=half, D=D, BLOCK_HQ=triton.next_power_of_2(n_heads), BLOCK_HK=triton.next_power_of_2(n_kv_heads),
-        BLOCK_D=triton.next_power_of_2(half), num_warps=4)
-    return q
+    return rope_cache_write_fwd(qkv, cos_table, sin_table, positions, k_cache, v_cache, n_heads, n_kv_heads)
+

@@ -23,7 +23,7 @@ import torch
 
 from .. import reference
 from .._triton import tl, triton
-from ..utils import as_rows, check_same_device, check_same_dtype, check_same_shape, check_tensor, use_triton
+from ..utils import as_rows, check_same_device, check_same_dtype, check_same_shape, check_tensor, tracing, use_triton
 
 BLOCK = 1024
 
@@ -124,6 +124,8 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor, *, inplace_backward: bool = F
     check_same_shape(gate=gate, up=up)
     if gate.dim() == 0:
         raise ValueError("gate and up must have at least one dimension")
+    if tracing():
+        return torch.ops.litekernels.silu_mul(gate, up)
     if not use_triton(gate):
         return reference.silu_mul(gate, up)
     return LiteSiLUMulFunction.apply(gate, up, bool(inplace_backward))
