@@ -40,13 +40,32 @@ class Mutation:
 
 
 def M(name, file, old, new, *tests, why=""):
-    return Mutation(name, file, old, new, tuple(tests), why)
+    flat = []
+    for t in tests:
+        for item in (t if isinstance(t, tuple) else (t,)):
+            if item not in flat:
+                flat.append(item)
+    return Mutation(name, file, old, new, tuple(flat), why)
 
 
-RMS, ROPE, SWI, ATT, LIN = ("tests/test_rms_norm.py", "tests/test_rope.py", "tests/test_swiglu.py",
-                            "tests/test_attention.py", "tests/test_linear.py")
-PROPS, TILES, GEN, PATCH = ("tests/test_properties.py", "tests/test_gpu_tiles.py", "tests/test_generation.py",
-                            "tests/test_patches.py")
+# Test selections, most specific first (pytest -x stops at the first failure, so a caught mutant costs one
+# interpreter start plus the first failing test). Every entry is a file or node id from the fast suite.
+T = "tests/"
+P = T + "test_properties.py::"
+RMS = (T + "test_rms_norm.py::test_output_rounds_where_hf_rounds", T + "test_rms_norm.py::test_tiny_rows_where_eps_matters",
+       T + "test_rms_norm.py::test_row_strided_input_and_residual", P + "test_rms_norm_properties", T + "test_rms_norm.py")
+ROPE = (P + "test_rope_properties", P + "test_rope_cache_write_properties",
+        T + "test_rope.py::test_rope_per_batch_cos_and_2d_cos", T + "test_rope.py::test_rope_cache_write_matches_reference")
+SWI = (T + "test_swiglu.py", P + "test_silu_mul_properties")
+ATT = (T + "test_attention.py::test_flash_attention_half", T + "test_attention.py::test_flash_attention_per_query_mask",
+       T + "test_attention.py::test_flash_attention_with_cached_prefix", P + "test_flash_attention_properties",
+       T + "test_gpu_tiles.py::test_flash_attention_gpu_tiles", T + "test_attention.py")
+DEC = (T + "test_attention.py::test_decode_attention", P + "test_decode_attention_properties",
+       T + "test_gpu_tiles.py::test_decode_attention_gpu_tiles")
+LIN = (T + "test_linear.py", P + "test_decode_linear_properties", T + "test_gpu_tiles.py::test_decode_linear_gpu_tiles")
+GEN = (T + "test_generation.py",)
+PATCH = (T + "test_patches.py",)
+PROPS = TILES = ()  # folded into the selections above
 OPS = "litekernels/ops/"
 
 MUTATIONS = [
@@ -97,7 +116,7 @@ MUTATIONS = [
       "mask_base = b * smk_b + h * smk_h + offs_m[:, None] * 0\n    m_i", ATT, PROPS,
       why="a mask read with the wrong stride: only a per-query mask sees it"),
     M("attn_fwd_band_end_uses_block_n", OPS + "attention.py", "hi = tl.minimum(Tk, m_start + BLOCK_M + OFFSET)",
-      "hi = tl.minimum(Tk, m_start + BLOCK_N + OFFSET)", ATT, TILES,
+      "hi = tl.minimum(Tk, m_start + BLOCK_N + OFFSET)", ATT,
       why="equivalent with 16x16 tiles; wrong with the GPU's 128x64"),
     M("attn_gqa_wrong_kv_head", OPS + "attention.py", "return pid_bh, pid_bh // H, h, h // GROUP,",
       "return pid_bh, pid_bh // H, h, h % (H // GROUP),", ATT),
@@ -109,14 +128,14 @@ MUTATIONS = [
       "lo = tl.maximum(n_start - OFFSET, 0) // BLOCK_M * BLOCK_M + BLOCK_M", ATT),
     # --- flash-decoding ------------------------------------------------------------------------------------
     M("decode_excludes_new_token", OPS + "decode_attention.py", "limit = length - Tq + 1 + t", "limit = length - Tq + t",
-      ATT, PROPS),
-    M("decode_key_mask_ignored", OPS + "decode_attention.py", "valid = valid & (km != 0)[None, :]", "valid = valid", ATT),
+      DEC),
+    M("decode_key_mask_ignored", OPS + "decode_attention.py", "valid = valid & (km != 0)[None, :]", "valid = valid", DEC),
     M("decode_split_drops_last_key", OPS + "decode_attention.py", "hi = tl.minimum(lo + chunk, length)",
-      "hi = tl.minimum(lo + chunk - 1, length)", ATT, PROPS),
+      "hi = tl.minimum(lo + chunk - 1, length)", DEC),
     M("decode_combine_exp_base", OPS + "decode_attention.py", "w = tl.math.exp2(lse - m_safe)", "w = tl.math.exp(lse - m_safe)",
-      ATT, PROPS),
+      DEC),
     M("decode_combine_3pct", OPS + "decode_attention.py", "out = tl.sum(parts * w[:, None], 0) / tl.where(total == 0.0, 1.0, total)",
-      "out = 1.03 * tl.sum(parts * w[:, None], 0) / tl.where(total == 0.0, 1.0, total)", ATT),
+      "out = 1.03 * tl.sum(parts * w[:, None], 0) / tl.where(total == 0.0, 1.0, total)", DEC),
     # --- skinny GEMM ---------------------------------------------------------------------------------------
     M("linear_last_k_chunk_only", OPS + "linear.py", "acc += _dot(x, tl.trans(w), IEEE)", "acc = _dot(x, tl.trans(w), IEEE)", LIN),
     M("linear_weight_row_stride", OPS + "linear.py", "w = tl.load(W + n[:, None] * sw_n", "w = tl.load(W + n[:, None] * K",
