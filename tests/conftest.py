@@ -45,7 +45,7 @@ try:  # property tests (tests/test_properties.py): HYPOTHESIS_PROFILE=thorough f
 
     # ci: the same examples every run (derandomize), no example database, no shrinking (shrinking interpreted
     # kernels takes minutes; the failing example is printed as drawn)
-    settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True, print_blob=True, database=None,
+    settings.register_profile("ci", max_examples=20, deadline=None, derandomize=True, print_blob=True, database=None,
                               phases=[Phase.explicit, Phase.generate],
                               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
     settings.register_profile("thorough", max_examples=300, deadline=None, print_blob=True,

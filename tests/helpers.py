@@ -9,15 +9,19 @@ FACTOR times PyTorch's, on BOTH
   * the max of |error| (no single element far off), and
   * the RMS of the error (a small systematic error, e.g. 3% on every element, or a rounding step added or
     removed, moves the RMS even when the max stays inside the bound).
-FACTOR (1.5) comes from measuring the current kernels on every op test (`LITE_TOL_LOG=path` appends each
-comparison's two ratios to a file): with the interpreter rounding to nearest like the GPU (tests/conftest.py)
-the largest ratio seen was 1.26 on the max and 1.06 on the RMS (see tests/README-tolerance in the report). Our kernels
-compute in fp32 and round once; PyTorch's low-precision run rounds at least as often, so ours is usually the
-smaller error, and 1.5 leaves room for the one case where both round once (a tie broken differently).
+The factors come from measuring the current kernels (`LITE_TOL_LOG=path` appends each comparison's two ratios
+to a file), with the interpreter rounding to nearest like the GPU (tests/conftest.py): over every half-precision
+comparison of the op tests (~480) the largest ratios were 1.18 on the max (the bf16 RMSNorm weight gradient,
+a sum over rows) and 1.00 on the RMS; over the property tests (~400 comparisons of drawn shapes) 1.70 on the
+max (dq of fp16 attention, one element of a 6-row case) and 1.29 on the RMS (bf16 attention output with a
+per-head mask and a handful of keys). Our kernels compute in fp32 and round once, so their error is usually
+the smaller one; where both round the same values the ratio is ~1, and a few small cases land above. Hence
+FACTOR_MAX = 2 (a single element of a small tensor is a noisy statistic; flash-attention's tests use 2) and
+FACTOR_RMS = 1.5 (the RMS is stable: a 1% systematic error is already ~6x PyTorch's bf16 RMS error).
 
-The only absolute term is a floor of 1/16 ulp of the values' RMS. It matters only where PyTorch's error is
-exactly zero (the output is exactly representable, e.g. an all-zero gradient): there it lets float64-level
-noise through and nothing else (one ulp of a single element already exceeds it).
+The only absolute term is a floor of 1/256 ulp of the values' RMS (about 1% of PyTorch's typical RMS error).
+It matters only where PyTorch's error is exactly zero (every output exactly representable, e.g. an all-zero
+gradient or a copy): there it lets float64-level noise through and nothing else.
 """
 
 import os
@@ -29,8 +33,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 ULP = {torch.float32: 2.0**-23, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
 FACTOR_MAX = 2.0  # allowed (our max error) / (PyTorch's max error); see the module docstring
-FACTOR_RMS = 1.25  # allowed (our RMS error) / (PyTorch's RMS error)
-FLOOR_ULPS = 1.0 / 16  # absolute floor, in ulps of the RMS of the exact values
+FACTOR_RMS = 1.5  # allowed (our RMS error) / (PyTorch's RMS error)
+FLOOR_ULPS = 1.0 / 256  # absolute floor, in ulps of the RMS of the exact values
 
 
 def _first_mismatches(actual, expected, tol, n=5):
