@@ -163,3 +163,31 @@ def test_generate_greedy_matches_with_left_padding(cache):
     assert torch.equal(out.sequences, ref.sequences)
     for step, (a, b) in enumerate(zip(out.logits, ref.logits)):
         torch.testing.assert_close(a, b, atol=2e-4, rtol=2e-4, msg=lambda m, s=step: f"step {s}: {m}")
+
+
+@requires_kernels()
+def test_lite_attention_function_with_additive_and_bias_masks():
+    """The "lite" attention function itself: an additive float mask of 0 / finfo.min (what eager-style mask
+    builders give) is read as a bool mask; one with other values is a real bias and goes to HF's eager code."""
+    import types
+
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    from litekernels import reference
+    from litekernels.patches.attention import lite_attention_forward
+
+    module = types.SimpleNamespace(is_causal=True, training=False, num_key_value_groups=2)
+    B, H, HKV, T, D = 2, 4, 2, 11, 32
+    q, k, v = torch.randn(B, H, T, D, device=DEVICE), torch.randn(B, HKV, T, D, device=DEVICE), torch.randn(B, HKV, T, D, device=DEVICE)
+    allowed = torch.ones(B, 1, T, T, dtype=torch.bool, device=DEVICE).tril()
+    allowed[1, ..., :3] = False  # left padding
+    allowed[1, :, :3, 0] = True  # padded query rows keep one key (HF's rows are never empty either)
+    additive = torch.zeros(B, 1, T, T, device=DEVICE).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    with torch.no_grad():
+        out, _ = lite_attention_forward(module, q, k, v, additive, scaling=D ** -0.5)
+        want = reference.attention(q, k, v, causal=True, attn_mask=allowed, scale=D ** -0.5).transpose(1, 2)
+        torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+        bias = additive + 0.5 * torch.randn(B, 1, T, T, device=DEVICE)
+        out, _ = lite_attention_forward(module, q, k, v, bias, scaling=D ** -0.5)
+        want, _ = eager_attention_forward(module, q, k, v, bias, scaling=D ** -0.5)
+        torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
