@@ -12,7 +12,7 @@ FACTOR times PyTorch's, on BOTH
 The factors come from measuring the current kernels (`LITE_TOL_LOG=path` appends each comparison's two ratios
 to a file), with the interpreter rounding to nearest like the GPU (tests/conftest.py): over every half-precision
 comparison of the op tests (~480) the largest ratios were 1.18 on the max (the bf16 RMSNorm weight gradient,
-a sum over rows) and 1.00 on the RMS; over the property tests (~400 comparisons of drawn shapes) 1.70 on the
+a sum over rows) and 1.00 on the RMS; over the property tests (~400 comparisons, 30 drawn examples per op) 1.70 on the
 max (dq of fp16 attention, one element of a 6-row case) and 1.29 on the RMS (bf16 attention output with a
 per-head mask and a handful of keys). Our kernels compute in fp32 and round once, so their error is usually
 the smaller one; where both round the same values the ratio is ~1, and a few small cases land above. Hence
