@@ -22,8 +22,33 @@ def _metric(p):
     return None, ""
 
 
+def _slower_than_larger(results) -> set:
+    """(op, shape, mode) of rows whose `lite` time exceeds that of a case of the same op, mode and model with
+    more tokens: such a number is dominated by something other than the kernel moving its bytes (host work,
+    launch latency, a disturbed run) and says nothing about the kernel's bandwidth."""
+    import re
+
+    def split(shape):
+        m = re.search(r"T=(\d+)", shape)
+        return (shape[:m.start()] + shape[m.end():], int(m.group(1))) if m else (shape, None)
+
+    flagged = set()
+    for r in results:
+        base, t = split(r["shape"])
+        ms = r["providers"].get("lite", {}).get("ms")
+        if t is None or ms is None:
+            continue
+        for o in results:
+            ob, ot = split(o["shape"])
+            oms = o["providers"].get("lite", {}).get("ms")
+            if (o["op"], o["mode"], ob) == (r["op"], r["mode"], base) and ot and ot > t and oms and oms < ms:
+                flagged.add((r["op"], r["shape"], r["mode"]))
+    return flagged
+
+
 def ops_table(doc) -> str:
     meta = doc["meta"]
+    odd = _slower_than_larger(doc["results"])
     lines = [f"Device: **{meta['device']}**, torch {meta['torch']}, triton {meta['triton']}, "
              f"Liger-Kernel {meta.get('liger_kernel')}, measured {meta['timestamp']}. Ceilings measured in the same "
              f"run: copy {meta['copy_GBps']:.0f} GB/s (read+write), bf16 matmul {meta['bf16_matmul_TFLOPs']:.0f} TFLOP/s. "
@@ -48,7 +73,12 @@ def ops_table(doc) -> str:
         pct = f"{lite['pct_copy_bw']:.0f}%" if "pct_copy_bw" in lite else "—"
         sp = [f"{r.get('speedup_vs', {}).get(p, float('nan')):.2f}" if p in r.get("speedup_vs", {}) else "—"
               for p in provs if p != "lite"]
-        lines.append(f"| {r['shape']} | {r['mode']} | " + " | ".join(cells) + f" | {pct} | " + " | ".join(sp) + " |")
+        mark = " (!)" if (r["op"], r["shape"], r["mode"]) in odd else ""
+        lines.append(f"| {r['shape']}{mark} | {r['mode']} | " + " | ".join(cells) + f" | {pct} | " + " | ".join(sp) + " |")
+    if odd:
+        lines += ["", "(!) this case took longer than a case of the same op and mode with more tokens (same JSON): "
+                  "its number is dominated by something other than the kernel (host work, launch latency or a "
+                  "disturbed run) and is not a bandwidth measurement; re-measure before quoting it."]
     return "\n".join(lines)
 
 
@@ -94,13 +124,18 @@ def generate_table(doc) -> str:
              f"{m['weight_bytes'] / 1e9:.2f} GB, so the batch-1 HBM roofline is "
              f"**{m['roofline_tok_s_batch1']:.0f} tok/s**.", "",
              "Decode tokens/s (all sequences together; higher is better):", "",
-             "| batch | " + " | ".join(provs) + " | lite-graph / best HF |", "|---|" + "---|" * (len(provs) + 1)]
+             "| batch | " + " | ".join(provs) + " | lite-graph / best HF run here |", "|---|" + "---|" * (len(provs) + 1)]
     for b in batches:
         vals = [get.get((b, p), {}).get("decode_tok_s") for p in provs]
         hf = [v for p, v in zip(provs, vals) if p.startswith("hf") and v]
         ours = get.get((b, "lite-graph"), {}).get("decode_tok_s")
         ratio = f"{ours / max(hf):.1f}x" if ours and hf else "—"
         lines.append(f"| {b} | " + " | ".join("—" if v is None else f"{v:.0f}" for v in vals) + f" | {ratio} |")
+    if any(p.startswith("hf") for p in provs) and "hf-static-compiled" not in provs:
+        lines += ["", "The HF settings in this run are not HF's fastest: `hf-static` is the static cache with "
+                  "`disable_compile=True`, and no HF run here uses torch.compile. HF's static cache with its own "
+                  "compilation reached 443 tok/s at batch 1 on an H200 (reported in issue 15, not in this file), "
+                  "so the last column is not a ratio to HF's best setting."]
     lines += ["", "Prefill ms (prompt of the whole batch):", "", "| batch | " + " | ".join(provs) + " |",
               "|---|" + "---|" * len(provs)]
     for b in batches:
@@ -115,6 +150,13 @@ def generate_table(doc) -> str:
                          f"| {p['eager_step_ms']:.2f} |")
         lines += ["", "GPU time per kernel in one batch-1 step (µs, summed over layers):", "", "| kernel | µs |",
                   "|---|---|"]
+        if not any("skinny" in k for k in prof["1"]["gpu_time_us_by_kernel"]):
+            lines[-4] = ("GPU time per kernel in one batch-1 step (µs, summed over layers). The `1` profile was meant to "
+                         "run our skinny GEMM, but it lists cuBLAS kernels (`nvjet`, `splitKreduce`) and no "
+                         "`_skinny_gemm_kernel`: `decode_linear` fell back to F.linear, which it does whenever autograd "
+                         "is on (the profiled eager step ran with grad enabled). This kernel list, and the eager step "
+                         "time of row `1`, are therefore a cuBLAS step like `1-cublas`; only rows measured inside "
+                         "generate() (no_grad) ran the skinny GEMM:")
         lines += [f"| `{k}` | {v:.0f} |" for k, v in prof["1"]["gpu_time_us_by_kernel"].items()]
     return "\n".join(lines)
 

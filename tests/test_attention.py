@@ -12,6 +12,10 @@ from tests.helpers import DEVICE, assert_matches, check_op, rand
 
 pytestmark = [requires_kernels(), pytest.mark.usefixtures("poison")]
 
+# A long row: 130 crosses the GPU's 128-row tile; the interpreter's tiles are 16 wide, where 50 (three full
+# blocks and a partial one) covers the same cases at a fifth of the cost (130 with 8 heads took ~100 s a test).
+# tests/test_gpu_tiles.py runs the GPU's tiles on the CPU at 130-150.
+T_LONG = 130 if torch.cuda.is_available() else 50
 GQA = [pytest.param((4, 4), id="mha"), pytest.param((3, 1), id="gqa3"), pytest.param((4, 1), id="gqa4"),
        pytest.param((8, 1), id="gqa8")]
 
@@ -26,7 +30,7 @@ def _attn(causal, mask=None, scale=None):
     return ours, ref
 
 
-@pytest.mark.parametrize("T", [1, 17, 130])
+@pytest.mark.parametrize("T", [1, 17, T_LONG])
 @pytest.mark.parametrize("heads", GQA)
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
 def test_flash_attention_fp32(T, heads, causal):
@@ -57,6 +61,20 @@ def test_flash_attention_left_padding_mask():
     mask = valid[:, None, None, :]  # key padding, broadcast over heads and queries
     q, k, v = rand(B, 4, T, 64, requires_grad=True), rand(B, 2, T, 64, requires_grad=True), rand(B, 2, T, 64, requires_grad=True)
     check_op(*_attn(True, mask), [q, k, v], name="left padding")
+
+
+@pytest.mark.parametrize("dtype, shape, causal", [(torch.float32, "per-query", True),
+                                                   (torch.bfloat16, "per-head-query", False)],
+                         ids=["fp32-per-query-causal", "bf16-per-head-query-full"])
+def test_flash_attention_per_query_mask(dtype, shape, causal):
+    """A mask that differs per query row (and per head): a kernel that reads the mask with the key stride only,
+    or ignores the query/head strides, passes every key-padding test but fails this one."""
+    B, H, HKV, T = 2, 4, 2, 21
+    mshape = (B, 1, T, T) if shape == "per-query" else (B, H, T, T)
+    mask = torch.rand(mshape, device=DEVICE) < 0.6
+    mask[..., 0] = True  # every row keeps a key (fully masked rows have their own test)
+    q, k, v = (rand(B, h, T, 32, dtype=dtype, requires_grad=True) for h in (H, HKV, HKV))
+    check_op(*_attn(causal, mask), [q, k, v], name=f"{shape} mask causal={causal}")
 
 
 def test_flash_attention_fully_masked_rows_are_zero_not_nan():

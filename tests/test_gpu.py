@@ -146,12 +146,24 @@ def test_cuda_graph_decode_equals_eager_token_for_token():
 
 
 def test_generation_loop_matches_hf_static_cache_logits():
+    """Prefill AND every decode step of LlamaRuntime (CUDA graph) against HF generate with its static cache,
+    step by step: our decode is fed HF's greedy tokens, so each step's logits are comparable."""
     from litekernels.generation import LlamaRuntime
 
     model = _llama_1b_shape(layers=2)
     prompt = list(range(100, 164))
+    steps = 16
+    ref = model.generate(torch.tensor([prompt], device="cuda"), max_new_tokens=steps, do_sample=False,
+                         cache_implementation="static", disable_compile=True, eos_token_id=None, pad_token_id=0,
+                         output_logits=True, return_dict_in_generate=True)
+    hf_tokens = ref.sequences[0, len(prompt):]
     rt = LlamaRuntime(model, max_batch=1, max_seq_len=256)
-    ours = rt.prefill([prompt]).float()
-    with torch.no_grad():
-        ref = model(torch.tensor([prompt], device="cuda")).logits[0, -1].float()
-    assert ((ours[0] - ref).norm() / ref.norm()).item() < 2e-2  # bf16 end to end, different rounding points
+    logits = rt.prefill([prompt])
+    pos = torch.tensor([len(prompt)], device="cuda")
+    for step in range(steps):
+        want, got = ref.logits[step][0].float(), logits[0].float()
+        rel = ((got - want).norm() / want.norm()).item()
+        assert rel < 2e-2, f"step {step}: relative logits error {rel:.3g}"  # bf16 end to end, different rounding
+        if step + 1 < steps:
+            logits = rt.decode(hf_tokens[step:step + 1], pos)
+            pos += 1

@@ -1,15 +1,24 @@
-"""apply_lite_llama / revert_lite_llama on tiny random Llama models (any backend: kernels or reference)."""
+"""apply_lite_llama / revert_lite_llama on tiny random Llama models.
+
+Models live on the device the suite runs on (CUDA when present, so the GPU run checks the compiled kernels; the
+CPU under TRITON_INTERPRET=1 checks the interpreted ones). A test that compares patched with unpatched numbers
+skips on the reference path (CPU without the interpreter), where both sides run the same PyTorch code and the
+comparison could not fail. Patch mechanics (revert, idempotence, refusal) are checked on any path."""
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from litekernels.patches import apply_lite_llama, lite_llama_summary, revert_lite_llama
+from tests.conftest import requires_kernels
+from tests.helpers import DEVICE
 
 
 def tiny_config(**kw):
+    # eps 1e-5 (not HF's default 1e-6): embeddings of std 0.02 give the first norm a mean square of 4e-4, so
+    # an eps that is dropped or replaced changes its output by ~1%
     base = dict(vocab_size=256, hidden_size=128, intermediate_size=200, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0)
+                num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, rms_norm_eps=1e-5)
     base.update(kw)
     return LlamaConfig(**base)
 
@@ -21,16 +30,17 @@ LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "lo
 @pytest.fixture(params=["default-rope", "llama3-rope"])
 def model(request):
     kw = {"rope_parameters": LLAMA3_ROPE} if request.param == "llama3-rope" else {}
-    return LlamaForCausalLM(tiny_config(**kw)).eval()
+    return LlamaForCausalLM(tiny_config(**kw)).to(DEVICE).eval()
 
 
 def _batch(B=2, T=19, vocab=256):
-    ids = torch.randint(1, vocab, (B, T))
-    mask = torch.ones(B, T, dtype=torch.long)
+    ids = torch.randint(1, vocab, (B, T), device=DEVICE)
+    mask = torch.ones(B, T, dtype=torch.long, device=DEVICE)
     mask[1, :6] = 0  # left padding
     return ids, mask
 
 
+@requires_kernels()
 def test_patched_logits_match(model):
     ids, mask = _batch()
     with torch.no_grad():
@@ -44,6 +54,7 @@ def test_patched_logits_match(model):
     torch.testing.assert_close(out[1, 6:], ref[1, 6:], atol=1e-4, rtol=1e-4)  # padded positions are don't-care
 
 
+@requires_kernels()
 def test_training_loss_and_gradients_match(model):
     model.train()
     ids, _ = _batch()
@@ -58,7 +69,7 @@ def test_training_loss_and_gradients_match(model):
 
 
 def test_revert_is_bit_exact_and_apply_is_idempotent():
-    model = LlamaForCausalLM(tiny_config()).eval()
+    model = LlamaForCausalLM(tiny_config()).to(DEVICE).eval()
     ids, mask = _batch()
     with torch.no_grad():
         ref = model(ids, attention_mask=mask).logits
@@ -77,7 +88,7 @@ def test_revert_is_bit_exact_and_apply_is_idempotent():
 
 
 def test_apply_with_other_options_replaces_previous_patch():
-    model = LlamaForCausalLM(tiny_config()).eval()
+    model = LlamaForCausalLM(tiny_config()).to(DEVICE).eval()
     apply_lite_llama(model)
     apply_lite_llama(model, attention=False, swiglu=False)
     s = lite_llama_summary(model)
@@ -85,7 +96,7 @@ def test_apply_with_other_options_replaces_previous_patch():
 
 
 def test_only_the_given_instance_is_patched():
-    a, b = LlamaForCausalLM(tiny_config()).eval(), LlamaForCausalLM(tiny_config()).eval()
+    a, b = LlamaForCausalLM(tiny_config()).to(DEVICE).eval(), LlamaForCausalLM(tiny_config()).to(DEVICE).eval()
     apply_lite_llama(a)
     assert lite_llama_summary(b) == {}
     assert b.config._attn_implementation != "lite"
@@ -93,12 +104,12 @@ def test_only_the_given_instance_is_patched():
 
 
 def test_state_dict_keys_unchanged_and_round_trip(tmp_path):
-    model = LlamaForCausalLM(tiny_config()).eval()
+    model = LlamaForCausalLM(tiny_config()).to(DEVICE).eval()
     keys = list(model.state_dict().keys())
     apply_lite_llama(model)
     assert list(model.state_dict().keys()) == keys
     model.save_pretrained(tmp_path)
-    again = LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    again = LlamaForCausalLM.from_pretrained(tmp_path).to(DEVICE).eval()
     ids, _ = _batch()
     with torch.no_grad():
         torch.testing.assert_close(again(ids).logits, model(ids).logits, atol=1e-4, rtol=1e-4)
@@ -120,7 +131,7 @@ def test_class_patching_reaches_new_models_and_reverts():
     from transformers.models.llama import modeling_llama
 
     original_forward = modeling_llama.LlamaRMSNorm.forward
-    ref_model = LlamaForCausalLM(tiny_config()).eval()
+    ref_model = LlamaForCausalLM(tiny_config()).to(DEVICE).eval()
     ids, _ = _batch()
     with torch.no_grad():
         ref = ref_model(ids).logits
@@ -136,14 +147,48 @@ def test_class_patching_reaches_new_models_and_reverts():
         assert torch.equal(ref_model(ids).logits, ref)
 
 
+@requires_kernels()
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
 def test_generate_greedy_matches_with_left_padding(cache):
-    model = LlamaForCausalLM(tiny_config()).eval()
+    """HF generate on a left-padded batch, patched vs unpatched: the same tokens and, at every step, the same
+    logits (the decode steps go through flash-decoding with HF's padding mask). Weights of std 0.15 make the
+    attention far from uniform, so a decode step that ignores the padding or attends the wrong keys shows."""
+    model = LlamaForCausalLM(tiny_config(initializer_range=0.15)).to(DEVICE).eval()
     ids, mask = _batch(T=9)
-    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=0, output_logits=True, return_dict_in_generate=True)
     if cache == "static":
         kw.update(cache_implementation="static", disable_compile=True)
     ref = model.generate(ids, attention_mask=mask, **kw)
     apply_lite_llama(model)
     out = model.generate(ids, attention_mask=mask, **kw)
-    assert torch.equal(out, ref)
+    assert torch.equal(out.sequences, ref.sequences)
+    for step, (a, b) in enumerate(zip(out.logits, ref.logits)):
+        torch.testing.assert_close(a, b, atol=2e-4, rtol=2e-4, msg=lambda m, s=step: f"step {s}: {m}")
+
+
+@requires_kernels()
+def test_lite_attention_function_with_additive_and_bias_masks():
+    """The "lite" attention function itself: an additive float mask of 0 / finfo.min (what eager-style mask
+    builders give) is read as a bool mask; one with other values is a real bias and goes to HF's eager code."""
+    import types
+
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    from litekernels import reference
+    from litekernels.patches.attention import lite_attention_forward
+
+    module = types.SimpleNamespace(is_causal=True, training=False, num_key_value_groups=2)
+    B, H, HKV, T, D = 2, 4, 2, 11, 32
+    q, k, v = torch.randn(B, H, T, D, device=DEVICE), torch.randn(B, HKV, T, D, device=DEVICE), torch.randn(B, HKV, T, D, device=DEVICE)
+    allowed = torch.ones(B, 1, T, T, dtype=torch.bool, device=DEVICE).tril()
+    allowed[1, ..., :3] = False  # left padding
+    allowed[1, :, :3, 0] = True  # padded query rows keep one key (HF's rows are never empty either)
+    additive = torch.zeros(B, 1, T, T, device=DEVICE).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    with torch.no_grad():
+        out, _ = lite_attention_forward(module, q, k, v, additive, scaling=D ** -0.5)
+        want = reference.attention(q, k, v, causal=True, attn_mask=allowed, scale=D ** -0.5).transpose(1, 2)
+        torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+        bias = additive + 0.5 * torch.randn(B, 1, T, T, device=DEVICE)
+        out, _ = lite_attention_forward(module, q, k, v, bias, scaling=D ** -0.5)
+        want, _ = eager_attention_forward(module, q, k, v, bias, scaling=D ** -0.5)
+        torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)

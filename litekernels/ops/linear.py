@@ -5,8 +5,9 @@ weight bytes / HBM bandwidth. cuBLAS picks tiles for larger M and leaves bandwid
 q/k/v and o projections of a 1B model (bench/results/generate-*.json). Here each program owns BLOCK_N output
 columns, streams its [BLOCK_N, K] slab of W in BLOCK_K chunks (software-pipelined loads), and multiplies with
 tl.dot against x padded to 16 rows; no split-K, so no reduction pass. Forward only (decode runs under no_grad).
-Measured (H200): per projection it matches or beats cuBLAS by up to 10% under do_bench, but inside the
-graph-replayed decode step of a 1B model it ties (batch 1) or trails by 3% (batch 8), so the generation
+Measured (H200, bench/results/sweep-linear-H200.json): per projection, best config vs cuBLAS, 0.98-1.10x at
+batch 1 but 0.51x on the batch-8 o projection (the default config: 0.18x); inside the graph-replayed decode
+step of a 1B model it ties (batch 1) or trails by 3% (batch 8; generate-H200.json), so the generation
 runtime keeps cuBLAS by default and takes this with skinny_gemm=True.
 Usage: y = decode_linear(x, weight, bias)      # x (..., K) with at most 16 rows in all
 """
@@ -41,8 +42,9 @@ def _skinny_gemm_kernel(X, W, B, Y, M, N, K, sx_m, sw_n, sy_m, HAS_BIAS: tl.cons
 
 def _config(N: int, K: int):
     """(BLOCK_N, BLOCK_K, num_warps, num_stages), from bench/sweep.py --only linear (H200, Llama-3.2-1B shapes,
-    bench/results/sweep-linear-H200.json): (32, 512, 4, 3) was best or within 3% for every shape at M=1
-    except the long-K down projection, which preferred 16 columns and 5 stages."""
+    bench/results/sweep-linear-H200.json): (32, 512, 4, 3) was best or within 5% for every shape at M=1
+    except the long-K down projection, which preferred 16 columns and 5 stages (at M=8 it is 5.5x slower than
+    cuBLAS on the 2048x2048 o projection)."""
     if INTERPRET:
         return 16, 32, 1, 1
     if K >= 8192:

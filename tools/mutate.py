@@ -1,0 +1,297 @@
+"""Mutation testing with a curated list of one-line bugs: does the fast CPU suite catch each one?
+
+Each mutation replaces one exact substring of one file (it must occur exactly once) in a scratch copy of the
+repository under /tmp (the worktree is never modified), then runs the test files mapped to it under
+TRITON_INTERPRET=1 with a timeout. A mutant is "caught" when those tests fail (or time out), "survived" when
+they pass. An unmodified copy runs first: every mapped test must pass there, else the results mean nothing.
+
+    python3 tools/mutate.py --list
+    python3 tools/mutate.py                    # everything, one worker (~30 min on 2 busy cores)
+    python3 tools/mutate.py -j 2 --only rms    # the mutations whose name contains "rms"
+
+Not part of CI (it is expensive); run it after changing a kernel or its tests, and add a line here for each
+bug you have seen or fear. Prints a table and the score; exits 1 when a mutant survives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutation:
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]  # pytest arguments (files, node ids, or "-k expr" pairs)
+    why: str = ""
+
+
+def M(name, file, old, new, *tests, why=""):
+    flat = []
+    for t in tests:
+        for item in (t if isinstance(t, tuple) else (t,)):
+            if item not in flat:
+                flat.append(item)
+    return Mutation(name, file, old, new, tuple(flat), why)
+
+
+# Test selections, most specific first (pytest -x stops at the first failure, so a caught mutant costs one
+# interpreter start plus the first failing test). Every entry is a file or node id from the fast suite.
+T = "tests/"
+P = T + "test_properties.py::"
+RMS = (T + "test_rms_norm.py::test_output_rounds_where_hf_rounds", T + "test_rms_norm.py::test_tiny_rows_where_eps_matters",
+       T + "test_rms_norm.py::test_row_strided_input_and_residual", P + "test_rms_norm_properties", T + "test_rms_norm.py")
+ROPE = (P + "test_rope_properties", P + "test_rope_cache_write_properties",
+        T + "test_rope.py::test_rope_per_batch_cos_and_2d_cos", T + "test_rope.py::test_rope_cache_write_matches_reference")
+SWI = (T + "test_swiglu.py", P + "test_silu_mul_properties")
+ATT = (T + "test_attention.py::test_flash_attention_half", T + "test_attention.py::test_flash_attention_per_query_mask",
+       T + "test_attention.py::test_flash_attention_with_cached_prefix", P + "test_flash_attention_properties",
+       T + "test_gpu_tiles.py::test_flash_attention_gpu_tiles", T + "test_attention.py")
+DEC = (T + "test_attention.py::test_decode_attention", P + "test_decode_attention_properties",
+       T + "test_gpu_tiles.py::test_decode_attention_gpu_tiles")
+LIN = (T + "test_linear.py", P + "test_decode_linear_properties", T + "test_gpu_tiles.py::test_decode_linear_gpu_tiles")
+GEN = (T + "test_generation.py::test_runtime_matches_hf_greedy_token_for_token_and_logits",
+       T + "test_generation.py::test_generate_ragged_batch_matches_hf_greedy",
+       T + "test_generation.py::test_top_k_top_p_only_pick_allowed_tokens_with_sane_frequencies", T + "test_generation.py")
+PATCH = (T + "test_patches.py::test_patched_logits_match", T + "test_patches.py::test_generate_greedy_matches_with_left_padding",
+         T + "test_patches.py::test_lite_attention_function_with_additive_and_bias_masks", T + "test_patches.py")
+PROPS = TILES = ()  # folded into the selections above
+OPS = "litekernels/ops/"
+
+MUTATIONS = [
+    # --- RMSNorm -------------------------------------------------------------------------------------------
+    M("rms_fwd_eps_dropped", OPS + "rms_norm.py", "/ n_cols + eps)", "/ n_cols)", RMS, PROPS,
+      why="eps dropped: only a row whose mean square is comparable to eps sees it"),
+    M("rms_fwd_rounding_point_moved", OPS + "rms_norm.py",
+      "xn = (xf * rstd[:, None]).to(X.dtype.element_ty).to(tl.float32)", "xn = xf * rstd[:, None]", RMS,
+      why="HF rounds x*rstd to x's dtype before the weight; skipping it is *more* accurate, so only the "
+          "rounds-like-HF check sees it"),
+    M("rms_fwd_mean_over_padded_block", OPS + "rms_norm.py", "tl.sum(xf * xf, axis=1) / n_cols", "tl.sum(xf * xf, axis=1) / BLOCK",
+      RMS, PROPS),
+    M("rms_fwd_row_stride_ignored", OPS + "rms_norm.py", "x = tl.load(X + rows[:, None] * stride_x", "x = tl.load(X + rows[:, None] * n_cols",
+      RMS, PROPS, why="rows of a strided view read as if contiguous"),
+    M("rms_fused_residual_not_rounded", OPS + "rms_norm.py",
+      "x = (x.to(tl.float32) + r.to(tl.float32)).to(X.dtype.element_ty)", "x = x.to(tl.float32) + r.to(tl.float32)",
+      RMS, why="torch rounds x + residual to the input dtype before normalising"),
+    M("rms_bwd_sign", OPS + "rms_norm.py", "(g - xn * (tl.sum(g * xn, axis=1)", "(g + xn * (tl.sum(g * xn, axis=1)", RMS),
+    M("rms_bwd_dh_dropped", OPS + "rms_norm.py", "dx += tl.load(DH", "dx += 0.0 * tl.load(DH", RMS),
+    M("rms_bwd_dw_first_program_only", OPS + "rms_norm.py", "dw = dw_part.sum(0).to(weight.dtype)",
+      "dw = dw_part[0].to(weight.dtype)", RMS),
+    M("rms_bwd_last_row_band", OPS + "rms_norm.py", "row_end = tl.minimum(row_start + rows_per_program, n_rows)",
+      "row_end = tl.minimum(row_start + rows_per_program, n_rows - 1)", RMS),
+    # --- RoPE ----------------------------------------------------------------------------------------------
+    M("rope_bwd_sign", OPS + "rope.py", "o2 = x2 * c2 - x1 * s1", "o2 = x2 * c2 + x1 * s1", ROPE),
+    M("rope_fwd_first_half_cos_only", OPS + "rope.py", "o2 = x2 * c2 + x1 * s2", "o2 = x2 * c1 + x1 * s2", ROPE),
+    M("rope_k_read_with_q_stride", OPS + "rope.py", "_rotate_rows(K + b * sk_b + t * sk_t", "_rotate_rows(K + b * sk_b + t * sq_t",
+      ROPE, PROPS),
+    M("rope_cache_write_wrong_position", OPS + "rope.py", "_load_cos_sin(COS + pos * s_cos_t, SIN + pos * s_cos_t",
+      "_load_cos_sin(COS + (pos // 2) * s_cos_t, SIN + (pos // 2) * s_cos_t", ROPE, PROPS,
+      why="RoPE applied at the wrong position in the decode step"),
+    M("rope_cache_write_v_slot", OPS + "rope.py", "tl.store(VC + b * svc_b + pos * svc_t", "tl.store(VC + b * svc_b + 0 * svc_t",
+      ROPE, PROPS),
+    # --- SiLU * mul ----------------------------------------------------------------------------------------
+    M("swiglu_bwd_sigmoid_derivative", OPS + "swiglu.py", "(1.0 + g * (1.0 - sig))", "(1.0 + g * (1.0 + sig))", SWI),
+    M("swiglu_bwd_du_uses_sigmoid", OPS + "swiglu.py", "(dy * silu).to(DU.dtype.element_ty)", "(dy * sig).to(DU.dtype.element_ty)", SWI),
+    M("swiglu_fwd_up_row_stride", OPS + "swiglu.py", "u = tl.load(U + row * stride_u + cols, mask=mask, other=0.0).to(tl.float32)\n    y",
+      "u = tl.load(U + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)\n    y", SWI, PROPS),
+    M("swiglu_fwd_1pct", OPS + "swiglu.py", "y = g * tl.sigmoid(g) * u", "y = g * tl.sigmoid(g) * u * 1.01", SWI,
+      why="a 1% systematic error: inside the old 4-ulp floor, outside the RMS rule"),
+    # --- flash-attention -----------------------------------------------------------------------------------
+    M("attn_fwd_3pct", OPS + "attention.py", "tl.store(O + b * so_b + h * so_h + offs_m[:, None] * so_m + offs_d[None, :], out.to(",
+      "tl.store(O + b * so_b + h * so_h + offs_m[:, None] * so_m + offs_d[None, :], (out * 1.03).to(", ATT,
+      why="a 3% systematic error in attention's output"),
+    M("attn_fwd_causal_off_by_one", OPS + "attention.py", "valid = valid & (n[None, :] <= offs_m[:, None] + OFFSET)\n            if HAS_MASK:\n                mk",
+      "valid = valid & (n[None, :] < offs_m[:, None] + OFFSET)\n            if HAS_MASK:\n                mk", ATT),
+    M("attn_fwd_mask_query_stride", OPS + "attention.py", "mask_base = b * smk_b + h * smk_h + offs_m[:, None] * smk_m\n    m_i",
+      "mask_base = b * smk_b + h * smk_h + offs_m[:, None] * 0\n    m_i", ATT, PROPS,
+      why="a mask read with the wrong stride: only a per-query mask sees it"),
+    M("attn_fwd_band_end_uses_block_n", OPS + "attention.py", "hi = tl.minimum(Tk, m_start + BLOCK_M + OFFSET)",
+      "hi = tl.minimum(Tk, m_start + BLOCK_N + OFFSET)", ATT,
+      why="equivalent with 16x16 tiles; wrong with the GPU's 128x64"),
+    M("attn_gqa_wrong_kv_head", OPS + "attention.py", "return pid_bh, pid_bh // H, h, h // GROUP,",
+      "return pid_bh, pid_bh // H, h, h % (H // GROUP),", ATT),
+    M("attn_bwd_delta_sign", OPS + "attention.py", "ds = p * (_dot(do, vt, IEEE) - delta[:, None])",
+      "ds = p * (_dot(do, vt, IEEE) + delta[:, None])", ATT, why="a wrong sign in a backward"),
+    M("attn_bwd_dq_scale", OPS + "attention.py", "(dq * scale).to(DQ.dtype.element_ty)", "dq.to(DQ.dtype.element_ty)", ATT),
+    M("attn_bwd_dkdv_first_group_head", OPS + "attention.py", "for g in range(0, GROUP):", "for g in range(0, 1):", ATT),
+    M("attn_bwd_dkdv_causal_start", OPS + "attention.py", "lo = tl.maximum(n_start - OFFSET, 0) // BLOCK_M * BLOCK_M",
+      "lo = tl.maximum(n_start - OFFSET, 0) // BLOCK_M * BLOCK_M + BLOCK_M", ATT),
+    # --- flash-decoding ------------------------------------------------------------------------------------
+    M("decode_excludes_new_token", OPS + "decode_attention.py", "limit = length - Tq + 1 + t", "limit = length - Tq + t",
+      DEC),
+    M("decode_key_mask_ignored", OPS + "decode_attention.py", "valid = valid & (km != 0)[None, :]", "valid = valid", DEC),
+    M("decode_split_drops_last_key", OPS + "decode_attention.py", "hi = tl.minimum(lo + chunk, length)",
+      "hi = tl.minimum(lo + chunk - 1, length)", DEC),
+    M("decode_combine_exp_base", OPS + "decode_attention.py", "w = tl.math.exp2(lse - m_safe)", "w = tl.math.exp(lse - m_safe)",
+      DEC),
+    M("decode_combine_3pct", OPS + "decode_attention.py", "out = tl.sum(parts * w[:, None], 0) / tl.where(total == 0.0, 1.0, total)",
+      "out = 1.03 * tl.sum(parts * w[:, None], 0) / tl.where(total == 0.0, 1.0, total)", DEC),
+    # --- skinny GEMM ---------------------------------------------------------------------------------------
+    M("linear_last_k_chunk_only", OPS + "linear.py", "acc += _dot(x, tl.trans(w), IEEE)", "acc = _dot(x, tl.trans(w), IEEE)", LIN),
+    M("linear_weight_row_stride", OPS + "linear.py", "w = tl.load(W + n[:, None] * sw_n", "w = tl.load(W + n[:, None] * K",
+      LIN, PROPS, why="a weight that is a row slice of a fused projection"),
+    M("linear_bias_dropped", OPS + "linear.py", "acc += tl.load(B + n, mask=n < N, other=0.0)", "acc += 0.0 * tl.load(B + n, mask=n < N, other=0.0)",
+      LIN),
+    M("linear_falls_back_silently", OPS + "linear.py", "if (rows > MAX_ROWS or not use_triton(x)", "if (True or rows > MAX_ROWS or not use_triton(x)",
+      LIN, why="the kernel never runs and F.linear answers: a test must see which path ran"),
+    # --- HF patch ------------------------------------------------------------------------------------------
+    M("patch_mlp_gate_up_swapped", "patches/__init__.py", "LF.silu_mul(self.gate_proj(x), self.up_proj(x))",
+      "LF.silu_mul(self.up_proj(x), self.gate_proj(x))", PATCH),
+    M("patch_rope_cos_sin_swapped", "patches/__init__.py", "return LF.apply_rope(q, k, cos, sin)", "return LF.apply_rope(q, k, sin, cos)", PATCH),
+    M("patch_attention_not_causal", "patches/attention.py", 'causal = bool(getattr(module, "is_causal", True))', "causal = False", PATCH),
+    M("patch_decode_key_mask_dropped", "patches/attention.py", "key_mask = None if mask is None else mask[:, 0, 0, :].expand(B, Tk)",
+      "key_mask = None", PATCH, why="left padding ignored in HF's static-cache decode step"),
+    M("patch_additive_mask_inverted", "patches/attention.py", "        return ~blocked", "        return blocked", PATCH),
+    M("patch_rms_eps_ignored", "patches/__init__.py", "LF.rms_norm(hidden_states, _local(self.weight), self.variance_epsilon)",
+      "LF.rms_norm(hidden_states, _local(self.weight), 1e-6)", PATCH),
+    # --- generation runtime --------------------------------------------------------------------------------
+    M("runtime_decode_length_off_by_one", "litekernels/generation/runtime.py", "lengths = (positions + 1).to(torch.int32)",
+      "lengths = positions.to(torch.int32)", GEN, why="the new token does not attend to itself"),
+    M("runtime_prefill_last_token_of_padded_batch", "litekernels/generation/runtime.py", "last = torch.as_tensor([n - 1 for n in lens]",
+      "last = torch.as_tensor([T - 1 for n in lens]", GEN, why="ragged batch: logits taken at a padding position"),
+    M("runtime_post_norm_weight", "litekernels/generation/runtime.py", "LF.fused_add_rms_norm(h, residual, L.w_post, self.eps)",
+      "LF.fused_add_rms_norm(h, residual, L.w_in, self.eps)", GEN),
+    M("runtime_attention_scale_3pct", "litekernels/generation/runtime.py", "self.scale = float(attn0.scaling)",
+      "self.scale = float(attn0.scaling) * 1.03", GEN),
+    M("runtime_decode_rope_position_shift", "litekernels/generation/runtime.py",
+      "q = LF.rope_cache_write(qkv[:, 0], self.cos, self.sin, positions, kc, vc, self.n_heads, self.n_kv)",
+      "q = LF.rope_cache_write(qkv[:, 0], self.cos.roll(1, 0), self.sin.roll(1, 0), positions, kc, vc, self.n_heads, self.n_kv)",
+      GEN, why="RoPE at position p-1 in every decode step (prefill is right)"),
+    M("runtime_eps_dropped", "litekernels/generation/runtime.py", "self.eps = base.norm.variance_epsilon", "self.eps = 0.0", GEN),
+    M("api_positions_not_advanced", "litekernels/generation/api.py", "        positions += 1\n        tok = torch.where",
+      "        tok = torch.where", GEN),
+    M("sampling_top_p_keeps_one_more", "litekernels/generation/sampling.py", "drop = (probs.cumsum(-1) - probs) >= top_p",
+      "drop = (probs.cumsum(-1) - 2 * probs) >= top_p", GEN),
+]
+
+
+def _copy_tree(dst: Path) -> None:
+    ignore = shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "results", "img",
+                                    "*.egg-info")
+    shutil.copytree(ROOT, dst, symlinks=True, ignore=ignore)
+
+
+def _pytest(where: Path, tests, timeout: float) -> tuple[str, float, str]:
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(where))
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not gpu and not slow", *tests]
+    t0 = time.time()
+    try:
+        p = subprocess.run(cmd, cwd=where, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", time.time() - t0, ""
+    tail = (p.stdout + p.stderr).strip().splitlines()
+    line = next((ln for ln in reversed(tail) if "passed" in ln or "failed" in ln or "error" in ln), tail[-1] if tail else "")
+    return ("pass" if p.returncode == 0 else "fail"), time.time() - t0, line
+
+
+def _run_tests(where: Path, tests, timeout: float) -> tuple[str, float, str]:
+    """The targeted tests (node ids) first; only when they all pass, the whole files (pytest would otherwise
+    run a file's tests in file order, whatever order the node ids were given in)."""
+    nodes = [t for t in tests if "::" in t]
+    files = [t for t in tests if "::" not in t]
+    status, secs, line = _pytest(where, nodes, timeout) if nodes else ("pass", 0.0, "")
+    if status == "pass" and files:
+        status, more, line = _pytest(where, files, timeout)
+        secs += more
+    return status, secs, line
+
+
+def _check_applies(m: Mutation) -> None:
+    text = (ROOT / m.file).read_text()
+    n = text.count(m.old)
+    if n != 1:
+        raise SystemExit(f"mutation {m.name}: {m.old!r} occurs {n} times in {m.file} (must be exactly once)")
+
+
+def _worker(m: Mutation, copy: Path, timeout: float):
+    path = copy / m.file
+    original = path.read_text()
+    try:
+        path.write_text(original.replace(m.old, m.new, 1))
+        status, secs, line = _run_tests(copy, m.tests, timeout)
+    finally:
+        path.write_text(original)
+    return m, ("caught" if status == "fail" else "caught (timeout)" if status == "timeout" else "SURVIVED"), secs, line
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--list", action="store_true", help="print the mutations and exit")
+    ap.add_argument("--only", help="run the mutations whose name contains this (comma-separated)")
+    ap.add_argument("-j", type=int, default=1, help="parallel workers (one repository copy each)")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds per mutant's test run")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the unmutated run")
+    args = ap.parse_args(argv)
+    todo = MUTATIONS
+    if args.only:
+        keys = args.only.split(",")
+        todo = [m for m in MUTATIONS if any(k in m.name for k in keys)]
+    for m in todo:
+        _check_applies(m)
+    if args.list:
+        for m in todo:
+            print(f"{m.name:42s} {m.file:38s} {' '.join(m.tests)}")
+            if m.why:
+                print(f"{'':42s} ({m.why})")
+        return 0
+    tmp = Path(tempfile.mkdtemp(prefix="lite-mutate-"))
+    copies = []
+    try:
+        for i in range(max(1, args.j)):
+            _copy_tree(tmp / f"w{i}")
+            copies.append(tmp / f"w{i}")
+        probe = subprocess.run([sys.executable, "-c", "import litekernels; print(litekernels.__file__)"], cwd=copies[0],
+                               env=dict(os.environ, PYTHONPATH=str(copies[0])), capture_output=True, text=True)
+        if not probe.stdout.strip().startswith(str(copies[0])):
+            print(f"the copy imports litekernels from {probe.stdout.strip() or probe.stderr}, not from {copies[0]}")
+            return 2
+        if not args.no_baseline:
+            all_tests = sorted({t for m in todo for t in m.tests})
+            status, secs, line = _run_tests(copies[0], all_tests, args.timeout * 3)
+            print(f"baseline (unmutated): {status} in {secs:.0f}s  {line}", flush=True)
+            if status != "pass":
+                print("the unmutated tests do not pass; fix that first")
+                return 2
+        results = []
+        free = list(copies)
+        with cf.ThreadPoolExecutor(max_workers=len(copies)) as ex:
+            pending = {}
+            queue = list(todo)
+            while queue or pending:
+                while queue and free:
+                    m, c = queue.pop(0), free.pop()
+                    pending[ex.submit(_worker, m, c, args.timeout)] = c
+                done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    free.append(pending.pop(fut))
+                    m, verdict, secs, line = fut.result()
+                    results.append((m, verdict, secs))
+                    print(f"{verdict:17s} {m.name:42s} {secs:5.0f}s  {line}", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    order = {m.name: i for i, m in enumerate(MUTATIONS)}
+    results.sort(key=lambda r: order[r[0].name])
+    caught = sum(v.startswith("caught") for _, v, _ in results)
+    print()
+    print(f"{'mutation':42s} {'file':38s} result")
+    for m, v, _ in results:
+        print(f"{m.name:42s} {m.file:38s} {v}")
+    print(f"\nscore: {caught}/{len(results)} caught")
+    return 0 if caught == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
