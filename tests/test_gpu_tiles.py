@@ -40,15 +40,19 @@ def _as_on_gpu(module, fn):
 def gpu_tiles(monkeypatch):
     # If an op's launch settings move (new names, a shared module), update this fixture: it must fail, not
     # silently fall back to the interpreter's tiles.
-    for module, names in ((attn, ("_fwd_config", "_bwd_config")), (lin, ("_config",))):
+    for module, names in ((attn, ("fwd_config", "bwd_config")), (lin, ("_config",))):
         for name in names:
             assert hasattr(module, name) and hasattr(module, "INTERPRET"), f"{module.__name__}.{name} is gone"
             monkeypatch.setattr(module, name, _as_on_gpu(module, getattr(module, name)))
+    # settings and decode plans are cached per shape: start empty so the GPU tiles are chosen anew (and dropped after)
+    for module, cache in ((attn, "_settings_cache"), (dec, "_plans")):
+        assert hasattr(module, cache), f"{module.__name__}.{cache} is gone"
+        monkeypatch.setattr(module, cache, {})
     # decode: its INTERPRET flag only picks the tile (BLOCK_N 64), the split count and warps
     monkeypatch.setattr(dec, "INTERPRET", False)
     # RMSNorm: row tiles are the same on both; the backward's program count follows the SM count (132 on H100/H200)
     monkeypatch.setattr(rms, "num_sms", lambda *a: 132)
-    assert attn._fwd_config(64)[:2] != (16, 16) and lin._config(64, 600)[:2] != (16, 32)
+    assert attn.fwd_config(64)["BLOCK_M"] != 16 and lin._config(64, 600)[:2] != (16, 32)
     assert dec.choose_splits(1, 2, 600) > 1
 
 
