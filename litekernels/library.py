@@ -346,7 +346,8 @@ def _register() -> None:
     @define("decode_attention")
     def decode_attention(q, k_cache, v_cache, lengths, key_mask, scale):
         if use_triton(q):
-            return _dec.decode_attention_fwd(q, k_cache, v_cache, lengths, scale, key_mask)
+            # compiled code: no cached scratch (Inductor's CUDA-graph trees account for every pool allocation)
+            return _dec.decode_attention_fwd(q, k_cache, v_cache, lengths, scale, key_mask, reuse_scratch=False)
         return reference.decode_attention(q, k_cache, v_cache, lengths, scale=scale, key_mask=key_mask).contiguous()
 
     @register_fake("litekernels::decode_attention")

@@ -31,17 +31,21 @@ from litekernels.utils import SUPPORTED_DTYPES, tracing
 NAME = "lite"
 MAX_HEAD_DIM = 256
 
-_last_lengths: list = [None, None]  # [(batch, keys, device), tensor]: the layers of one decode step share it
+# ((batch, keys, device), tensor): the layers of one decode step share it. One tuple, replaced whole, so a thread
+# never pairs another thread's key with its own tensor.
+_last_lengths: tuple = (None, None)
 
 
 def _full_lengths(batch: int, keys: int, device) -> torch.Tensor:
     if tracing():  # a traced graph builds its own (a cached tensor would be baked in as a constant)
         return torch.full((batch,), keys, dtype=torch.int32, device=device)
+    global _last_lengths
     key = (batch, keys, device)
-    if _last_lengths[0] != key:
-        _last_lengths[1] = torch.full((batch,), keys, dtype=torch.int32, device=device)
-        _last_lengths[0] = key
-    return _last_lengths[1]
+    cached_key, lengths = _last_lengths
+    if cached_key != key:
+        lengths = torch.full((batch,), keys, dtype=torch.int32, device=device)
+        _last_lengths = (key, lengths)
+    return lengths
 
 
 def lite_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,

@@ -25,13 +25,17 @@ import torch.nn.functional as F
 
 from litekernels import functional as LF
 
+try:  # looked up once here: a failing import inside forward is an exception Dynamo cannot trace
+    from transformers.modeling_utils import slice_logits_to_keep as _hf_slice_logits_to_keep
+except ImportError:  # transformers < 5.2x: LlamaForCausalLM.forward slices inline
+    _hf_slice_logits_to_keep = None
+
+
 def _slice_logits_to_keep(hidden, logits_to_keep):
-    try:
-        from transformers.modeling_utils import slice_logits_to_keep
-    except ImportError:  # transformers < 5.2x: the inline slicing of LlamaForCausalLM.forward
+    if _hf_slice_logits_to_keep is None:
         index = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         return hidden[:, index, :]
-    return slice_logits_to_keep(hidden, logits_to_keep)
+    return _hf_slice_logits_to_keep(hidden, logits_to_keep)
 
 
 def _cache_field(obj_or_cls) -> str:

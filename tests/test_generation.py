@@ -3,6 +3,8 @@ sampling is reproducible, top-k/top-p only pick allowed tokens, bad input is ref
 
 import collections
 
+import copy
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -89,6 +91,14 @@ def test_runtime_matches_hf_greedy_token_for_token_and_logits(dtype):
         hf_tokens.append(out.sequences[0, len(p):].tolist())
         hf_logits.append(torch.cat(out.logits).float())  # (steps, vocab): raw logits before any processing
     assert all(len(set(t)) >= 6 for t in hf_tokens), f"degenerate reference sequences: {hf_tokens}"
+    truth = None
+    if dtype != torch.float32:
+        # the truth for bf16: the same weights in fp32, teacher-forced on HF's tokens (one forward per prompt)
+        exact = copy.deepcopy(model).float()
+        with torch.no_grad():
+            truth = [exact(torch.tensor([p + t], device=DEVICE)).logits[0, len(p) - 1:len(p) - 1 + PARITY_NEW_TOKENS]
+                     for p, t in zip(prompts, hf_tokens)]
+        del exact
     rt = LlamaRuntime(model, max_batch=4, max_seq_len=128)
     logits = rt.prefill(prompts)
     positions = torch.tensor([len(p) for p in prompts], device=DEVICE)
@@ -98,9 +108,13 @@ def test_runtime_matches_hf_greedy_token_for_token_and_logits(dtype):
         if dtype == torch.float32:
             torch.testing.assert_close(got, want, atol=2e-4, rtol=2e-4, msg=lambda m, s=step: f"step {s}: {m}")
             assert got.argmax(-1).tolist() == [t[step] for t in hf_tokens], f"greedy token differs at step {step}"
-        else:  # bf16: both sides round at different points, so compare at bf16 level
-            rel = ((got - want).norm(dim=-1) / want.norm(dim=-1)).max().item()
-            assert rel < 3e-2, f"step {step}: relative logits error {rel:.3g}"
+        else:  # bf16: both sides round, at different points: ours may be at most 2x as far from the fp32 truth as
+            # HF's own bf16 run (the rule of tests/helpers.py), per row; the 2e-3 floor is about the relative error
+            # of rounding the logits themselves to bf16 once (2^-9), for rows where HF happens to land closer
+            exact = torch.stack([t[step] for t in truth]).float()
+            ours = (got - exact).norm(dim=-1) / exact.norm(dim=-1)
+            hf = (want - exact).norm(dim=-1) / exact.norm(dim=-1)
+            assert (ours <= 2 * hf + 2e-3).all(), f"step {step}: relative logits error {ours.tolist()} vs HF {hf.tolist()}"
         if step + 1 < PARITY_NEW_TOKENS:
             tok = torch.tensor([t[step] for t in hf_tokens], device=DEVICE)
             logits = rt.decode(tok, positions)

@@ -211,13 +211,13 @@ def _current_stream_id(device):
     return torch.cuda.current_stream(device).cuda_stream
 
 
-def _scratch(p: _Plan, device):
+def _scratch(p: _Plan, device, reuse: bool = True):
     """(o_part, lse_part, counter) for this launch. Reused per (plan, stream): launches on one stream run in
     order, so the next call's writes cannot overtake this call's reads. Two streams get separate buffers; calls
     made while a CUDA graph is being captured get fresh buffers from the graph's pool (never cached), so a
     replay never shares scratch with eager calls. NOT safe: the same plan used concurrently from two threads
     on one stream (calls are then not ordered) - use separate streams."""
-    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    capturing = not reuse or (device.type == "cuda" and torch.cuda.is_current_stream_capturing())
     key = None if capturing else _current_stream_id(device)
     buf = None if capturing else p.scratch.get(key)
     if buf is None:
@@ -229,10 +229,13 @@ def _scratch(p: _Plan, device):
     return buf
 
 
-def decode_attention_fwd(q, k_cache, v_cache, lengths, scale, key_mask=None, splits=None, config=None):
+def decode_attention_fwd(q, k_cache, v_cache, lengths, scale, key_mask=None, splits=None, config=None,
+                         reuse_scratch: bool = True):
     """Launch split (+ combine unless FUSED). config: None (defaults for this GPU), a tuple (BLOCK_N, num_warps,
     num_stages) or a dict of DECODE_DEFAULTS keys (SPLITS, WAVES, MIN_CHUNK, MAX_SPLITS pick the split count;
-    FUSED merges the partials in the split kernel's last program instead of a second launch)."""
+    FUSED merges the partials in the split kernel's last program instead of a second launch). reuse_scratch=False:
+    fresh scratch for this call (the registered op, whose memory torch.compile's CUDA-graph trees manage: a
+    cached buffer allocated in their pool during warm-up would outlive it)."""
     if q.stride(-1) != 1:
         q = q.contiguous()
     B, H, Tq, D = q.shape
@@ -242,7 +245,7 @@ def decode_attention_fwd(q, k_cache, v_cache, lengths, scale, key_mask=None, spl
     p = _plans.get(key)
     if p is None:
         p = _plans[key] = _make_plan(B, H, k_cache.shape[1], L, D, Tq, q.dtype, q.device, has_mask, config, splits)
-    o_part, lse_part, counter = _scratch(p, q.device)
+    o_part, lse_part, counter = _scratch(p, q.device, reuse_scratch)
     o = torch.empty((B, H, Tq, D), dtype=q.dtype, device=q.device)
     if has_mask:
         km, skm = key_mask.view(torch.uint8), key_mask.stride(0)
