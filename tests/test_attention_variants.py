@@ -110,6 +110,8 @@ def test_config_errors():
         A.attention_fwd(q, q, q, True, 0.25, config={"BLOCK_Q": 64})
     with pytest.raises(ValueError, match="unknown decode config keys"):
         DA.decode_attention_fwd(q[:, :, :1], q, q, torch.tensor([8], device=DEVICE), 0.25, config={"SPLIT": 2})
+    with pytest.raises(ValueError, match="COMBINE_ROWS"):
+        DA.decode_attention_fwd(q[:, :, :1], q, q, torch.tensor([8], device=DEVICE), 0.25, config={"COMBINE_ROWS": 0})
     if not A.HAS_BLOCK_PTR:
         with pytest.raises(ValueError, match="make_block_ptr"):
             A.attention_fwd(q, q, q, True, 0.25, config={"BLOCK_PTR": True})
@@ -121,6 +123,9 @@ DECODE_VARIANTS = [
     pytest.param({"SPLITS": 5, "FUSED": True}, id="fused-5splits"),
     pytest.param({"SPLITS": 1}, id="one-split"),
     pytest.param({"SPLITS": 7, "BLOCK_N": 32}, id="7splits-n32"),
+    pytest.param({"MMA": False}, id="no-mma"),
+    pytest.param({"MMA": False, "SPLITS": 5, "BLOCK_N": 32}, id="no-mma-5splits-n32"),
+    pytest.param({"COMBINE_ROWS": 3, "SPLITS": 7}, id="combine-3rows"),
 ]
 
 
@@ -171,8 +176,10 @@ def test_decode_fully_masked_row_and_short_length():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("cfg", [{}, {"FUSED": True}, {"FUSED": True, "SPLITS": 64}], ids=["two-launch", "fused",
-                                                                                        "fused-64splits"])
+@pytest.mark.parametrize("cfg", [{}, {"FUSED": True}, {"FUSED": True, "SPLITS": 64},
+                                 {"PDL": True, "SPLITS": 256, "MIN_CHUNK": 16, "COMBINE_ROWS": 4},
+                                 {"MMA": False, "BLOCK_N": 32, "PDL": True}],
+                         ids=["two-launch", "fused", "fused-64splits", "pdl-256splits-4rows", "no-mma-pdl"])
 def test_decode_variants_cuda_graph_replay(cfg):
     """On the GPU: the decode launch captured in a CUDA graph and replayed while lengths grow in place gives the
     reference result every time (the fused combine's counter resets across replays; eager calls on the same
