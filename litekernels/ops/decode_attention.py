@@ -45,6 +45,25 @@ def _combine_row(O_PART, LSE_PART, O, part_row, out_ptrs, D, SPLITS, BLOCK_S: tl
 
 
 @triton.jit
+def _decode_load_kv(k_base, v_base, n, hi, offs_d, sk_n, sv_n, D):
+    """K and V rows n (BLOCK_N, BLOCK_D) of one (batch, KV head), zero at n >= hi and past D."""
+    ok = (n[:, None] < hi) & (offs_d[None, :] < D)
+    k = tl.load(k_base + n[:, None] * sk_n + offs_d[None, :], mask=ok, other=0.0)
+    v = tl.load(v_base + n[:, None] * sv_n + offs_d[None, :], mask=ok, other=0.0)
+    return k, v
+
+
+@triton.jit
+def _decode_mask(s, n, n_ok, limit, KEYMASK, km_base, HAS_KEYMASK: tl.constexpr):
+    """-inf where key n is out of this split, not yet visible to the row (n >= limit) or masked out."""
+    valid = n_ok[None, :] & (n[None, :] < limit[:, None])
+    if HAS_KEYMASK:
+        km = tl.load(KEYMASK + km_base + n, mask=n_ok, other=0)
+        valid = valid & (km != 0)[None, :]
+    return tl.where(valid, s, float("-inf"))
+
+
+@triton.jit
 def _decode_split_kernel(Q, K, V, LENGTHS, KEYMASK, O_PART, LSE_PART, O, COUNTER,
                          sq_b, sq_h, sq_t, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, skm_b, so_b, so_h, so_t,
                          HKV, GROUP, Tq, D, qk_scale, SPLITS,
@@ -81,33 +100,30 @@ def _decode_split_kernel(Q, K, V, LENGTHS, KEYMASK, O_PART, LSE_PART, O, COUNTER
     offs_n = tl.arange(0, BLOCK_N)
     k_base = K + b * sk_b + kvh * sk_h
     v_base = V + b * sv_b + kvh * sv_h
-    if not MMA:
-        qf = q.to(tl.float32)
-    for start_n in range(lo, hi, BLOCK_N):
-        n = start_n + offs_n
-        n_ok = n < hi
-        # both tiles are requested before the scores, so the V load overlaps them
-        if MMA:
+    if MMA:
+        for start_n in range(lo, hi, BLOCK_N):
+            n = start_n + offs_n
+            n_ok = n < hi
+            # both tiles are requested before the dot, so the V load overlaps the scores
             kt = tl.load(k_base + n[None, :] * sk_n + offs_d[:, None], mask=n_ok[None, :] & (offs_d[:, None] < D),
                          other=0.0)
-        else:
-            k = tl.load(k_base + n[:, None] * sk_n + offs_d[None, :], mask=n_ok[:, None] & (offs_d[None, :] < D),
+            v = tl.load(v_base + n[:, None] * sv_n + offs_d[None, :], mask=n_ok[:, None] & (offs_d[None, :] < D),
                         other=0.0)
-        v = tl.load(v_base + n[:, None] * sv_n + offs_d[None, :], mask=n_ok[:, None] & (offs_d[None, :] < D),
-                    other=0.0)
-        if MMA:
-            s = _dot(q, kt, IEEE) * qk_scale
-        else:
-            s = tl.sum(qf[:, None, :] * k.to(tl.float32)[None, :, :], 2) * qk_scale
-        valid = n_ok[None, :] & (n[None, :] < limit[:, None])
-        if HAS_KEYMASK:
-            km = tl.load(KEYMASK + b * skm_b + n, mask=n_ok, other=0)
-            valid = valid & (km != 0)[None, :]
-        s = tl.where(valid, s, float("-inf"))
-        if MMA:
+            s = _decode_mask(_dot(q, kt, IEEE) * qk_scale, n, n_ok, limit, KEYMASK, b * skm_b, HAS_KEYMASK)
             acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v, IEEE)
-        else:
-            # the same step with p kept in fp32 and p.v as a broadcast sum (no MMA)
+    else:
+        # No tl.dot: the compiler's pipeliner does not stage these loads through shared memory (they feed no
+        # MMA), so the next tile is requested by hand before this one is used (register double buffer).
+        qf = q.to(tl.float32)
+        k_nx, v_nx = _decode_load_kv(k_base, v_base, lo + offs_n, hi, offs_d, sk_n, sv_n, D)
+        for start_n in range(lo, hi, BLOCK_N):
+            n = start_n + offs_n
+            n_ok = n < hi
+            k, v = k_nx, v_nx
+            k_nx, v_nx = _decode_load_kv(k_base, v_base, n + BLOCK_N, hi, offs_d, sk_n, sv_n, D)
+            s = tl.sum(qf[:, None, :] * k.to(tl.float32)[None, :, :], 2) * qk_scale
+            s = _decode_mask(s, n, n_ok, limit, KEYMASK, b * skm_b, HAS_KEYMASK)
+            # the online-softmax step with p kept in fp32 and p.v as a broadcast sum
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             alpha = tl.math.exp2(m_i - m_safe)
