@@ -32,10 +32,11 @@ _NO_TMA = pytest.mark.skipif(not A.HAS_TMA, reason="this Triton has no tl.make_t
 _NO_WS = pytest.mark.skipif(not A.HAS_WS, reason="this Triton's tl.range has no warp_specialize")
 FWD_VARIANTS += [
     pytest.param({"TMA": True}, id="tma", marks=_NO_TMA),
-    pytest.param({"TMA": True, "REVERSE": True, "BLOCK_M": 32, "BLOCK_N": 16}, id="tma-rev-m32n16", marks=_NO_TMA),
+    pytest.param({"TMA": True, "REVERSE": True, "BLOCK_M": 32, "BLOCK_N": 16}, id="tma-rev-m32n16",
+                 marks=[_NO_TMA, pytest.mark.slow]),  # slow: CI time; "tma" covers the descriptor path
     pytest.param({"LAZY": True}, id="lazy-rescale"),
     pytest.param({"LAZY": True, "TMA": True, "WS": True}, id="lazy-tma-ws", marks=[_NO_TMA, _NO_WS]),
-    pytest.param({"WS": True, "BLOCK_N": 32}, id="ws-n32", marks=_NO_WS),
+    pytest.param({"WS": True, "BLOCK_N": 32}, id="ws-n32", marks=[_NO_WS, pytest.mark.slow]),
 ]
 BWD_VARIANTS = [pytest.param({}, id="default"), pytest.param({"BLOCK_M": 32, "BLOCK_N": 16}, id="m32n16"),
                 pytest.param({"BLOCK_M": 16, "BLOCK_N": 32}, id="m16n32")]
