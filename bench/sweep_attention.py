@@ -6,6 +6,9 @@ Writes bench/results/sweep-attn-<gpu>.json (and $OUT/) and prints the best candi
 
     python3 -m bench.sweep_attention                 # GPU, ~5-6 minutes on an H200 (compiles included)
     python3 -m bench.sweep_attention --only decode   # one part: prefill, decode
+    python3 -m bench.sweep_attention --only decode,prefill-fwd --candidates phase2 --budget 100
+        # phase 2 of issue #9: the TMA/WS/LAZY forward and decode bandwidth variants vs defaults and SDPA,
+        # forward only, ~2-2.5 minutes; writes bench/results/sweep-attn-phase2-<gpu>.json
     TRITON_INTERPRET=1 python3 -m bench.sweep_attention --smoke   # CPU: tiny shapes, checks only, no timing
 """
 
@@ -68,14 +71,52 @@ DECODE_CANDIDATES = [
     {"WAVES": 2, "FUSED": True},
 ]
 
+# Phase 2 (issue #9): only the new leads plus the defaults. Prefill forward: K/V through tensor descriptors (TMA),
+# the warp-specialized key loop (WS), the FlashAttention-3 thresholded rescale (LAZY). Decode (ordered for the
+# B1 L32768 target, which is tried first): programmatic dependent launch of the combine (PDL), many more splits
+# (WAVES/MAX_SPLITS adapt them per shape: about 132/264 at B1 H8 on an H200, the usual 16 at B64), few long
+# splits, bigger/smaller tiles with more stages, scores without tl.dot (MMA=False), cheaper combines.
+FWD_PHASE2 = [
+    {},
+    {"TMA": True},
+    {"LAZY": True},
+    {"TMA": True, "LAZY": True},
+    {"TMA": True, "WS": True, "num_warps": 4},
+    {"TMA": True, "WS": True},
+    {"WS": True, "num_warps": 4},
+    {"TMA": True, "REVERSE": True},
+    {"TMA": True, "BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3},
+    {"TMA": True, "LAZY": True, "BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 4},
+]
+DECODE_PHASE2 = [
+    {},
+    {"PDL": True},
+    {"WAVES": 8, "MAX_SPLITS": 256, "MIN_CHUNK": 64, "COMBINE_WARPS": 8},
+    {"WAVES": 16, "MAX_SPLITS": 256, "MIN_CHUNK": 64, "BLOCK_N": 32, "COMBINE_WARPS": 8, "PDL": True},
+    {"SPLITS": 16, "num_stages": 4},
+    {"SPLITS": 32, "num_stages": 4, "PDL": True},
+    {"BLOCK_N": 128, "num_stages": 4},
+    {"BLOCK_N": 32, "num_stages": 6},
+    {"MMA": False, "BLOCK_N": 32},
+    {"MMA": False, "BLOCK_N": 64, "num_warps": 8},
+    {"COMBINE_ROWS": 4, "COMBINE_WARPS": 2},
+    {"COMBINE_ROWS": 4, "COMBINE_WARPS": 2, "PDL": True, "num_stages": 4},
+]
+CANDIDATE_SETS = {
+    "phase1": (FWD_CANDIDATES, BWD_CANDIDATES, DECODE_CANDIDATES),
+    "phase2": (FWD_PHASE2, [{}], DECODE_PHASE2),
+}
+
 
 def label(cfg: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in cfg.items()) or "default"
 
 
 class Sweep:
-    def __init__(self, smoke: bool, budget_s: float):
+    def __init__(self, smoke: bool, budget_s: float, candidates: str = "phase1", fwd_only: bool = False):
         self.smoke, self.budget, self.t0 = smoke, budget_s, time.time()
+        self.fwd, self.bwd, self.decode = CANDIDATE_SETS[candidates]
+        self.fwd_only = fwd_only  # prefill: forward only (no backward candidates, SDPA timed forward only)
         self.part_end = self.t0 + budget_s
         self.checkpoint = lambda: None
         self.dev = "cpu" if smoke else "cuda"
@@ -168,6 +209,8 @@ def sweep_prefill(sw: Sweep):
     shapes = SMOKE_PREFILL if sw.smoke else PREFILL_SHAPES
     dtype = torch.float32 if sw.smoke else BF16
     sdpas = {"sdpa": sdpa_fns()["sdpa"]} if sw.smoke else sdpa_fns()
+    if sw.fwd_only and not sw.smoke:  # the backends that won on the H200 (sweep-attn-H200.json): default, cuDNN
+        sdpas = {k: f for k, f in sdpas.items() if k in ("sdpa", "sdpa_cudnn")}
     for B, H, HKV, T, D in shapes:
         shape = f"B{B} H{H}/{HKV} T{T} D{D}"
         scale = 1 / math.sqrt(D)
@@ -176,10 +219,15 @@ def sweep_prefill(sw: Sweep):
         v = torch.randn(B, HKV, T, D, dtype=dtype, device=sw.dev, requires_grad=True)
         do = torch.randn(B, H, T, D, dtype=dtype, device=sw.dev)
         flops = 4 * B * H * T * T * D / 2
-        ref = sdpas["sdpa"](q, k, v, True)
-        ref_grads = torch.autograd.grad(ref, (q, k, v), do)
-        ref = ref.detach()
-        gscale = max(1.0, max(g.abs().max().item() for g in ref_grads))
+        if sw.fwd_only:
+            with torch.no_grad():
+                ref = sdpas["sdpa"](q, k, v, True)
+            ref_grads, gscale = None, 1.0
+        else:
+            ref = sdpas["sdpa"](q, k, v, True)
+            ref_grads = torch.autograd.grad(ref, (q, k, v), do)
+            ref = ref.detach()
+            gscale = max(1.0, max(g.abs().max().item() for g in ref_grads))
         tol = 1e-4 if sw.smoke else 2e-2
         # SDPA backends: forward and forward+backward
         for name, fn in sdpas.items():
@@ -190,19 +238,20 @@ def sweep_prefill(sw: Sweep):
                 def fb():
                     out = fn(q, k, v, True)
                     torch.autograd.backward(out, do)
-                t_fb = sw.ms(fb, grad_to_none=[q, k, v])
+                t_fb = None if sw.fwd_only else sw.ms(fb, grad_to_none=[q, k, v])
                 q.grad = k.grad = v.grad = None
             except Exception as e:  # noqa: BLE001 - a backend that refuses this shape
                 sw.add(part="prefill", shape=shape, provider=name, error=repr(e)[:200])
                 continue
             sw.add(part="prefill", shape=shape, provider=name, mode="fwd", ms=t_f,
                    TFLOPs=t_f and flops / t_f / 1e9)
-            sw.add(part="prefill", shape=shape, provider=name, mode="fwd+bwd", ms=t_fb,
-                   TFLOPs=t_fb and 3.5 * flops / t_fb / 1e9)
+            if not sw.fwd_only:
+                sw.add(part="prefill", shape=shape, provider=name, mode="fwd+bwd", ms=t_fb,
+                       TFLOPs=t_fb and 3.5 * flops / t_fb / 1e9)
         # our forward candidates
         best_fwd = None
         o_lse = None
-        for i, cfg in enumerate(FWD_CANDIDATES):
+        for i, cfg in enumerate(sw.fwd):
             if i and sw.over_budget():
                 sw.add(part="prefill", shape=shape, provider="lite", config=label(cfg), skipped="time budget")
                 continue
@@ -224,11 +273,14 @@ def sweep_prefill(sw: Sweep):
                    TFLOPs=t and flops / t / 1e9)
             if o_lse is None or (t is not None and t < best_fwd[1]):
                 best_fwd, o_lse = (cfg, t), (o, lse)
-        if o_lse is None:
+        if o_lse is None or sw.fwd_only:
+            if not sw.smoke:
+                torch.cuda.empty_cache()
+            sw.checkpoint()
             continue
         o, lse = o_lse
         t_fwd = best_fwd[1]
-        for i, cfg in enumerate(BWD_CANDIDATES):
+        for i, cfg in enumerate(sw.bwd):
             if i and sw.over_budget():
                 sw.add(part="prefill", shape=shape, provider="lite", mode="bwd", config=label(cfg),
                        skipped="time budget")
@@ -283,7 +335,7 @@ def sweep_decode(sw: Sweep, bw):
             sw.add(part="decode", shape=shape, provider="lite", mode="public",
                    **rate(sw.ms(lambda: DA.decode_attention(q, k, v, lengths, scale=scale))))
             tol = 1e-4 if sw.smoke else 1e-2
-            for i, cfg in enumerate(DECODE_CANDIDATES):
+            for i, cfg in enumerate(sw.decode):
                 if i and sw.over_budget():
                     sw.add(part="decode", shape=shape, provider="lite", config=label(cfg), skipped="time budget")
                     continue
@@ -335,7 +387,11 @@ def summary(rows):
 
 def main(argv=None):
     p = argparse.ArgumentParser()
-    p.add_argument("--only", default="prefill,decode")
+    p.add_argument("--only", default="prefill,decode",
+                   help="comma list of parts: decode, prefill (forward and backward), prefill-fwd (forward only)")
+    p.add_argument("--candidates", default="phase1", choices=sorted(CANDIDATE_SETS),
+                   help="phase1: the tile/flag sweep of sweep-attn-<gpu>.json; phase2: only the TMA/WS/LAZY forward "
+                        "and the decode bandwidth variants plus the defaults (writes sweep-attn-phase2-<gpu>.json)")
     p.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (TRITON_INTERPRET=1), no timing")
     p.add_argument("--budget", type=float, default=270.0,
                    help="seconds of candidate trials (decode 35%%, prefill the rest); past it only defaults run")
@@ -345,26 +401,33 @@ def main(argv=None):
         raise SystemExit("--smoke runs the kernels in the interpreter: set TRITON_INTERPRET=1")
     if not args.smoke and not torch.cuda.is_available():
         raise SystemExit("needs a CUDA GPU (or --smoke with TRITON_INTERPRET=1)")
+    only = args.only.split(",")
+    unknown = set(only) - {"decode", "prefill", "prefill-fwd"}
+    if unknown:
+        raise SystemExit(f"--only: unknown parts {sorted(unknown)} (decode, prefill, prefill-fwd)")
+    kind = "sweep-attn" if args.candidates == "phase1" else f"sweep-attn-{args.candidates}"
     torch.manual_seed(0)
-    sw = Sweep(args.smoke, args.budget)
+    fwd_only = "prefill-fwd" in only and "prefill" not in only
+    sw = Sweep(args.smoke, args.budget, args.candidates, fwd_only)
     import triton
     bw = copy_ceiling(sw)
     meta = {"device": "cpu-interpreter" if args.smoke else torch.cuda.get_device_name(), "torch": torch.__version__,
             "triton": triton.__version__, "python": platform.python_version(), "copy_GBps": bw,
             "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     print(meta, flush=True)
-    only = args.only.split(",")
+    meta["candidates"] = args.candidates
     out = args.out
     if args.smoke and out is None:
-        out = os.path.join(tempfile.gettempdir(), "sweep-attn-smoke.json")
+        out = os.path.join(tempfile.gettempdir(), f"{kind}-smoke.json")
     from bench.results_io import save_results
+    prefill = "prefill" in only or "prefill-fwd" in only
     if "decode" in only:  # first: the smaller part; it gets 35% of the budget when both parts run
-        sw.start_part(0.35 if "prefill" in only else 1.0)
+        sw.start_part(0.35 if prefill else 1.0)
         sweep_decode(sw, bw)
-    if "prefill" in only:
+    if prefill:
         sw.start_part(1.0)
         # partial files after each shape, so an outer timeout keeps what was measured
-        sw.checkpoint = lambda: save_results({"meta": {**meta, "partial": True}, "results": sw.rows}, "sweep-attn", out)
+        sw.checkpoint = lambda: save_results({"meta": {**meta, "partial": True}, "results": sw.rows}, kind, out)
         sw.checkpoint()
         sweep_prefill(sw)
     meta["elapsed_s"] = round(time.time() - sw.t0, 1)
@@ -373,7 +436,7 @@ def main(argv=None):
     except Exception as e:  # noqa: BLE001 - never lose the measurements to a formatting bug
         lines = [f"summary failed: {e!r}"]
     print("\n".join(["best per shape (ratio = SDPA ms / ours):"] + lines))
-    save_results({"meta": meta, "results": sw.rows, "summary": lines}, "sweep-attn", out)
+    save_results({"meta": meta, "results": sw.rows, "summary": lines}, kind, out)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,16 @@ FWD_VARIANTS = [
     pytest.param({"BLOCK_PTR": True, "REVERSE": True, "BLOCK_N": 32}, id="block-ptr-rev-n32",
                  marks=pytest.mark.skipif(not A.HAS_BLOCK_PTR, reason="this Triton removed tl.make_block_ptr")),
 ]
+_NO_TMA = pytest.mark.skipif(not A.HAS_TMA, reason="this Triton has no tl.make_tensor_descriptor/set_allocator")
+_NO_WS = pytest.mark.skipif(not A.HAS_WS, reason="this Triton's tl.range has no warp_specialize")
+FWD_VARIANTS += [
+    pytest.param({"TMA": True}, id="tma", marks=_NO_TMA),
+    pytest.param({"TMA": True, "REVERSE": True, "BLOCK_M": 32, "BLOCK_N": 16}, id="tma-rev-m32n16",
+                 marks=[_NO_TMA, pytest.mark.slow]),  # slow: CI time; "tma" covers the descriptor path
+    pytest.param({"LAZY": True}, id="lazy-rescale"),
+    pytest.param({"LAZY": True, "TMA": True, "WS": True}, id="lazy-tma-ws", marks=[_NO_TMA, _NO_WS]),
+    pytest.param({"WS": True, "BLOCK_N": 32}, id="ws-n32", marks=[_NO_WS, pytest.mark.slow]),
+]
 BWD_VARIANTS = [pytest.param({}, id="default"), pytest.param({"BLOCK_M": 32, "BLOCK_N": 16}, id="m32n16"),
                 pytest.param({"BLOCK_M": 16, "BLOCK_N": 32}, id="m16n32")]
 
@@ -101,6 +111,8 @@ def test_config_errors():
         A.attention_fwd(q, q, q, True, 0.25, config={"BLOCK_Q": 64})
     with pytest.raises(ValueError, match="unknown decode config keys"):
         DA.decode_attention_fwd(q[:, :, :1], q, q, torch.tensor([8], device=DEVICE), 0.25, config={"SPLIT": 2})
+    with pytest.raises(ValueError, match="COMBINE_ROWS"):
+        DA.decode_attention_fwd(q[:, :, :1], q, q, torch.tensor([8], device=DEVICE), 0.25, config={"COMBINE_ROWS": 0})
     if not A.HAS_BLOCK_PTR:
         with pytest.raises(ValueError, match="make_block_ptr"):
             A.attention_fwd(q, q, q, True, 0.25, config={"BLOCK_PTR": True})
@@ -112,6 +124,9 @@ DECODE_VARIANTS = [
     pytest.param({"SPLITS": 5, "FUSED": True}, id="fused-5splits"),
     pytest.param({"SPLITS": 1}, id="one-split"),
     pytest.param({"SPLITS": 7, "BLOCK_N": 32}, id="7splits-n32"),
+    pytest.param({"MMA": False}, id="no-mma"),
+    pytest.param({"MMA": False, "SPLITS": 5, "BLOCK_N": 32}, id="no-mma-5splits-n32"),
+    pytest.param({"COMBINE_ROWS": 3, "SPLITS": 7}, id="combine-3rows"),
 ]
 
 
@@ -162,8 +177,10 @@ def test_decode_fully_masked_row_and_short_length():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("cfg", [{}, {"FUSED": True}, {"FUSED": True, "SPLITS": 64}], ids=["two-launch", "fused",
-                                                                                        "fused-64splits"])
+@pytest.mark.parametrize("cfg", [{}, {"FUSED": True}, {"FUSED": True, "SPLITS": 64},
+                                 {"PDL": True, "SPLITS": 256, "MIN_CHUNK": 16, "COMBINE_ROWS": 4},
+                                 {"MMA": False, "BLOCK_N": 32, "PDL": True}],
+                         ids=["two-launch", "fused", "fused-64splits", "pdl-256splits-4rows", "no-mma-pdl"])
 def test_decode_variants_cuda_graph_replay(cfg):
     """On the GPU: the decode launch captured in a CUDA graph and replayed while lengths grow in place gives the
     reference result every time (the fused combine's counter resets across replays; eager calls on the same
@@ -191,3 +208,34 @@ def test_decode_variants_cuda_graph_replay(cfg):
         lowp = reference.decode_attention(q, k, v, lengths, scale=0.125)
         assert_matches(out, want, lowp, name=f"graph replay {step} {cfg}")
         assert_matches(eager, want, lowp, name=f"eager {step} {cfg}")
+
+
+@pytest.mark.parametrize("cfg", [pytest.param({"LAZY": True}, id="lazy"),
+                                 pytest.param({"LAZY": True, "TMA": True}, id="lazy-tma", marks=_NO_TMA)])
+def test_prefill_lazy_rescale_moving_max(cfg):
+    """The thresholded rescale (LAZY) with scores that grow along the keys by far more than its threshold (2^8),
+    so the reference max moves on most tiles, plus left padding (fully masked rows) in bf16: output, lse-based
+    gradients and empty rows must match the reference exactly as without the trick."""
+    B, H, HKV, T, D = 2, 2, 1, 37, 64
+    q = rand(B, H, T, D) * 3
+    k = rand(B, HKV, T, D) * torch.linspace(0.2, 4.0, T, device=DEVICE)[:, None]
+    v = rand(B, HKV, T, D)
+    _check_prefill(q, k, v, True, None, {**cfg, "BLOCK_M": 16, "BLOCK_N": 16}, None, f"lazy fp32 {cfg}")
+    qh, kh, vh = (t.to(torch.bfloat16) for t in (q, k, v))
+    mask = torch.ones(B, 1, 1, T, dtype=torch.bool, device=DEVICE)
+    mask[1, ..., :20] = False
+    _check_prefill(qh, kh, vh, True, mask, cfg, None, f"lazy bf16 padded {cfg}")
+
+
+def test_tma_config_errors():
+    """TMA refuses what tensor descriptors cannot describe, with the reason: a key stride that is not a multiple
+    of 16 bytes (head_dim 6 in fp32 = 24 bytes), and Tritons without the API."""
+    q = rand(1, 2, 8, 6)
+    if not A.HAS_TMA:
+        with pytest.raises(ValueError, match="make_tensor_descriptor"):
+            A.attention_fwd(q, q, q, True, 0.25, config={"TMA": True})
+        return
+    with pytest.raises(ValueError, match="16-byte"):
+        A.attention_fwd(q, q, q, True, 0.25, config={"TMA": True})
+    with pytest.raises(ValueError, match="BLOCK_PTR"):
+        A.attention_fwd(q, q, q, True, 0.25, config={"WS": True, "BLOCK_PTR": True})

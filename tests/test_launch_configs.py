@@ -8,6 +8,7 @@ signature drifted from what the launchers pass. Skipped, with the reason, when t
 < 3.2 keyed signatures by argument index) or when TRITON_INTERPRET=1 (kernels are interpreted then).
 """
 
+import inspect
 import os
 
 import pytest
@@ -61,6 +62,10 @@ CASES = _cases()
 def _compile(fn, arch, ptr_types, consts, num_warps, num_stages):
     """Compile fn for arch; pointer arguments typed by ptr_types (name -> '*bf16'...), every other runtime
     argument an i32 (fp32 for the scale). Returns the compiled kernel."""
+    # constexpr parameters with a default (variant switches the launchers may leave out) take that default
+    for name, prm in inspect.signature(fn.fn).parameters.items():
+        if name not in consts and prm.default is not inspect.Parameter.empty and "constexpr" in str(prm.annotation):
+            consts = {**consts, name: prm.default}
     sig = {}
     for name in fn.arg_names:
         if name in consts:

@@ -3,6 +3,7 @@ query they use to pick settings per GPU. Every op module imports from here; no o
 
   _dot                  tl.dot with fp32 accumulation; IEEE=True gives exact fp32 products (interpreter, fp32)
   _online_softmax_step  fold one tile of log2-scaled scores and its values into the running (acc, max, sum)
+  _online_softmax_step_lazy  the same with a lazily moved reference max (rescale skipped when no row moved)
   _finish_rows          normalise the accumulator and give each row's log2-sum-exp
   exact_dot(dtype)      the IEEE switch for a launch
   LOG2E                 scores are kept in log2 units: exp(x) = exp2(x * LOG2E), folded into the scale
@@ -45,6 +46,26 @@ def _online_softmax_step(acc, m_i, l_i, s, v, IEEE: tl.constexpr):
     p = tl.math.exp2(s - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _online_softmax_step_lazy(acc, m_i, l_i, s, v, TAU: tl.constexpr, IEEE: tl.constexpr):
+    """_online_softmax_step with the rescale trick of FlashAttention-3: a row's reference max m_i moves only when
+    a score exceeds it by more than TAU (log2 units), and the tile skips the accumulator rescale when no row
+    moved. Exact: numerator and denominator use the same reference, so o = acc / l and lse = m_i + log2(l) are
+    unchanged; terms p = exp2(s - m_i) stay <= 2^TAU (TAU = 8: 256, far inside bf16/fp16 and fp32 sums)."""
+    m_tile = tl.max(s, 1)
+    grow = m_tile > m_i + TAU  # -inf + TAU = -inf: a row's first finite score always moves its reference
+    m_new = tl.where(grow, m_tile, m_i)
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(s - m_safe[:, None])
+    if tl.max(grow.to(tl.int32), 0) > 0:
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha
+        acc = acc * alpha[:, None]
+    l_i = l_i + tl.sum(p, 1)
+    acc = acc + _dot(p.to(v.dtype), v, IEEE)
     return acc, m_new, l_i
 
 

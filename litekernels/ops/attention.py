@@ -28,7 +28,8 @@ import torch
 from .. import reference
 from .._triton import tl, triton
 from ..utils import INTERPRET, check_same_device, check_tensor, unit_last, use_triton
-from ._tl_common import LOG2E, _dot, _finish_rows, _online_softmax_step, exact_dot, gpu_arch
+from ._tl_common import (LOG2E, _dot, _finish_rows, _online_softmax_step, _online_softmax_step_lazy, exact_dot,
+                          gpu_arch)
 
 MAX_HEAD_DIM = 256
 
@@ -47,41 +48,79 @@ def _query_tile(H, GROUP, Tq, BLOCK_M: tl.constexpr, REVERSE: tl.constexpr):
 
 
 @triton.jit
-def _attn_fwd_inner(acc, m_i, l_i, q, K, V, MASK, k_base, v_base, mask_base, stride_kn, stride_vn, stride_mn,
-                    offs_m, offs_n, offs_d, lo, hi, Tk, D, OFFSET, qk_scale,
+def _fwd_tile(acc, m_i, l_i, q, kt, v, n, offs_m, MASK, mask_base, stride_mn, Tk, OFFSET, qk_scale,
+              MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, IEEE: tl.constexpr,
+              LAZY: tl.constexpr):
+    """Scores of one key tile (keys n), masked when MASKED, folded into the running (acc, max, sum); LAZY: the
+    thresholded rescale of _online_softmax_step_lazy."""
+    s = _dot(q, kt, IEEE) * qk_scale
+    if MASKED:
+        valid = n[None, :] < Tk
+        if CAUSAL:
+            valid = valid & (n[None, :] <= offs_m[:, None] + OFFSET)
+        if HAS_MASK:
+            mk = tl.load(MASK + mask_base + n[None, :] * stride_mn, mask=valid, other=0)
+            valid = valid & (mk != 0)
+        s = tl.where(valid, s, float("-inf"))
+    if LAZY:
+        return _online_softmax_step_lazy(acc, m_i, l_i, s, v, 8.0, IEEE)
+    else:
+        return _online_softmax_step(acc, m_i, l_i, s, v, IEEE)
+
+
+@triton.jit
+def _load_kv(K, V, k_desc, v_desc, k_base, v_base, start_n, n, offs_d, stride_kn, stride_vn, Tk, D,
+             TMA: tl.constexpr):
+    """K^T (BLOCK_D, BLOCK_N) and V (BLOCK_N, BLOCK_D) of keys n = start_n + [0, BLOCK_N), zero past Tk and D.
+    TMA: through the tensor descriptors (bounds handled by the copy engine)."""
+    if TMA:
+        kt = tl.trans(k_desc.load([start_n, 0]))
+        v = v_desc.load([start_n, 0])
+    else:
+        kt = tl.load(K + k_base + n[None, :] * stride_kn + offs_d[:, None],
+                     mask=(n[None, :] < Tk) & (offs_d[:, None] < D), other=0.0)
+        v = tl.load(V + v_base + n[:, None] * stride_vn + offs_d[None, :],
+                    mask=(n[:, None] < Tk) & (offs_d[None, :] < D), other=0.0)
+    return kt, v
+
+
+@triton.jit
+def _attn_fwd_inner(acc, m_i, l_i, q, K, V, MASK, k_desc, v_desc, k_base, v_base, mask_base, stride_kn, stride_vn,
+                    stride_mn, offs_m, offs_n, offs_d, lo, hi, Tk, D, OFFSET, qk_scale,
                     MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr, BLOCK_PTR: tl.constexpr):
+                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr, BLOCK_PTR: tl.constexpr,
+                    TMA: tl.constexpr, WS: tl.constexpr, LAZY: tl.constexpr):
     """Keys [lo, hi) in BLOCK_N tiles. MASKED: apply the key-range, causal and boolean masks (the diagonal band);
     else every key of the range is visible. BLOCK_PTR: load K and V through tl.make_block_ptr (bounds checked
-    by the block pointer) instead of pointer arithmetic."""
-    if BLOCK_PTR:
+    by the block pointer) instead of pointer arithmetic; TMA: through tensor descriptors; WS: the loop is
+    warp-specialized by the compiler (tl.range(warp_specialize=True), Triton >= 3.4)."""
+    if WS:
+        for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=True):
+            n = start_n + offs_n
+            kt, v = _load_kv(K, V, k_desc, v_desc, k_base, v_base, start_n, n, offs_d, stride_kn, stride_vn, Tk, D,
+                             TMA)
+            acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, kt, v, n, offs_m, MASK, mask_base, stride_mn, Tk, OFFSET,
+                                      qk_scale, MASKED, CAUSAL, HAS_MASK, IEEE, LAZY)
+    elif BLOCK_PTR:
         kt_ptr = tl.make_block_ptr(K + k_base, shape=(D, Tk), strides=(1, stride_kn), offsets=(0, lo),
                                    block_shape=(BLOCK_D, BLOCK_N), order=(0, 1))
         v_ptr = tl.make_block_ptr(V + v_base, shape=(Tk, D), strides=(stride_vn, 1), offsets=(lo, 0),
                                   block_shape=(BLOCK_N, BLOCK_D), order=(1, 0))
-    for start_n in range(lo, hi, BLOCK_N):
-        n = start_n + offs_n
-        if BLOCK_PTR:
+        for start_n in range(lo, hi, BLOCK_N):
+            n = start_n + offs_n
             kt = tl.load(kt_ptr, boundary_check=(0, 1), padding_option="zero")
             v = tl.load(v_ptr, boundary_check=(0, 1), padding_option="zero")
-        else:
-            kt = tl.load(K + k_base + n[None, :] * stride_kn + offs_d[:, None],
-                         mask=(n[None, :] < Tk) & (offs_d[:, None] < D), other=0.0)
-            v = tl.load(V + v_base + n[:, None] * stride_vn + offs_d[None, :],
-                        mask=(n[:, None] < Tk) & (offs_d[None, :] < D), other=0.0)
-        s = _dot(q, kt, IEEE) * qk_scale
-        if MASKED:
-            valid = n[None, :] < Tk
-            if CAUSAL:
-                valid = valid & (n[None, :] <= offs_m[:, None] + OFFSET)
-            if HAS_MASK:
-                mk = tl.load(MASK + mask_base + n[None, :] * stride_mn, mask=valid, other=0)
-                valid = valid & (mk != 0)
-            s = tl.where(valid, s, float("-inf"))
-        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v, IEEE)
-        if BLOCK_PTR:
+            acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, kt, v, n, offs_m, MASK, mask_base, stride_mn, Tk, OFFSET,
+                                      qk_scale, MASKED, CAUSAL, HAS_MASK, IEEE, LAZY)
             kt_ptr = tl.advance(kt_ptr, (0, BLOCK_N))
             v_ptr = tl.advance(v_ptr, (BLOCK_N, 0))
+    else:
+        for start_n in range(lo, hi, BLOCK_N):
+            n = start_n + offs_n
+            kt, v = _load_kv(K, V, k_desc, v_desc, k_base, v_base, start_n, n, offs_d, stride_kn, stride_vn, Tk, D,
+                             TMA)
+            acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, kt, v, n, offs_m, MASK, mask_base, stride_mn, Tk, OFFSET,
+                                      qk_scale, MASKED, CAUSAL, HAS_MASK, IEEE, LAZY)
     return acc, m_i, l_i
 
 
@@ -91,7 +130,8 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, MASK,
                      smk_b, smk_h, smk_m, smk_n,
                      H, GROUP, Tq, Tk, D, qk_scale,
                      CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_D: tl.constexpr, IEEE: tl.constexpr, REVERSE: tl.constexpr, BLOCK_PTR: tl.constexpr):
+                     BLOCK_D: tl.constexpr, IEEE: tl.constexpr, REVERSE: tl.constexpr, BLOCK_PTR: tl.constexpr,
+                     TMA: tl.constexpr = False, WS: tl.constexpr = False, LAZY: tl.constexpr = False):
     pid_bh, b, h, kvh, m_start = _query_tile(H, GROUP, Tq, BLOCK_M, REVERSE)
     OFFSET = Tk - Tq
     offs_m = m_start + tl.arange(0, BLOCK_M)
@@ -102,6 +142,15 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, MASK,
     k_base = b * sk_b + kvh * sk_h
     v_base = b * sv_b + kvh * sv_h
     mask_base = b * smk_b + h * smk_h + offs_m[:, None] * smk_m
+    k_desc = K  # placeholders unless TMA (never used then)
+    v_desc = V
+    if TMA:
+        # one 2-D descriptor per (batch, KV head): rows past Tk and columns past D read as zero, so no tile ever
+        # reaches into the next head; needs 16-byte aligned bases and row strides (checked by the launcher)
+        k_desc = tl.make_tensor_descriptor(K + k_base, shape=[Tk, D], strides=[sk_n, 1],
+                                           block_shape=[BLOCK_N, BLOCK_D])
+        v_desc = tl.make_tensor_descriptor(V + v_base, shape=[Tk, D], strides=[sv_n, 1],
+                                           block_shape=[BLOCK_N, BLOCK_D])
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -115,12 +164,12 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, MASK,
     if HAS_MASK:
         full_hi = 0
     full_hi = tl.maximum(full_hi, 0)
-    acc, m_i, l_i = _attn_fwd_inner(acc, m_i, l_i, q, K, V, MASK, k_base, v_base, mask_base, sk_n, sv_n, smk_n,
-                                    offs_m, offs_n, offs_d, 0, full_hi, Tk, D, OFFSET, qk_scale,
-                                    False, CAUSAL, HAS_MASK, BLOCK_N, BLOCK_D, IEEE, BLOCK_PTR)
-    acc, m_i, l_i = _attn_fwd_inner(acc, m_i, l_i, q, K, V, MASK, k_base, v_base, mask_base, sk_n, sv_n, smk_n,
-                                    offs_m, offs_n, offs_d, full_hi, hi, Tk, D, OFFSET, qk_scale,
-                                    True, CAUSAL, HAS_MASK, BLOCK_N, BLOCK_D, IEEE, BLOCK_PTR)
+    acc, m_i, l_i = _attn_fwd_inner(acc, m_i, l_i, q, K, V, MASK, k_desc, v_desc, k_base, v_base, mask_base,
+                                    sk_n, sv_n, smk_n, offs_m, offs_n, offs_d, 0, full_hi, Tk, D, OFFSET, qk_scale,
+                                    False, CAUSAL, HAS_MASK, BLOCK_N, BLOCK_D, IEEE, BLOCK_PTR, TMA, WS, LAZY)
+    acc, m_i, l_i = _attn_fwd_inner(acc, m_i, l_i, q, K, V, MASK, k_desc, v_desc, k_base, v_base, mask_base,
+                                    sk_n, sv_n, smk_n, offs_m, offs_n, offs_d, full_hi, hi, Tk, D, OFFSET, qk_scale,
+                                    True, CAUSAL, HAS_MASK, BLOCK_N, BLOCK_D, IEEE, BLOCK_PTR, TMA, WS, LAZY)
     # an empty row stores lse = +inf, so the backward's exp2(s - lse) is 0 there
     out, lse = _finish_rows(acc, m_i, l_i, float("inf"))
     row_ok = offs_m < Tq
@@ -255,10 +304,29 @@ _BWD_TABLE = {
     80: {64: (64, 64, 4, 2), 128: (64, 64, 4, 2), 256: (32, 32, 8, 1)},
     89: {64: (64, 64, 4, 2), 128: (32, 64, 4, 2), 256: (32, 32, 4, 1)},
 }
-FWD_FLAGS = ("REVERSE", "BLOCK_PTR")  # variant switches a forward config may set (constexpr, default False)
+# Variant switches a forward config may set (constexpr, default False): REVERSE heavy-first query blocks,
+# BLOCK_PTR block-pointer loads, TMA K/V through device-side tensor descriptors (tl.make_tensor_descriptor; TMA
+# copies on sm_90+), WS the key loop warp-specialized by the compiler (tl.range(warp_specialize=True)), LAZY the
+# FlashAttention-3 thresholded rescale (_online_softmax_step_lazy). None is on by default: on the H200 sweep
+# (bench/results/sweep-attn-H200.json) BLOCK_PTR was slower and REVERSE a wash; TMA/WS/LAZY await their sweep.
+FWD_FLAGS = ("REVERSE", "BLOCK_PTR", "TMA", "WS", "LAZY")
 # tl.make_block_ptr exists up to Triton 3.6 (the GPU machine); later versions keep the name but raise
 # NotImplementedError ("removed in favor of the tensor descriptor API"), so BLOCK_PTR is refused there.
 HAS_BLOCK_PTR = hasattr(tl, "make_block_ptr") and "removed" not in (getattr(tl.make_block_ptr, "__doc__", "") or "")
+# Device-side tensor descriptors (Triton >= 3.4-ish); their TMA descriptor lives in a global-memory workspace that
+# the launch asks triton's allocator for (triton.set_allocator), so both must exist.
+HAS_TMA = hasattr(tl, "make_tensor_descriptor") and hasattr(triton, "set_allocator")
+
+
+def _has_ws() -> bool:
+    try:
+        import inspect
+        return "warp_specialize" in inspect.signature(tl.range).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+HAS_WS = _has_ws()
 
 
 def _table_key(arch) -> int:
@@ -291,7 +359,7 @@ def fwd_config(D: int, arch=None, element_size: int = 2) -> dict:
     """Forward launch settings for head_dim D on `arch` = (major, minor, smem) (default: sm_90) as a dict:
     BLOCK_M, BLOCK_N, num_warps, num_stages and the variant flags."""
     bm, bn, w, st = _lookup(_FWD_TABLE, D, arch, element_size)
-    return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st, REVERSE=False, BLOCK_PTR=False)
+    return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st, **{f: False for f in FWD_FLAGS})
 
 
 def bwd_config(D: int, arch=None, element_size: int = 2) -> dict:
@@ -310,7 +378,42 @@ def _as_config(config, default: dict) -> dict:
         raise ValueError(f"unknown attention config keys {sorted(unknown)}; known: {sorted(default)}")
     if config.get("BLOCK_PTR") and not HAS_BLOCK_PTR:
         raise ValueError(f"config BLOCK_PTR=True needs tl.make_block_ptr, which triton {triton.__version__} removed")
+    if config.get("TMA") and not HAS_TMA:
+        raise ValueError(f"config TMA=True needs tl.make_tensor_descriptor and triton.set_allocator, which triton "
+                         f"{triton.__version__} lacks")
+    if config.get("WS") and not HAS_WS:
+        raise ValueError(f"config WS=True needs tl.range(warp_specialize=...), which triton {triton.__version__} lacks")
+    if config.get("WS") and config.get("BLOCK_PTR"):
+        raise ValueError("config WS=True does not combine with BLOCK_PTR=True (use TMA=True for descriptor loads)")
     return {**default, **config}
+
+
+def _tma_workspace(size: int, alignment: int, stream):
+    """triton allocator for the descriptors' global workspace: a byte tensor from torch's caching allocator (from
+    the graph's pool while a CUDA graph is captured)."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _prepare_tma(q, k, v):
+    """Check what device-side tensor descriptors need and make sure triton has an allocator for their workspace
+    (ours, unless the user already set one)."""
+    if q.device.type == "cuda" and torch.cuda.get_device_capability(q.device)[0] < 9:
+        raise ValueError("config TMA=True needs a GPU with TMA (compute capability 9.0 or newer)")
+    isz = k.element_size()
+    for name, t in (("k", k), ("v", v)):
+        if t.data_ptr() % 16 or any((st * isz) % 16 for st in t.stride()[:3]):
+            raise ValueError(f"config TMA=True needs {name} 16-byte aligned with 16-byte multiple strides in batch, "
+                             f"head and sequence; got strides {tuple(t.stride())} of {isz}-byte elements")
+    if INTERPRET or q.device.type != "cuda":
+        return
+    try:
+        from triton.runtime import _allocation
+        current = _allocation._allocator.get()
+        if not isinstance(current, _allocation.NullAllocator):
+            return
+    except (ImportError, AttributeError):  # another layout of triton's internals: set ours
+        pass
+    triton.set_allocator(_tma_workspace)
 
 
 _settings_cache: dict = {}
@@ -342,7 +445,8 @@ def _mask_args(attn_mask, B, H, Tq, Tk):
 
 def attention_fwd(q, k, v, causal, scale, attn_mask=None, config=None):
     """Launch the forward; config: None (the table for this GPU), a tuple (BLOCK_M, BLOCK_N, num_warps,
-    num_stages) or a dict of those plus the variant flags REVERSE (heavy-first query blocks) and BLOCK_PTR."""
+    num_stages) or a dict of those plus the variant flags FWD_FLAGS (REVERSE heavy-first query blocks,
+    BLOCK_PTR, TMA, WS, LAZY; see FWD_FLAGS)."""
     q, k, v = unit_last(q), unit_last(k), unit_last(v)
     B, H, Tq, D = q.shape
     HKV, Tk = k.shape[1], k.shape[2]
@@ -350,6 +454,8 @@ def attention_fwd(q, k, v, causal, scale, attn_mask=None, config=None):
     lse = torch.empty((B, H, Tq), dtype=torch.float32, device=q.device)
     mask, ms = _mask_args(attn_mask, B, H, Tq, Tk)
     c = _settings(fwd_config, D, q.dtype, q.device, config)
+    if c["TMA"]:
+        _prepare_tma(q, k, v)
     BD = max(16, triton.next_power_of_2(D))
     grid = (triton.cdiv(Tq, c["BLOCK_M"]), B * H)
     _attn_fwd_kernel[grid](q, k, v, o, lse, mask if mask is not None else q,

@@ -45,11 +45,37 @@ def _combine_row(O_PART, LSE_PART, O, part_row, out_ptrs, D, SPLITS, BLOCK_S: tl
 
 
 @triton.jit
+def _decode_load_kv(k_base, v_base, n, hi, offs_d, sk_n, sv_n, D):
+    """K and V rows n (BLOCK_N, BLOCK_D) of one (batch, KV head), zero at n >= hi and past D."""
+    ok = (n[:, None] < hi) & (offs_d[None, :] < D)
+    k = tl.load(k_base + n[:, None] * sk_n + offs_d[None, :], mask=ok, other=0.0)
+    v = tl.load(v_base + n[:, None] * sv_n + offs_d[None, :], mask=ok, other=0.0)
+    return k, v
+
+
+@triton.jit
+def _decode_mask(s, n, n_ok, limit, KEYMASK, km_base, HAS_KEYMASK: tl.constexpr):
+    """-inf where key n is out of this split, not yet visible to the row (n >= limit) or masked out."""
+    valid = n_ok[None, :] & (n[None, :] < limit[:, None])
+    if HAS_KEYMASK:
+        km = tl.load(KEYMASK + km_base + n, mask=n_ok, other=0)
+        valid = valid & (km != 0)[None, :]
+    return tl.where(valid, s, float("-inf"))
+
+
+@triton.jit
 def _decode_split_kernel(Q, K, V, LENGTHS, KEYMASK, O_PART, LSE_PART, O, COUNTER,
                          sq_b, sq_h, sq_t, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, skm_b, so_b, so_h, so_t,
                          HKV, GROUP, Tq, D, qk_scale, SPLITS,
                          HAS_KEYMASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                         BLOCK_D: tl.constexpr, IEEE: tl.constexpr, FUSED: tl.constexpr, BLOCK_S: tl.constexpr):
+                         BLOCK_D: tl.constexpr, IEEE: tl.constexpr, FUSED: tl.constexpr, BLOCK_S: tl.constexpr,
+                         MMA: tl.constexpr = True, PDL: tl.constexpr = False):
+    """MMA=False: q.k and p.v as broadcast products summed in fp32 (tl.sum) instead of tl.dot, so BLOCK_M is the
+    group's rows rounded up to a power of two, not an MMA tile of 16 that is mostly padding at GROUP * Tq = 4.
+    PDL: let the combine launch (programmatic dependent launch) as soon as every split program has started;
+    the combine waits for this grid's completion (gdc_wait) before reading the partials."""
+    if PDL:
+        tl.extra.cuda.gdc_launch_dependents()
     split = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     b = pid_bh // HKV
@@ -74,21 +100,37 @@ def _decode_split_kernel(Q, K, V, LENGTHS, KEYMASK, O_PART, LSE_PART, O, COUNTER
     offs_n = tl.arange(0, BLOCK_N)
     k_base = K + b * sk_b + kvh * sk_h
     v_base = V + b * sv_b + kvh * sv_h
-    for start_n in range(lo, hi, BLOCK_N):
-        n = start_n + offs_n
-        n_ok = n < hi
-        # both tiles are requested before the dot, so the V load overlaps the scores
-        kt = tl.load(k_base + n[None, :] * sk_n + offs_d[:, None], mask=n_ok[None, :] & (offs_d[:, None] < D),
-                     other=0.0)
-        v = tl.load(v_base + n[:, None] * sv_n + offs_d[None, :], mask=n_ok[:, None] & (offs_d[None, :] < D),
-                    other=0.0)
-        s = _dot(q, kt, IEEE) * qk_scale
-        valid = n_ok[None, :] & (n[None, :] < limit[:, None])
-        if HAS_KEYMASK:
-            km = tl.load(KEYMASK + b * skm_b + n, mask=n_ok, other=0)
-            valid = valid & (km != 0)[None, :]
-        s = tl.where(valid, s, float("-inf"))
-        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v, IEEE)
+    if MMA:
+        for start_n in range(lo, hi, BLOCK_N):
+            n = start_n + offs_n
+            n_ok = n < hi
+            # both tiles are requested before the dot, so the V load overlaps the scores
+            kt = tl.load(k_base + n[None, :] * sk_n + offs_d[:, None], mask=n_ok[None, :] & (offs_d[:, None] < D),
+                         other=0.0)
+            v = tl.load(v_base + n[:, None] * sv_n + offs_d[None, :], mask=n_ok[:, None] & (offs_d[None, :] < D),
+                        other=0.0)
+            s = _decode_mask(_dot(q, kt, IEEE) * qk_scale, n, n_ok, limit, KEYMASK, b * skm_b, HAS_KEYMASK)
+            acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v, IEEE)
+    else:
+        # No tl.dot: the compiler's pipeliner does not stage these loads through shared memory (they feed no
+        # MMA), so the next tile is requested by hand before this one is used (register double buffer).
+        qf = q.to(tl.float32)
+        k_nx, v_nx = _decode_load_kv(k_base, v_base, lo + offs_n, hi, offs_d, sk_n, sv_n, D)
+        for start_n in range(lo, hi, BLOCK_N):
+            n = start_n + offs_n
+            n_ok = n < hi
+            k, v = k_nx, v_nx
+            k_nx, v_nx = _decode_load_kv(k_base, v_base, n + BLOCK_N, hi, offs_d, sk_n, sv_n, D)
+            s = tl.sum(qf[:, None, :] * k.to(tl.float32)[None, :, :], 2) * qk_scale
+            s = _decode_mask(s, n, n_ok, limit, KEYMASK, b * skm_b, HAS_KEYMASK)
+            # the online-softmax step with p kept in fp32 and p.v as a broadcast sum
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.math.exp2(m_i - m_safe)
+            p = tl.math.exp2(s - m_safe[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v.to(tl.float32)[None, :, :], 1)
+            m_i = m_new
     out, lse = _finish_rows(acc, m_i, l_i, float("-inf"))
     # scratch layout: O_PART (B, H, Tq, SPLITS, D), LSE_PART (B, H, Tq, SPLITS)
     part = (b * HKV * GROUP + h) * Tq + t
@@ -113,20 +155,45 @@ def _decode_split_kernel(Q, K, V, LENGTHS, KEYMASK, O_PART, LSE_PART, O, COUNTER
 
 
 @triton.jit
-def _decode_combine_kernel(O_PART, LSE_PART, O, so_b, so_h, so_t, H, Tq, D, SPLITS,
-                           BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)  # (b * H + h) * Tq + t
-    t = pid % Tq
-    h = (pid // Tq) % H
-    b = pid // (Tq * H)
-    _combine_row(O_PART, LSE_PART, O, pid, O + b * so_b + h * so_h + t * so_t, D, SPLITS, BLOCK_S, BLOCK_D)
+def _decode_combine_kernel(O_PART, LSE_PART, O, so_b, so_h, so_t, H, Tq, D, SPLITS, N_ROWS,
+                           BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr = 1,
+                           PDL: tl.constexpr = False):
+    """Program p merges query rows p * ROWS .. p * ROWS + ROWS - 1 of the N_ROWS = B * H * Tq rows
+    (row = (b * H + h) * Tq + t). PDL: launched early (programmatic dependent launch); gdc_wait blocks until the
+    split grid has finished and its writes are visible."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+    for i in tl.static_range(ROWS):
+        pid = tl.program_id(0).to(tl.int64) * ROWS + i
+        t = pid % Tq
+        h = (pid // Tq) % H
+        b = pid // (Tq * H)
+        if pid < N_ROWS:
+            _combine_row(O_PART, LSE_PART, O, pid, O + b * so_b + h * so_h + t * so_t, D, SPLITS, BLOCK_S, BLOCK_D)
 
 
 # Launch settings per compute capability: BLOCK_N, num_warps, num_stages of the split kernel. sm_90 from
 # bench/sweep.py (H200, bench/results/sweep-H200.json); sm_80/sm_89: fewer stages where a stage of K and V at
 # head_dim 256 would not fit (tests/test_launch_configs.py compiles them for those targets).
+# Phase-2 variant keys (defaults = the measured behaviour): MMA=False scores without tl.dot (tiny groups),
+# COMBINE_ROWS query rows per combine program, COMBINE_WARPS its warps, PDL programmatic dependent launch of the
+# combine (sm_90+, Triton with launch_pdl; ignored by the interpreter, which has no second grid to overlap).
 DECODE_DEFAULTS = dict(BLOCK_N=64, num_warps=4, num_stages=3, SPLITS=None, WAVES=4, MIN_CHUNK=256, MAX_SPLITS=128,
-                       FUSED=False)
+                       FUSED=False, MMA=True, COMBINE_ROWS=1, COMBINE_WARPS=4, PDL=False)
+
+
+def _has_pdl() -> bool:
+    """Triton can launch with programmatic dependent launch (launch_pdl option) and has the gdc_* intrinsics."""
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+        from triton.language.extra import cuda as tl_cuda
+    except Exception:  # noqa: BLE001 - no NVIDIA backend, or an older layout
+        return False
+    fields = getattr(CUDAOptions, "__dataclass_fields__", {})
+    return "launch_pdl" in fields and hasattr(tl_cuda, "gdc_wait") and hasattr(tl_cuda, "gdc_launch_dependents")
+
+
+HAS_PDL = _has_pdl()
 
 
 def decode_config(D: int, arch=None, element_size: int = 2) -> dict:
@@ -181,6 +248,14 @@ def _make_plan(B, H, HKV, L, D, Tq, dtype, device, has_mask, config, splits) -> 
         if unknown:
             raise ValueError(f"unknown decode config keys {sorted(unknown)}; known: {sorted(c)}")
         c.update(config)
+    if c["PDL"] and not HAS_PDL:
+        raise ValueError(f"decode config PDL=True needs triton's launch_pdl option and gdc intrinsics (triton "
+                         f"{triton.__version__} lacks them)")
+    if c["PDL"] and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 9:
+        raise ValueError("decode config PDL=True needs compute capability 9.0 or newer")
+    if int(c["COMBINE_ROWS"]) < 1 or int(c["COMBINE_WARPS"]) < 1:
+        raise ValueError(f"decode config COMBINE_ROWS and COMBINE_WARPS must be >= 1, got {c['COMBINE_ROWS']}, "
+                         f"{c['COMBINE_WARPS']}")
     p = _Plan()
     p.splits = int(splits or c["SPLITS"] or choose_splits(B, HKV, L, c["BLOCK_N"], c["WAVES"], c["MIN_CHUNK"],
                                                          c["MAX_SPLITS"]))
@@ -188,12 +263,18 @@ def _make_plan(B, H, HKV, L, D, Tq, dtype, device, has_mask, config, splits) -> 
     bd = max(16, triton.next_power_of_2(D))
     bs = max(2, triton.next_power_of_2(p.splits))
     p.B, p.H, p.Tq, p.D, p.HKV, p.GROUP, p.fused = B, H, Tq, D, HKV, group, bool(c["FUSED"])
+    rows = int(c["COMBINE_ROWS"])
+    pdl = bool(c["PDL"]) and not INTERPRET and not p.fused
     p.grid = (p.splits, B * HKV)
-    p.cgrid = (B * H * Tq,)
-    p.consts = dict(HAS_KEYMASK=has_mask, BLOCK_M=max(16, triton.next_power_of_2(group * Tq)),
+    p.cgrid = (triton.cdiv(B * H * Tq, rows),)
+    mma = bool(c["MMA"])
+    p.consts = dict(HAS_KEYMASK=has_mask, BLOCK_M=max(16 if mma else 2, triton.next_power_of_2(group * Tq)),
                     BLOCK_N=c["BLOCK_N"], BLOCK_D=bd, IEEE=exact_dot(dtype), FUSED=p.fused, BLOCK_S=bs,
-                    num_warps=c["num_warps"], num_stages=c["num_stages"])
-    p.cconsts = dict(BLOCK_S=bs, BLOCK_D=bd, num_warps=1 if INTERPRET else 4)
+                    num_warps=c["num_warps"], num_stages=c["num_stages"], MMA=mma, PDL=pdl)
+    p.cconsts = dict(BLOCK_S=bs, BLOCK_D=bd, ROWS=rows, PDL=pdl,
+                     num_warps=1 if INTERPRET else int(c["COMBINE_WARPS"]))
+    if pdl:
+        p.cconsts["launch_pdl"] = True
     p.part_shape = (B, H, Tq, p.splits, D)
     p.lse_shape = (B, H, Tq, p.splits)
     p.counter_len = B * HKV
@@ -233,9 +314,10 @@ def decode_attention_fwd(q, k_cache, v_cache, lengths, scale, key_mask=None, spl
                          reuse_scratch: bool = True):
     """Launch split (+ combine unless FUSED). config: None (defaults for this GPU), a tuple (BLOCK_N, num_warps,
     num_stages) or a dict of DECODE_DEFAULTS keys (SPLITS, WAVES, MIN_CHUNK, MAX_SPLITS pick the split count;
-    FUSED merges the partials in the split kernel's last program instead of a second launch). reuse_scratch=False:
-    fresh scratch for this call (the registered op, whose memory torch.compile's CUDA-graph trees manage: a
-    cached buffer allocated in their pool during warm-up would outlive it)."""
+    FUSED merges the partials in the split kernel's last program instead of a second launch; MMA, COMBINE_ROWS,
+    COMBINE_WARPS, PDL: see DECODE_DEFAULTS). reuse_scratch=False: fresh scratch for this call (the registered
+    op, whose memory torch.compile's CUDA-graph trees manage: a cached buffer allocated in their pool during
+    warm-up would outlive it)."""
     if q.stride(-1) != 1:
         q = q.contiguous()
     B, H, Tq, D = q.shape
@@ -257,7 +339,8 @@ def decode_attention_fwd(q, k_cache, v_cache, lengths, scale, key_mask=None, spl
         sq[0], sq[1], sq[2], sk[0], sk[1], sk[2], sv[0], sv[1], sv[2], skm, so[0], so[1], so[2],
         p.HKV, p.GROUP, Tq, D, scale * LOG2E, p.splits, **p.consts)
     if not p.fused:
-        _decode_combine_kernel[p.cgrid](o_part, lse_part, o, so[0], so[1], so[2], H, Tq, D, p.splits, **p.cconsts)
+        _decode_combine_kernel[p.cgrid](o_part, lse_part, o, so[0], so[1], so[2], H, Tq, D, p.splits, B * H * Tq,
+                                        **p.cconsts)
     return o
 
 
