@@ -25,6 +25,7 @@ import json
 import time
 
 import torch
+from litekernels.generation.api import _state, release_runtime
 
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 8192}
@@ -86,13 +87,13 @@ def measure_memory(model, prompts, new: int, device: str) -> dict:
 
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     out = {"batch": len(prompts), "prompt": len(prompts[0]), "new_tokens": new, "weights_GB": weights / GB}
-    model.__dict__.pop("_lite_runtime", None)
+    release_runtime(model)
     graph = _cuda(device)
     for call in ("first_call", "second_call"):
         base = _reset_peak(device)
         generate_ids(model, prompts, new, use_cuda_graph=graph)
         peak = _peak(device)
-        rt = model._lite_runtime
+        rt = _state(model).runtime
         kv = sum(t.numel() * t.element_size() for t in (rt.k_cache, rt.v_cache))
         out["kv_cache_GB"] = kv / GB
         out["kv_cache_shape"] = list(rt.k_cache.shape)
@@ -194,7 +195,7 @@ def main(argv=None):
             except Exception as e:  # noqa: BLE001 - keep the other rows
                 row["speed"].append({"batch": B, "error": repr(e)[:300]})
             print(shape, "speed", row["speed"][-1], flush=True)
-        model.__dict__.pop("_lite_runtime", None)
+        release_runtime(model)
         for B in batches:
             try:
                 row["step"][str(B)] = step_fused_vs_split(model, B, device)

@@ -352,9 +352,9 @@ def _check_labels_range(labels, vocab, ignore_index):
     """Raise ValueError for a label outside [0, vocab) that is not ignore_index (one host sync on CUDA)."""
     if labels.numel() == 0:
         return
-    if labels.is_cuda and torch.cuda.is_current_stream_capturing():
+    if tracing():  # first: torch.compile / export cannot branch on data, nor trace the capture query below
         return
-    if tracing():  # torch.compile / export: a graph cannot branch on data (and it would be a host sync)
+    if labels.is_cuda and torch.cuda.is_current_stream_capturing():
         return
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab))
     if bool(bad.any()):
