@@ -68,6 +68,15 @@ GEN = (T + "test_generation.py::test_runtime_matches_hf_greedy_token_for_token_a
        T + "test_generation.py::test_top_k_top_p_only_pick_allowed_tokens_with_sane_frequencies", T + "test_generation.py")
 PATCH = (T + "test_patches.py::test_patched_logits_match", T + "test_patches.py::test_generate_greedy_matches_with_left_padding",
          T + "test_patches.py::test_lite_attention_function_with_additive_and_bias_masks", T + "test_patches.py")
+CE = (T + "test_cross_entropy.py::test_matches_reference", T + "test_cross_entropy.py")
+CEP = (T + "test_cross_entropy.py::test_patched_loss_and_grads_match_hf_and_logits_are_none",
+       T + "test_cross_entropy.py::test_patch_honours_num_items_shift_labels_and_return_dict", T + "test_cross_entropy.py")
+LIB = (T + "test_library.py",)
+FAM = (T + "test_families.py::test_qwen3_runtime_applies_qk_norm", T + "test_families.py::test_runtime_greedy_matches_hf_generate_on_ragged_batch",
+       T + "test_families.py")
+RTM = (T + "test_runtime_memory.py",)
+SAFE = (T + "test_generation_safety.py",)
+ATTV = (T + "test_attention_variants.py",)
 PROPS = TILES = ()  # folded into the selections above
 OPS = "litekernels/ops/"
 
@@ -162,6 +171,81 @@ MUTATIONS = [
       why="a bool mask made additive for HF eager (sliding window) with the wrong polarity"),
     M("patch_rms_eps_ignored", "litekernels/modules.py", "LF.rms_norm(hidden_states, _local(self.weight), self.variance_epsilon)",
       "LF.rms_norm(hidden_states, _local(self.weight), 1e-6)", PATCH),
+    # --- fused linear cross-entropy -------------------------------------------------------------------------
+    M("ce_fwd_online_rescale_dropped", OPS + "cross_entropy.py", "s = s * tl.exp(m - m_new) + tl.sum", "s = s + tl.sum", CE,
+      why="the online log-sum-exp forgets to rescale earlier vocab blocks (only a row longer than one block sees it)"),
+    M("ce_fwd_loss_target_term", OPS + "cross_entropy.py", "loss = lse - (1.0 - label_smoothing) * z_y", "loss = lse - z_y", CE,
+      why="label smoothing left out of the target term of the loss"),
+    M("ce_fwd_smoothing_mean_over_block", OPS + "cross_entropy.py", "loss -= label_smoothing / n_cols * sum_z",
+      "loss -= label_smoothing / BLOCK * sum_z", CE),
+    M("ce_grad_target_sign", OPS + "cross_entropy.py", "g -= tl.where(cols == label, 1.0 - label_smoothing, 0.0)",
+      "g += tl.where(cols == label, 1.0 - label_smoothing, 0.0)", CE, why="a wrong sign in a backward"),
+    M("ce_grad_smoothing_dropped", OPS + "cross_entropy.py", "            g -= label_smoothing / n_cols\n",
+      "            g -= 0.0 * label_smoothing / n_cols\n", CE),
+    M("ce_ignore_index_gets_gradient", OPS + "cross_entropy.py", "scale = tl.where(ignored, 0.0, scale)", "scale = scale", CE),
+    M("ce_ignore_index_gets_loss", OPS + "cross_entropy.py", "tl.store(LOSS + row, tl.where(ignored, 0.0, loss))",
+      "tl.store(LOSS + row, loss)", CE),
+    M("ce_softcap_fwd_half_argument", OPS + "cross_entropy.py", "2.0 * tl.sigmoid(2.0 * x / softcap) - 1.0",
+      "2.0 * tl.sigmoid(x / softcap) - 1.0", CE),
+    M("ce_softcap_grad_factor", OPS + "cross_entropy.py", "g *= 1.0 - t * t", "g *= 1.0 - t", CE),
+    M("ce_z_loss_grad_factor", OPS + "cross_entropy.py", "p_scale = 1.0 + 2.0 * z_loss * lse", "p_scale = 1.0 + z_loss * lse", CE),
+    M("ce_chunk_grad_weight_last_chunk_only", OPS + "cross_entropy.py", "first=s == 0)\n    del buf", "first=True)\n    del buf", CE,
+      why="grad_weight overwritten by each chunk instead of accumulated (a chunk boundary)"),
+    M("ce_chunk_recompute_upstream_rows", OPS + "cross_entropy.py", "g_rows[s:e], scale_stride=g_rows.stride(0)",
+      "g_rows, scale_stride=g_rows.stride(0)", CE, why="reduction='none' backward: every chunk scaled by the first rows' gradient"),
+    M("ce_n_items_ignored", OPS + "cross_entropy.py", "divisor = _mean_divisor(labels, ignore_index, n_items)",
+      "divisor = _mean_divisor(labels, ignore_index, None)", CE),
+    M("ce_upstream_grad_ignored_for_weight", OPS + "cross_entropy.py", "gw = scale_inplace(gw, go).to(ctx.weight_dtype)",
+      "gw = gw.to(ctx.weight_dtype)", CE),
+    # --- causal-LM patch (fused loss) -----------------------------------------------------------------------
+    M("causal_lm_labels_not_shifted", "patches/causal_lm.py", "F.pad(labels, (0, 1), value=ignore_index)[..., 1:]",
+      "F.pad(labels, (0, 1), value=ignore_index)[..., :-1]", CEP),
+    M("causal_lm_num_items_dropped", "patches/causal_lm.py", "n_items=num_items_in_batch,", "n_items=None,", CEP,
+      why="gradient accumulation's num_items_in_batch ignored: mean over this batch's labels instead"),
+    M("causal_lm_fused_in_eval", "patches/causal_lm.py", "if not model.training or (", "if (", CEP,
+      why="eval forward with labels loses its logits"),
+    # --- torch.library registration ------------------------------------------------------------------------
+    M("library_fake_decode_linear_shape", "litekernels/library.py", "x.new_empty((*x.shape[:-1], weight.shape[0]))",
+      "x.new_empty((*x.shape[:-1], weight.shape[1]))", LIB),
+    M("library_fake_attention_lse_dtype", "litekernels/library.py", "q.new_empty((B, H, Tq), dtype=torch.float32)",
+      "q.new_empty((B, H, Tq))", LIB),
+    M("library_silu_backward_routed_swapped", "litekernels/library.py",
+      "return torch.ops.litekernels.silu_mul_backward(dy, gate, up)", "return torch.ops.litekernels.silu_mul_backward(dy, up, gate)",
+      LIB),
+    M("library_rms_backward_drops_dweight", "litekernels/library.py", "return dx, dw, None", "return dx, None, None", LIB),
+    # --- runtime: zero-copy fused projections, families -----------------------------------------------------
+    M("runtime_rebind_wrong_rows", "litekernels/generation/runtime.py", "        t.data = fused[row: row + t.shape[0]]",
+      "        t.data = fused[0: t.shape[0]]", RTM, GEN),
+    M("runtime_adjacent_view_offset", "litekernels/generation/runtime.py",
+      "return first.detach().as_strided(shape, strides, first.storage_offset())",
+      "return first.detach().as_strided(shape, strides, first.storage_offset() + 1)", RTM, GEN,
+      why="a second runtime views the already-fused parameters one element off"),
+    M("runtime_gate_up_swapped", "litekernels/generation/runtime.py", "gate, up = self._proj(x, L.gu).split(", "up, gate = self._proj(x, L.gu).split(",
+      GEN),
+    M("runtime_qk_norm_skipped", "litekernels/generation/runtime.py", "if L.q_norm is not None:  # Qwen3", "if False:  # Qwen3", FAM),
+    M("runtime_k_norm_uses_q_weight", "litekernels/generation/runtime.py", "qkv[:, :, H:H + KV], L.k_norm, L.qk_eps",
+      "qkv[:, :, H:H + KV], L.q_norm, L.qk_eps", FAM),
+    M("runtime_fused_bias_dropped", "litekernels/generation/runtime.py", "    if all(with_bias):\n        b = _adjacent(bs)",
+      "    if False:\n        b = _adjacent(bs)", FAM, why="Qwen2's q/k/v bias lost when the projections are fused"),
+    M("runtime_prefill_v_written_as_k", "litekernels/generation/runtime.py", "self.v_cache[i, :B, :, :T] = v",
+      "self.v_cache[i, :B, :, :T] = k", GEN),
+    # --- generate(): weight checks and the per-model lock ---------------------------------------------------
+    M("api_reassigned_parameter_ignored", "litekernels/generation/api.py", "            if d.get(k) is not v:\n                return True",
+      "            if False:\n                return True", SAFE, why="a parameter replaced by a new one is not noticed"),
+    M("api_new_storage_ignored", "litekernels/generation/api.py", "if param_versions_matter or [(s[0], s[2], s[3]) for s in now] != [(s[0], s[2], s[3]) for s in self.param_state]:",
+      "if param_versions_matter:", SAFE, why="a parameter given new storage (param.data = ...) is not noticed"),
+    M("api_generate_lock_not_taken", "litekernels/generation/api.py",
+      "    st = _state(model)\n    with st.lock:\n        rt = _ready_runtime(model, st, B,",
+      "    st = _state(model)\n    with __import__('contextlib').nullcontext():\n        rt = _ready_runtime(model, st, B,", SAFE),
+    # --- flash-decoding launch plans, attention backward preprocess -----------------------------------------
+    M("decode_plan_key_ignores_mask", OPS + "decode_attention.py", "q.dtype, q.device, has_mask, _config_key(config), splits)",
+      "q.dtype, q.device, _config_key(config), splits)", DEC, ATTV, why="a plan built without a key mask reused for a masked call"),
+    M("decode_plan_key_ignores_tq", OPS + "decode_attention.py", "key = (B, H, k_cache.shape[1], L, D, Tq, q.dtype",
+      "key = (B, H, k_cache.shape[1], L, D, q.dtype", DEC, ATTV),
+    M("attn_bwd_delta_uses_o_twice", OPS + "attention.py", "delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)",
+      "delta = tl.sum(o.to(tl.float32) * o.to(tl.float32), 1)", ATT, ATTV),
+    M("attn_bwd_delta_last_row_unwritten", OPS + "attention.py", "tl.store(DELTA + pid_bh * Tq + offs_m, delta, mask=offs_m < Tq)",
+      "tl.store(DELTA + pid_bh * Tq + offs_m, delta, mask=offs_m < Tq - 1)", ATT, ATTV),
     # --- generation runtime --------------------------------------------------------------------------------
     M("runtime_decode_length_off_by_one", "litekernels/generation/runtime.py", "lengths = (positions + 1).to(torch.int32)",
       "lengths = positions.to(torch.int32)", GEN, why="the new token does not attend to itself"),
