@@ -247,6 +247,14 @@ MUTATIONS = [
       "delta = tl.sum(o.to(tl.float32) * o.to(tl.float32), 1)", ATT, ATTV),
     M("attn_bwd_delta_last_row_unwritten", OPS + "attention.py", "tl.store(DELTA + pid_bh * Tq + offs_m, delta, mask=offs_m < Tq)",
       "tl.store(DELTA + pid_bh * Tq + offs_m, delta, mask=offs_m < Tq - 1)", ATT, ATTV),
+    # --- shared Triton helpers (attention and decode), family registry entries -----------------------------
+    M("tl_common_acc_not_rescaled", OPS + "_tl_common.py", "acc = acc * alpha[:, None] + _dot(", "acc = acc + _dot(", ATT, DEC,
+      why="the online softmax forgets to rescale the accumulator when the running max grows"),
+    M("tl_common_empty_row_lse", OPS + "_tl_common.py", "tl.where(empty, EMPTY_LSE, m_i + tl.math.log2(l_safe))",
+      "m_i + tl.math.log2(l_safe)", ATTV, DEC, why="a fully masked row's log-sum-exp"),
+    M("qwen2_window_never_active", "patches/qwen2.py", 'if "sliding_attention" in', 'if "no_such_layer_type" in', FAM),
+    M("mistral_window_ignored", "patches/mistral.py", '    return getattr(config, "sliding_window", None)', "    return None", FAM),
+    M("qwen3_k_norm_path_is_q_norm", "patches/qwen3.py", 'k_norm="self_attn.k_norm"', 'k_norm="self_attn.q_norm"', FAM),
     # --- generation runtime --------------------------------------------------------------------------------
     M("runtime_decode_length_off_by_one", "litekernels/generation/runtime.py", "lengths = (positions + 1).to(torch.int32)",
       "lengths = positions.to(torch.int32)", GEN, why="the new token does not attend to itself"),
