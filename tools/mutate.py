@@ -251,7 +251,9 @@ MUTATIONS = [
     M("tl_common_acc_not_rescaled", OPS + "_tl_common.py", "acc = acc * alpha[:, None] + _dot(", "acc = acc + _dot(", ATT, DEC,
       why="the online softmax forgets to rescale the accumulator when the running max grows"),
     M("tl_common_empty_row_lse", OPS + "_tl_common.py", "tl.where(empty, EMPTY_LSE, m_i + tl.math.log2(l_safe))",
-      "m_i + tl.math.log2(l_safe)", ATTV, DEC, why="a fully masked row's log-sum-exp"),
+      "m_i + tl.math.log2(l_safe)", T + "test_attention.py::test_flash_attention_fully_masked_rows_are_zero_not_nan", ATT,
+      ATTV, DEC, why="a fully masked row's log-sum-exp: equivalent in decode (-inf either way); in flash-attention's "
+                     "backward only a query row with no visible key sees it"),
     M("qwen2_window_never_active", "patches/qwen2.py", 'if "sliding_attention" in', 'if "no_such_layer_type" in', FAM),
     M("mistral_window_ignored", "patches/mistral.py", '    return getattr(config, "sliding_window", None)', "    return None", FAM),
     M("qwen3_k_norm_path_is_q_norm", "patches/qwen3.py", 'k_norm="self_attn.k_norm"', 'k_norm="self_attn.q_norm"', FAM),
