@@ -122,6 +122,23 @@ def test_runtime_matches_hf_greedy_token_for_token_and_logits(dtype):
 
 
 @requires_kernels()
+def test_runtime_reads_each_norms_own_eps():
+    """Every RMSNorm (input, post-attention, final) with its own eps, large enough to move its output by ~10%:
+    a runtime that drops one, or uses one norm's eps for another, gives other prefill logits than HF."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    model = _peaky_model()
+    for i, mod in enumerate(m for m in model.modules() if isinstance(m, LlamaRMSNorm)):
+        mod.variance_epsilon = 0.05 * (i + 1)
+    prompts = [[5, 80, 17, 200, 9], [1, 33]]
+    rt = LlamaRuntime(model, max_batch=2, max_seq_len=16)
+    got = rt.prefill(prompts)
+    with torch.no_grad():
+        want = torch.stack([model(torch.tensor([p], device=DEVICE)).logits[0, -1] for p in prompts])
+    torch.testing.assert_close(got, want, atol=2e-4, rtol=2e-4)
+
+
+@requires_kernels()
 def test_generate_ragged_batch_matches_hf_greedy():
     """generate() end to end (tokenizer, ragged batch, positions, the sampling loop) against HF greedy on each
     prompt alone, token for token, on the peaky model (a uniform-attention model repeats tokens and hides a

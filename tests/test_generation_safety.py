@@ -123,6 +123,9 @@ def test_runtime_follows_load_state_dict_reassignment_and_in_place_writes(model)
     with torch.no_grad():
         layer.self_attn.q_proj.weight.copy_(q.weight * -1.0)
     _assert_matches_hf(model)
+    # new storage under the same Parameter (no version-counter change, no new object): seen by its data_ptr
+    layer.mlp.up_proj.weight.data = torch.randn_like(layer.mlp.up_proj.weight) * 0.3
+    _assert_matches_hf(model)
 
 
 def test_runtime_follows_dtype_change_and_data_writes_after_release(model):

@@ -95,6 +95,8 @@ def test_meta_tensors_go_through_the_fake_implementations():
     k = torch.empty(2, 2, 40, 64, device="meta", dtype=torch.bfloat16)
     o = LF.flash_attention(q, k, k, causal=True)  # the public function on meta tensors
     assert o.shape == q.shape and o.device.type == "meta"
+    o, lse = torch.ops.litekernels.flash_attention(q, k, k, None, True, 0.125)  # half inputs: the lse stays fp32
+    assert o.dtype == torch.bfloat16 and lse.shape == (2, 8, 33) and lse.dtype == torch.float32
 
 
 def test_public_functions_trace_to_the_registered_ops():

@@ -188,6 +188,8 @@ def test_lite_attention_function_with_additive_and_bias_masks():
         out, _ = lite_attention_forward(module, q, k, v, additive, scaling=D ** -0.5)
         want = reference.attention(q, k, v, causal=True, attn_mask=allowed, scale=D ** -0.5).transpose(1, 2)
         torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+        out, _ = lite_attention_forward(module, q, k, v, allowed.to(torch.int64), scaling=D ** -0.5)  # nonzero = attend
+        torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
         bias = additive + 0.5 * torch.randn(B, 1, T, T, device=DEVICE)
         out, _ = lite_attention_forward(module, q, k, v, bias, scaling=D ** -0.5)
         want, _ = eager_attention_forward(module, q, k, v, bias, scaling=D ** -0.5)
