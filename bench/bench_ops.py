@@ -24,6 +24,7 @@ import torch.nn.functional as F
 import triton
 from triton.testing import do_bench
 
+from bench.graphs import capture
 from bench.results_io import save_results
 
 from litekernels import reference
@@ -277,18 +278,7 @@ def bench_host(res):
 
 def graph_ms(fn):
     """Median ms of replaying fn captured in a CUDA graph (warmed up on a side stream first)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    return do_bench(graph.replay, warmup=25, rep=100, return_mode="median")
+    return do_bench(capture(fn, 3).replay, warmup=25, rep=100, return_mode="median")
 
 
 def bench_decode_graph(res, bw):

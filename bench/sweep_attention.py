@@ -25,6 +25,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from bench.graphs import capture
 from litekernels.ops import attention as A
 from litekernels.ops import decode_attention as DA
 
@@ -145,18 +146,7 @@ class Sweep:
         if self.smoke:
             fn()
             return None
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            for _ in range(2):
-                fn()
-        torch.cuda.current_stream().wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            fn()
-        g.replay()
-        torch.cuda.synchronize()
-        return self._do_bench(g.replay, warmup=10, rep=60, return_mode="median")
+        return self._do_bench(capture(fn, 2).replay, warmup=10, rep=60, return_mode="median")
 
     def add(self, **row):
         row["elapsed_s"] = round(time.time() - self.t0, 1)
