@@ -122,10 +122,10 @@ MUTATIONS = [
     M("attn_fwd_3pct", OPS + "attention.py", "tl.store(O + b * so_b + h * so_h + offs_m[:, None] * so_m + offs_d[None, :], out.to(",
       "tl.store(O + b * so_b + h * so_h + offs_m[:, None] * so_m + offs_d[None, :], (out * 1.03).to(", ATT,
       why="a 3% systematic error in attention's output"),
-    M("attn_fwd_causal_off_by_one", OPS + "attention.py", "valid = valid & (n[None, :] <= offs_m[:, None] + OFFSET)\n            if HAS_MASK:\n                mk",
-      "valid = valid & (n[None, :] < offs_m[:, None] + OFFSET)\n            if HAS_MASK:\n                mk", ATT),
-    M("attn_fwd_mask_query_stride", OPS + "attention.py", "mask_base = b * smk_b + h * smk_h + offs_m[:, None] * smk_m\n    m_i",
-      "mask_base = b * smk_b + h * smk_h + offs_m[:, None] * 0\n    m_i", ATT, PROPS,
+    M("attn_fwd_causal_off_by_one", OPS + "attention.py", "valid = valid & (n[None, :] <= offs_m[:, None] + OFFSET)\n        if HAS_MASK:\n            mk = tl.load(MASK + mask_base + n[None, :] * stride_mn, mask=valid, other=0)\n            valid = valid & (mk != 0)\n        s = tl.where",
+      "valid = valid & (n[None, :] < offs_m[:, None] + OFFSET)\n        if HAS_MASK:\n            mk = tl.load(MASK + mask_base + n[None, :] * stride_mn, mask=valid, other=0)\n            valid = valid & (mk != 0)\n        s = tl.where", ATT),
+    M("attn_fwd_mask_query_stride", OPS + "attention.py", "mask_base = b * smk_b + h * smk_h + offs_m[:, None] * smk_m\n    k_desc",
+      "mask_base = b * smk_b + h * smk_h + offs_m[:, None] * 0\n    k_desc", ATT, PROPS,
       why="a mask read with the wrong stride: only a per-query mask sees it"),
     M("attn_fwd_band_end_uses_block_n", OPS + "attention.py", "hi = tl.minimum(Tk, m_start + BLOCK_M + OFFSET)",
       "hi = tl.minimum(Tk, m_start + BLOCK_N + OFFSET)", ATT,
@@ -250,10 +250,8 @@ MUTATIONS = [
     # --- shared Triton helpers (attention and decode), family registry entries -----------------------------
     M("tl_common_acc_not_rescaled", OPS + "_tl_common.py", "acc = acc * alpha[:, None] + _dot(", "acc = acc + _dot(", ATT, DEC,
       why="the online softmax forgets to rescale the accumulator when the running max grows"),
-    M("tl_common_empty_row_lse", OPS + "_tl_common.py", "tl.where(empty, EMPTY_LSE, m_i + tl.math.log2(l_safe))",
-      "m_i + tl.math.log2(l_safe)", T + "test_attention.py::test_flash_attention_fully_masked_rows_are_zero_not_nan", ATT,
-      ATTV, DEC, why="a fully masked row's log-sum-exp: equivalent in decode (-inf either way); in flash-attention's "
-                     "backward only a query row with no visible key sees it"),
+    # (no mutant for _finish_rows' EMPTY_LSE: it is equivalent - decode stores -inf either way, and flash-attention's
+    # backward zeroes every score of a fully masked row with tl.where before the lse can matter; checked 2026-11-29)
     M("qwen2_window_never_active", "patches/qwen2.py", 'if "sliding_attention" in', 'if "no_such_layer_type" in', FAM),
     M("mistral_window_ignored", "patches/mistral.py", '    return getattr(config, "sliding_window", None)', "    return None", FAM),
     M("qwen3_k_norm_path_is_q_norm", "patches/qwen3.py", 'k_norm="self_attn.k_norm"', 'k_norm="self_attn.q_norm"', FAM),
