@@ -284,6 +284,12 @@ def _copy_tree(dst: Path) -> None:
     ignore = shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "results", "img",
                                     "*.egg-info")
     shutil.copytree(ROOT, dst, symlinks=True, ignore=ignore)
+    # `litekernels.patches` is the top-level patches/ folder (a package-dir mapping): in an editable install the
+    # import would resolve to the ORIGINAL checkout's patches/, so a mutant planted there would never run. A link
+    # inside the copy makes the copy's own patches/ the one imported (PYTHONPATH puts the copy first).
+    link = dst / "litekernels" / "patches"
+    if not link.exists():
+        link.symlink_to(Path("..") / "patches", target_is_directory=True)
 
 
 def _pytest(where: Path, tests, timeout: float) -> tuple[str, float, str]:
