@@ -136,3 +136,20 @@ def check_op(ours, ref, inputs, *, name, backward=True, factor=None):
     for j, a, e, lp in zip(diff, g, g_ex, g_lp):
         assert a.dtype == inputs[j].dtype, f"{name} grad of input {j}: dtype {a.dtype}"
         assert_matches(a, e, lp, name=f"{name} grad of input {j}", factor=factor)
+
+
+class ByteTokenizer:
+    """A tokenizer for tiny models: each character is one token (3 + code point mod `span`), BOS = 1 prepended,
+    EOS = 2, pad = 0; decode maps ids back to letters (enough for stop strings and finish reasons)."""
+
+    eos_token_id = 2
+    pad_token_id = 0
+
+    def __init__(self, span: int = 250):
+        self.span = span
+
+    def __call__(self, text):
+        return {"input_ids": [1] + [3 + ord(c) % self.span for c in text]}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(ord("a") + (i - 3) % 26) for i in ids if i >= 3)

@@ -12,20 +12,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from litekernels.generation import LlamaRuntime, generate, sample, stream
 from litekernels.generation.sampling import filter_logits
 from tests.conftest import requires_kernels
-from tests.helpers import DEVICE
+from tests.helpers import DEVICE, ByteTokenizer
 
 
-class ByteTokenizer:
-    """Each character is one token (its code point mod 250, +3); 1 = BOS prepended, 2 = EOS."""
-
-    eos_token_id = 2
-    pad_token_id = 0
-
-    def __call__(self, text):
-        return {"input_ids": [1] + [3 + ord(c) % 250 for c in text]}
-
-    def decode(self, ids, skip_special_tokens=True):
-        return "".join(chr(ord("a") + (i - 3) % 26) for i in ids if i >= 3)
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import litekernels.utils
 from litekernels.generation import LlamaRuntime, generate, generate_ids, stream
 from litekernels.generation.api import _state, release_runtime
+from tests.helpers import ByteTokenizer
 
 CTX = 24  # the tiny models' context (max_position_embeddings)
 
@@ -53,20 +54,9 @@ def model():
     return _tiny()
 
 
-class ByteTokenizer:
-    """One token per character (3 + code point mod 90), BOS = 1 prepended, EOS = 2."""
-
-    eos_token_id = 2
-    pad_token_id = 0
-
-    def __call__(self, text):
-        return {"input_ids": [1] + [3 + ord(c) % 90 for c in text]}
-
-    def decode(self, ids, skip_special_tokens=True):
-        return "".join(chr(ord("a") + (i - 3) % 26) for i in ids if i >= 3)
 
 
-TOK = ByteTokenizer()
+TOK = ByteTokenizer(span=90)
 
 
 def _hf(model, prompt, n):
