@@ -93,6 +93,9 @@ def bench_hf_lite(model, ids, new, static=False, compile_=False):
         revert_lite_llama(model)
 
 
+LIGER_CHECK: dict = {}
+
+
 def bench_hf_liger(model, ids, new):
     """HF generate after Liger-Kernel's instance patch, on a copy of the model: Liger has no revert and rebinds
     module globals of modeling_llama (RoPE, the RMSNorm/MLP classes), which are restored afterwards."""
@@ -104,6 +107,11 @@ def bench_hf_liger(model, ids, new):
     liger_model.set_attn_implementation("sdpa")
     try:
         apply_liger_kernel_to_llama(model=liger_model)
+        # proof that the timed model runs Liger's code: its modules whose forward is Liger's, and its RoPE
+        patched = sum(type(getattr(m.forward, "__func__", None)).__name__ == "function"
+                      and m.forward.__func__.__qualname__.startswith("Liger") for m in liger_model.modules())
+        LIGER_CHECK.update(modules_with_liger_forward=patched,
+                           rope=getattr(modeling_llama.apply_rotary_pos_emb, "__name__", "?"))
         return bench_hf(liger_model, ids, new, None, False)
     finally:
         for name in set(vars(modeling_llama)) - set(saved):
@@ -233,6 +241,7 @@ def main(argv=None):
             if prov.endswith("static-compile") and B not in compile_batches:
                 continue
             t_start = time.perf_counter()
+            row_extra = {}
             try:
                 if prov.startswith("lite"):
                     t_pre, t_dec = bench_lite(model, prompts, args.new, prov.startswith("lite-graph"),
@@ -243,11 +252,12 @@ def main(argv=None):
                     t_pre, t_dec = bench_hf_lite(model, ids, args.new, static=static, compile_=static)
                 elif prov == "hf-liger":
                     t_pre, t_dec = bench_hf_liger(model, ids, args.new)
+                    row_extra = dict(LIGER_CHECK)
                 else:
                     impl, static, compile_ = HF_PROVIDERS[prov]
                     t_pre, t_dec = bench_hf(model, ids, args.new, impl, static, compile_)
                 row = {"batch": B, "provider": prov, "prefill_ms": 1e3 * t_pre,
-                       "decode_tok_s": B * (args.new - 1) / t_dec}
+                       "decode_tok_s": B * (args.new - 1) / t_dec, **row_extra}
             except Exception as e:  # noqa: BLE001 - keep the other providers
                 row = {"batch": B, "provider": prov, "error": repr(e)[:300]}
             row["wall_s"] = time.perf_counter() - t_start  # the provider's whole cost here (warm-ups, compiles)
