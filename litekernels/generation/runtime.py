@@ -334,7 +334,7 @@ class LlamaRuntime:
             shape = (len(self.layers), max_batch, self.n_kv, max_seq_len, self.head_dim)
             self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
             self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        self._graphs: dict[int, tuple] = {}
+        self._graphs: dict = {}  # bucket -> captured decode; ("greedy", bucket) -> GreedySteps
         self._signature = self.weights_signature()
 
     def _check_tensors(self, model) -> None:
@@ -505,7 +505,96 @@ class LlamaRuntime:
         graph.replay()
         return s_logits[:B]
 
-    def capture(self, batch_size: int) -> None:
-        """Capture the decode graph for `batch_size`'s bucket now (otherwise done at its first decode)."""
-        if self.use_cuda_graph:
+    def capture(self, batch_size: int, greedy: bool = False) -> None:
+        """Capture the decode graph for `batch_size`'s bucket now (otherwise done at its first decode); with
+        greedy=True the whole-step graph of `greedy_steps` instead."""
+        if greedy:
+            self.greedy_steps(batch_size)
+        elif self.use_cuda_graph:
             self._graph(min(_bucket(batch_size), self.max_batch))
+
+    def greedy_steps(self, batch_size: int) -> GreedySteps:
+        """The greedy decode loop's step for `batch_size`'s bucket: decode, argmax, stop flags, positions and the
+        token history in one CUDA graph (one replay per token, no other launch), or run eagerly without graphs."""
+        bucket = min(_bucket(batch_size), self.max_batch)
+        key = ("greedy", bucket)
+        if key not in self._graphs:
+            with torch.inference_mode(False), torch.no_grad():  # persistent buffers: ordinary tensors
+                self._graphs[key] = GreedySteps(self, bucket)
+        return self._graphs[key]
+
+
+class GreedySteps:
+    """Greedy decoding with the loop's bookkeeping on the device, captured with the decode step in one graph.
+
+    State (persistent buffers, `bucket` rows; rows past the call's batch are parked: finished, at the last cache
+    slot, which no sequence attends before overwriting it):
+      tok (B,) the current token of each row, pos (B,) its cache slot, fin (B,) finished (EOS seen, or the row's
+      last step reached), last (B,) the step index at which a row stops, eos (MAX_EOS,) stop ids (-1 = unused),
+      step (1,) the step counter, hist (B, max_seq_len) the tokens, hist[:, s] = the token of step s.
+    One step (`advance`): logits = decode(tok, pos); pos += not fin; tok = fin ? tok : argmax(logits);
+    step += 1; hist[:, step] = tok; fin |= tok in eos or last <= step. This is the same recurrence as the
+    host loop in api.generate_ids for temperature 0, so tokens are identical; a finished row repeats its token.
+    """
+
+    MAX_EOS = 16
+
+    def __init__(self, rt: LlamaRuntime, bucket: int):
+        dev = rt.device
+        self.rt, self.bucket = rt, bucket
+        self.tok = torch.zeros(bucket, dtype=torch.long, device=dev)
+        self.pos = torch.full((bucket,), rt.max_seq_len - 1, dtype=torch.long, device=dev)
+        self.fin = torch.ones(bucket, dtype=torch.bool, device=dev)
+        self.last = torch.zeros(bucket, dtype=torch.long, device=dev)
+        self.eos = torch.full((self.MAX_EOS,), -1, dtype=torch.long, device=dev)
+        self.step = torch.zeros(1, dtype=torch.long, device=dev)
+        self.hist = torch.zeros(bucket, rt.max_seq_len, dtype=torch.long, device=dev)
+        self.graph = None
+        if rt.use_cuda_graph:
+            # warm-up (compilation) and capture: every row parked (finished, last slot), so nothing but that
+            # slot is written; the counters they move are reset by start()
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self._body()
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._body()
+            self.graph = graph
+
+    def _body(self):
+        logits = self.rt._decode_eager(self.tok, self.pos)
+        self.pos += (~self.fin).long()  # a finished row stays put: it never writes past its own context
+        self.tok.copy_(torch.where(self.fin, self.tok, logits.argmax(-1)))
+        self.step += 1
+        self.hist.scatter_(1, self.step.expand(self.bucket).view(-1, 1), self.tok.view(-1, 1))
+        self.fin |= torch.isin(self.tok, self.eos) | (self.last <= self.step)
+
+    def start(self, tok: torch.Tensor, positions: torch.Tensor, last: torch.Tensor, eos_ids) -> None:
+        """Load a call: first tokens (B,), their cache slots (B,), each row's last step index (B,), stop ids."""
+        B = tok.shape[0]
+        if B > self.bucket or len(eos_ids) > self.MAX_EOS:
+            raise ValueError(f"GreedySteps holds {self.bucket} rows and {self.MAX_EOS} stop ids; got {B} rows "
+                             f"and {len(eos_ids)} ids")
+        self.tok.zero_()
+        self.tok[:B].copy_(tok)
+        self.pos.fill_(self.rt.max_seq_len - 1)
+        self.pos[:B].copy_(positions)
+        self.last.zero_()
+        self.last[:B].copy_(last)
+        self.eos.fill_(-1)
+        if len(eos_ids):
+            self.eos[:len(eos_ids)].copy_(torch.as_tensor(list(eos_ids), dtype=torch.long))
+        self.step.zero_()
+        self.hist[:, 0].copy_(self.tok)
+        self.fin.fill_(True)
+        self.fin[:B] = torch.isin(self.tok[:B], self.eos) | (self.last[:B] <= 0)
+
+    def advance(self) -> None:
+        """One greedy step (one graph replay on CUDA)."""
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._body()
