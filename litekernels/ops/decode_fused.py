@@ -11,7 +11,8 @@ cut a layer from ~11 launches to 6 (qkv, attention split + combine, o, gate/up, 
               ops/rms_norm.py does: n = (cast_to_dtype(s_f32 * rstd) * w).to(dtype);
               body: y = n @ W.T over this program's output rows of W (several projections stacked, unit stride),
               streamed in BLOCK_K chunks, fp32 accumulation: tl.dot with the rows padded to 16 (DOT=True, as
-              ops/linear.py) or a broadcast multiply + sum (DOT=False, register double-buffered loads);
+              ops/linear.py) or a broadcast multiply + sum (DOT=False), the next W chunk either left to
+              Triton's pipeliner or loaded by hand into registers before the current one is used (PREFETCH);
               epilogues (constexpr):
                 NONE        y (+ bias) -> out (rows, N)
                 SILU_MUL    W = [gate; up] (2*I rows): a program computes gate rows j..j+BN and up rows
@@ -93,7 +94,8 @@ def _decode_gemv_kernel(X, R, RO, NW, W, BIAS, Y, POS, COS, SIN, KC, VC,
                         skc_b, skc_h, skc_t, svc_b, svc_h, svc_t, n_q_heads, n_kv_heads,
                         ADD: tl.constexpr, NORM: tl.constexpr, EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr,
                         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_K: tl.constexpr, DOT: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr):
+                        BLOCK_K: tl.constexpr, DOT: tl.constexpr, PREFETCH: tl.constexpr, IEEE: tl.constexpr,
+                        PDL: tl.constexpr):
     """One program: BLOCK_N output columns j (NONE: rows j of W; SILU_MUL: gate rows j and up rows N_HALF + j;
     ROPE_CACHE: rotary pairs j = head * D/2 + d, rows head * D + d and head * D + d + D/2) for all M rows."""
     if PDL:
@@ -134,20 +136,9 @@ def _decode_gemv_kernel(X, R, RO, NW, W, BIAS, Y, POS, COS, SIN, KC, VC,
         rstd = 1.0 / tl.sqrt(ssq / K + eps)
     acc_a = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc_b = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    if DOT:
-        # chunk 0 from the registers loaded above, the rest in a plain loop the compiler pipelines (num_stages)
-        a = _act_chunk(X, R, NW, m, M, 0, K, sx_m, sr_m, rstd, ADD, NORM, BLOCK_K)
-        acc_a = _mac(acc_a, a, wa, DOT, IEEE)
-        if PAIRED:
-            acc_b = _mac(acc_b, a, wb, DOT, IEEE)
-        for k0 in range(BLOCK_K, K, BLOCK_K):
-            a = _act_chunk(X, R, NW, m, M, k0, K, sx_m, sr_m, rstd, ADD, NORM, BLOCK_K)
-            acc_a = _mac(acc_a, a, _load_w(W, rows_a, j_ok, k0, K, sw_n, BLOCK_K), DOT, IEEE)
-            if PAIRED:
-                acc_b = _mac(acc_b, a, _load_w(W, rows_b, j_ok, k0, K, sw_n, BLOCK_K), DOT, IEEE)
-    else:
-        # no tl.dot: the pipeliner does not stage these loads, so the next chunk is requested by hand before
-        # this one is used (register double buffer)
+    if PREFETCH:
+        # the next chunk is requested by hand before this one is used (register double buffer): the compiler's
+        # pipeliner does not stage loads that feed no tl.dot (DOT=False) and may not stage these either
         for k0 in range(0, K, BLOCK_K):
             na = _load_w(W, rows_a, j_ok, k0 + BLOCK_K, K, sw_n, BLOCK_K)
             if PAIRED:
@@ -158,6 +149,17 @@ def _decode_gemv_kernel(X, R, RO, NW, W, BIAS, Y, POS, COS, SIN, KC, VC,
             if PAIRED:
                 acc_b = _mac(acc_b, a, wb, DOT, IEEE)
                 wb = nb
+    else:
+        # chunk 0 from the registers loaded above, the rest in a plain loop the compiler may pipeline (num_stages)
+        a = _act_chunk(X, R, NW, m, M, 0, K, sx_m, sr_m, rstd, ADD, NORM, BLOCK_K)
+        acc_a = _mac(acc_a, a, wa, DOT, IEEE)
+        if PAIRED:
+            acc_b = _mac(acc_b, a, wb, DOT, IEEE)
+        for k0 in range(BLOCK_K, K, BLOCK_K):
+            a = _act_chunk(X, R, NW, m, M, k0, K, sx_m, sr_m, rstd, ADD, NORM, BLOCK_K)
+            acc_a = _mac(acc_a, a, _load_w(W, rows_a, j_ok, k0, K, sw_n, BLOCK_K), DOT, IEEE)
+            if PAIRED:
+                acc_b = _mac(acc_b, a, _load_w(W, rows_b, j_ok, k0, K, sw_n, BLOCK_K), DOT, IEEE)
     if HAS_BIAS:
         acc_a += tl.load(BIAS + rows_a, mask=j_ok, other=0.0).to(tl.float32)[None, :]
         if PAIRED:
@@ -204,13 +206,15 @@ def _decode_gemv_kernel(X, R, RO, NW, W, BIAS, Y, POS, COS, SIN, KC, VC,
 # ------------------------------------------------------------------------------------------------------------
 # BLOCK_N: output columns per program (pairs for the paired epilogues: each pair streams two rows of W);
 # BLOCK_K: chunk of the input dimension per step; DOT: tl.dot (rows padded to 16) or multiply + sum (rows
-# padded to a power of two); PDL: programmatic dependent launch (sm_90+, Triton with launch_pdl).
+# padded to a power of two); PREFETCH: the next W chunk loaded into registers by hand before the current one is
+# used (else a plain loop that Triton's pipeliner may stage through shared memory, num_stages); PDL:
+# programmatic dependent launch (sm_90+, Triton with launch_pdl).
 # The defaults follow ops/linear.py's measured skinny-GEMM settings (bench/results/sweep-linear-H200.json:
 # 32 x 512, 4 warps, 3 stages; 16 columns and 5 stages at K >= 8192), with half the columns for the paired
 # epilogues (two W tiles per step); bench/sweep_decode_fused.py measures the alternatives. Stages shrink until
 # the estimated shared memory fits the part (sm_80: 163 KB, sm_86/89: 99 KB, sm_90: 227 KB);
 # tests/test_launch_configs_fused.py compiles every chosen setting for those targets.
-FUSED_DEFAULTS = dict(BLOCK_N=32, BLOCK_K=512, num_warps=4, num_stages=3, DOT=True, PDL=False)
+FUSED_DEFAULTS = dict(BLOCK_N=32, BLOCK_K=512, num_warps=4, num_stages=3, DOT=True, PREFETCH=False, PDL=False)
 
 
 def decode_fused_config(epilogue: str, n_out: int, K: int, arch=None, element_size: int = 2) -> dict:
@@ -327,7 +331,7 @@ def _launch(x, weight, bias, y, *, epilogue, n_out, n_half=0, residual=None, res
         n_q_heads=hq, n_kv_heads=hkv,
         ADD=residual is not None, NORM=norm_weight is not None, EPILOGUE=EPILOGUES[epilogue],
         HAS_BIAS=bias is not None, HEAD_DIM=hd, BLOCK_M=block_m, BLOCK_N=int(c["BLOCK_N"]),
-        BLOCK_K=int(c["BLOCK_K"]), DOT=dot, IEEE=exact_dot(x.dtype), PDL=pdl,
+        BLOCK_K=int(c["BLOCK_K"]), DOT=dot, PREFETCH=bool(c["PREFETCH"]), IEEE=exact_dot(x.dtype), PDL=pdl,
         num_warps=int(c["num_warps"]), num_stages=int(c["num_stages"]), **extra)
 
 
