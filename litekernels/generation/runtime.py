@@ -241,6 +241,9 @@ class LlamaRuntime:
     logits = runtime.prefill([[1, 2, 3], [4, 5]])          # (B, vocab) at each prompt's last token
     logits = runtime.decode(next_tokens, positions)         # one token per sequence
 
+    fused_decode / fused_config: the decode step on the fused kernels of ops/decode_fused.py (see
+    `set_fused_decode`; None: on for fp16/bf16 where they can run).
+
     Weights are read through the model's Architecture entry (patches/), never copied: q/k/v and gate/up run as
     one GEMM each over a buffer the HF parameters are views of (see `_rebind`); `fuse_weights=False` leaves
     the parameters' storage alone and runs one GEMM per projection instead. In-place changes to the parameters
@@ -370,8 +373,9 @@ class LlamaRuntime:
         in half precision (fp16/bf16 on CUDA or the interpreter, every layer's q/k/v and gate/up fused); fp32 only
         when asked (IEEE dots). fused_config: decode_fused launch settings (FUSED_DEFAULTS keys) for every kernel,
         and/or per kernel under "qkv", "o", "gate_up", "down", "lm_head"; "fold_lm_head": True runs the final
-        add+RMSNorm in the prologue of a Triton lm_head GEMV instead of add+RMSNorm + cuBLAS. Drops captured
-        graphs (they are recaptured at the next decode)."""
+        add+RMSNorm in the prologue of a Triton lm_head GEMV instead of add+RMSNorm + cuBLAS; "max_rows": the
+        largest batch (bucket) that takes the fused step (default 16, the kernels' limit; larger ones run
+        unfused). Drops captured graphs (they are recaptured at the next decode)."""
         why = self.fused_decode_unavailable()
         if fused_decode is None:
             on = why is None and self.dtype in (torch.float16, torch.bfloat16)
@@ -381,11 +385,14 @@ class LlamaRuntime:
             on = bool(fused_decode)
         cfg = dict(fused_config or {})
         self.fold_lm_head = bool(cfg.pop("fold_lm_head", False))
+        self.fused_max_rows = int(cfg.pop("max_rows", DF.MAX_ROWS))
+        if not 1 <= self.fused_max_rows <= DF.MAX_ROWS:
+            raise ValueError(f"fused_config max_rows must be in 1..{DF.MAX_ROWS}, got {self.fused_max_rows}")
         per_kind = {k: dict(cfg.pop(k) or {}) for k in self.FUSED_KINDS if k in cfg}
         unknown = set(cfg) - set(DF.FUSED_DEFAULTS)
         if unknown:
             raise ValueError(f"unknown fused_config keys {sorted(unknown)}; known: {sorted(DF.FUSED_DEFAULTS)}, "
-                             f"{', '.join(self.FUSED_KINDS)}, fold_lm_head")
+                             f"{', '.join(self.FUSED_KINDS)}, fold_lm_head, max_rows")
         self._fused_cfg = {k: {**cfg, **per_kind.get(k, {})} or None for k in self.FUSED_KINDS}
         self.fused_decode = on
         self._graphs.clear()
@@ -546,7 +553,7 @@ class LlamaRuntime:
 
     def _decode_eager(self, tokens, positions):
         B = tokens.shape[0]
-        if self.fused_decode and B <= DF.MAX_ROWS:
+        if self.fused_decode and B <= self.fused_max_rows:
             return self._decode_fused(tokens, positions)
         h = F.embedding(tokens[:, None], self.embed)
         lengths = (positions + 1).to(torch.int32)
