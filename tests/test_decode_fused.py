@@ -201,9 +201,11 @@ def test_bad_inputs():
 # the runtime's fused decode step
 # ---------------------------------------------------------------------------------------------------------------
 def _tiny(family, dtype=torch.bfloat16, device=DEVICE, **kw):
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+                              Qwen3ForCausalLM)
 
-    cls, cfg_cls = (LlamaForCausalLM, LlamaConfig) if family == "llama" else (Qwen2ForCausalLM, Qwen2Config)
+    cls, cfg_cls = {"llama": (LlamaForCausalLM, LlamaConfig), "qwen2": (Qwen2ForCausalLM, Qwen2Config),
+                    "qwen3": (Qwen3ForCausalLM, Qwen3Config)}[family]
     shape = dict(vocab_size=96, hidden_size=40, intermediate_size=56, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=1, head_dim=16, max_position_embeddings=128, rms_norm_eps=1e-5)
     shape.update(kw)
@@ -272,6 +274,30 @@ def test_runtime_fused_flags():
     t_u, l_u = _greedy(rt32, [[3, 4, 5], [6, 7]], 4)
     assert torch.equal(t_f, t_u)
     assert (l_f - l_u).abs().max().item() <= 1e-4 * l_u.abs().max().item()
+
+
+def test_runtime_fused_qwen3_and_max_rows():
+    """Qwen3 (q/k RMSNorm per head) keeps the unfused q/k/v part and fuses the rest; batches above max_rows run
+    the unfused step."""
+    from litekernels.generation import LlamaRuntime
+
+    model = _tiny("qwen3")
+    prompts = [[4, 5, 6, 7], [8, 9]]
+    fused = LlamaRuntime(model, max_batch=2, max_seq_len=16, use_cuda_graph=False)
+    assert fused.fused_decode and fused.layers[0].q_norm is not None
+    unfused = LlamaRuntime(model, max_batch=2, max_seq_len=16, use_cuda_graph=False, fused_decode=False)
+    t_f, l_f = _greedy(fused, prompts, 6)
+    t_u, l_u = _greedy(unfused, prompts, 6)
+    assert torch.equal(t_f, t_u)
+    assert (l_f - l_u).abs().max().item() <= 0.02 * l_u.abs().max().item()
+    fused.set_fused_decode(True, {"max_rows": 1})
+    calls = []
+    fused._decode_fused = lambda *a: calls.append(a) or LlamaRuntime._decode_fused(fused, *a)
+    _greedy(fused, prompts, 1)  # batch 2 > max_rows: the unfused step
+    _greedy(fused, prompts[:1], 1)
+    assert len(calls) == 1 and calls[0][0].shape == (1,)
+    with pytest.raises(ValueError, match="max_rows"):
+        fused.set_fused_decode(True, {"max_rows": 17})
 
 
 # ---------------------------------------------------------------------------------------------------------------
