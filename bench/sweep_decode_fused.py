@@ -222,7 +222,7 @@ def main(argv=None):
         from bench.bench_ops import copy_bandwidth
 
         meta["copy_GBps"] = copy_bandwidth()
-        meta["sm"] = "%d.%d" % torch.cuda.get_device_capability()
+        meta["sm"] = "{}.{}".format(*torch.cuda.get_device_capability())
     print(meta, flush=True)
     pdl_ok = DF.HAS_PDL and (cpu or torch.cuda.get_device_capability()[0] >= 9)
     rows, best = [], {}

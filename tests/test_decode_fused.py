@@ -20,8 +20,8 @@ cache written at the wrong slot or row, gate/up halves swapped, a bias added twi
 import pytest
 import torch
 import torch.nn.functional as F
-
 from helpers import DEVICE, assert_matches
+
 from litekernels import reference as R
 from litekernels.ops import decode_fused as DF
 
@@ -115,6 +115,7 @@ def test_norm_gemv_rope_cache(M, H, KV, D, bias, residual, mode, poison):
         q, s = DF.norm_gemv(x, r, nw, 1e-5, w, b, epilogue="rope_cache", rope=rope,
                             config={**SMALL, **MODES[mode]})
     assert q.shape == (M, H, 1, D)
+    assert torch.equal(s, x + r) if residual else s is x
 
     def ref(dt):
         qkv = _linear(_normed(x, r, nw, 1e-5, dt), w, b, dt).view(M, H + 2 * KV, D)
@@ -201,8 +202,14 @@ def test_bad_inputs():
 # the runtime's fused decode step
 # ---------------------------------------------------------------------------------------------------------------
 def _tiny(family, dtype=torch.bfloat16, device=DEVICE, **kw):
-    from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
-                              Qwen3ForCausalLM)
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
 
     cls, cfg_cls = {"llama": (LlamaForCausalLM, LlamaConfig), "qwen2": (Qwen2ForCausalLM, Qwen2Config),
                     "qwen3": (Qwen3ForCausalLM, Qwen3Config)}[family]

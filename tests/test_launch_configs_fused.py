@@ -11,10 +11,10 @@ Skipped like tests/test_launch_configs.py (interpreter, Triton < 3.2, no NVIDIA 
 
 import pytest
 
-# first: its module-level skips (interpreter, old Triton, no backend) apply here too
-from tests.test_launch_configs import ARCHS, ASTSource, GPUTarget, _check, triton
-
 from litekernels.ops import decode_fused as DF
+
+# its module-level skips (interpreter, old Triton, no backend) apply here too
+from tests.test_launch_configs import ARCHS, ASTSource, GPUTarget, _check, triton
 
 try:
     from triton.backends.compiler import BaseBackend
@@ -59,7 +59,7 @@ def _kinds(shape):
 
 
 def _consts(kind, shape, c, ty):
-    epi, n_out, K, norm, hd = _kinds(shape)[kind]
+    epi, _, _, norm, hd = _kinds(shape)[kind]
     return dict(ADD=norm, NORM=norm, EPILOGUE=DF.EPILOGUES[epi], HAS_BIAS=kind == "qkv", HEAD_DIM=hd,
                 BLOCK_M=16 if c["DOT"] else 1, BLOCK_N=c["BLOCK_N"], BLOCK_K=c["BLOCK_K"], DOT=c["DOT"],
                 PREFETCH=bool(c["PREFETCH"]), IEEE=ty == "fp32", PDL=bool(c["PDL"]))
