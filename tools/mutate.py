@@ -280,7 +280,7 @@ MUTATIONS = [
     M("greedy_steps_history_off_by_one", "litekernels/generation/runtime.py",
       "self.hist.scatter_(1, self.step.expand(", "self.hist.scatter_(1, (self.step - 1).expand(", GEN),
     M("greedy_steps_eos_ignored", "litekernels/generation/runtime.py",
-      "self.fin |= torch.isin(self.tok, self.eos) | (", "self.fin |= (", GEN),
+      "self.fin |= (self.tok[:, None] == self.eos[None, :]).any(-1) | (", "self.fin |= (", GEN),
     M("sampling_top_p_keeps_one_more", "litekernels/generation/sampling.py", "drop = (probs.cumsum(-1) - probs) >= top_p",
       "drop = (probs.cumsum(-1) - 2 * probs) >= top_p", GEN),
 ]

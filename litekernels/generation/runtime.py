@@ -670,7 +670,8 @@ class GreedySteps:
         self.tok.copy_(torch.where(self.fin, self.tok, logits.argmax(-1)))
         self.step += 1
         self.hist.scatter_(1, self.step.expand(self.bucket).view(-1, 1), self.tok.view(-1, 1))
-        self.fin |= torch.isin(self.tok, self.eos) | (self.last <= self.step)
+        # (tok == eos).any() rather than torch.isin, which cannot be captured in a CUDA graph
+        self.fin |= (self.tok[:, None] == self.eos[None, :]).any(-1) | (self.last <= self.step)
 
     def start(self, tok: torch.Tensor, positions: torch.Tensor, last: torch.Tensor, eos_ids) -> None:
         """Load a call: first tokens (B,), their cache slots (B,), each row's last step index (B,), stop ids."""
