@@ -235,6 +235,9 @@ def main(argv=None):
     p.add_argument("--providers", default="lite-graph,lite-graph-cublas,lite-graph-fused,lite-graph-fused-pdl,"
                                           "lite-eager,hf-eager,hf-sdpa,hf-static,hf-lite,hf-liger,"
                                           "hf-static-compile,hf-lite-static-compile")
+    p.add_argument("--fused-config", default=None,
+                   help="launch settings of the lite-graph-fused providers: a JSON dict (LlamaRuntime fused_config) "
+                        "or the path of a bench/sweep_decode_fused.py results file (its best 1B settings per batch)")
     p.add_argument("--profile", default="1,8,1-cublas,1-fused,8-fused,1-fused-pdl",
                    help="decode-step profiles: batch[-cublas|-fused|-fused-pdl] (plain: unfused, skinny GEMM)")
     p.add_argument("--compile-batches", default="1", help="batches at which the static-compile providers run")
@@ -268,6 +271,8 @@ def main(argv=None):
             try:
                 if prov.startswith("lite"):
                     graph, skinny, fused, fcfg = LITE_PROVIDERS[prov]
+                    if fused and args.fused_config:
+                        fcfg = {**fused_config_for(args.fused_config, B), **(fcfg or {})}
                     if fcfg and fcfg.get("PDL") and not _pdl_ok():
                         raise RuntimeError("PDL needs sm_90+ and a Triton with launch_pdl")
                     t_pre, t_dec = bench_lite(model, prompts, args.new, graph, skinny=skinny, fused=fused,
@@ -299,11 +304,15 @@ def main(argv=None):
         try:
             if kind.endswith("pdl") and not _pdl_ok():
                 raise RuntimeError("PDL needs sm_90+ and a Triton with launch_pdl")
+            fcfg = {"PDL": True} if kind.endswith("pdl") else {}
+            if kind.startswith("fused") and args.fused_config:
+                fcfg = {**fused_config_for(args.fused_config, int(B)), **fcfg}
             profile[name] = step_profile(model, int(B), skinny=kind == "", fused=kind.startswith("fused"),
-                                         fused_config={"PDL": True} if kind.endswith("pdl") else None)
+                                         fused_config=fcfg or None)
         except Exception as e:  # noqa: BLE001 - the throughput rows above are still worth writing
             profile[name] = {"error": repr(e)[:300]}
     print(json.dumps(profile, indent=1), flush=True)
+    meta["fused_config"] = args.fused_config
     doc = {"meta": meta, "results": rows, "decode_step": profile}
     if args.train:
         tb, ts = (int(v) for v in args.train_shape.split(","))
@@ -311,6 +320,18 @@ def main(argv=None):
         torch.cuda.empty_cache()
         doc["train_step"] = bench_train(args.layers, tb, ts)
     save_results(doc, "generate", out=args.out)
+
+
+def fused_config_for(spec: str, batch: int) -> dict:
+    """--fused-config: a JSON dict, or a sweep_decode_fused results file (best settings at the 1B shape)."""
+    import os
+
+    if os.path.exists(spec):
+        from bench.sweep_decode_fused import best_fused_config
+
+        with open(spec) as f:
+            return best_fused_config(json.load(f), "1B", batch) or {}
+    return json.loads(spec)
 
 
 def _pdl_ok() -> bool:

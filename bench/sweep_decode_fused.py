@@ -7,7 +7,8 @@ For the Llama-3.2-1B and Llama-3.1-8B layer shapes at batch 1 and 8 (bf16, rando
   2. kernels: each fused kernel (qkv + RoPE + cache write, o, gate/up + SiLU*mul, down, final norm + lm_head)
      over a short list of launch settings, next to the unfused ops it replaces (fused_add_rms_norm + F.linear +
      rope_cache_write / silu_mul);
-  3. step again with the best settings of 2 per kernel (and PDL), when time is left.
+  3. after each (shape, batch) of 2, the step again with its best settings per kernel (and PDL on top; the
+     lm_head folded where its fused GEMV beat add+RMSNorm + cuBLAS).
 Every timing replays a CUDA graph (bench/graphs.py) that calls the kernel on enough distinct weight copies to
 exceed the L2 cache (each layer of a real model reads its own weights), so GB/s is HBM traffic, not L2 hits;
 times are per call. GB/s counts weight bytes only (activations are KB); the copy bandwidth of the same run is
@@ -37,6 +38,7 @@ SHAPES = {"1B": (2048, 8192, 32, 8, 64, 128256), "8B": (4096, 14336, 32, 8, 128,
 L2_BYTES = 400e6  # weight bytes each timed graph streams (> H200's 50 MB L2, with margin)
 CACHE_LEN = 1024  # cache slots of the kernel-level timings (the attention is not part of them)
 STEP_POS = 512  # position of the step timings (flash-decoding reads 512 cached tokens per sequence)
+RESERVE = 25.0  # seconds of the budget kept for the best-settings step timing of each (shape, batch)
 
 
 def candidates(kind: str, batch: int) -> list[dict]:
@@ -49,7 +51,7 @@ def candidates(kind: str, batch: int) -> list[dict]:
         dot.append(dict(BLOCK_N=32, BLOCK_K=512, num_warps=4, num_stages=3) if kind == "down"
                    else dict(BLOCK_N=16, BLOCK_K=512, num_warps=4, num_stages=4))
     red = [dict(BLOCK_N=n, BLOCK_K=k, num_warps=w, num_stages=1, DOT=False, PREFETCH=True)
-           for n, k, w in ((4, 512, 4), (8, 256, 4), (2, 1024, 4))]
+           for n, k, w in ((4, 512, 4), (8, 512, 4), (4, 1024, 4), (2, 1024, 4))]
     if batch > 4:  # the broadcast product is rows x columns x BLOCK_K registers: keep it small
         red = [c for c in red if c["BLOCK_N"] * c["BLOCK_K"] <= 2048]
     return [{}] + dot + red
@@ -178,7 +180,7 @@ def time_step(rt, B, timer, variants, rows, shape):
     pos = torch.full((B,), min(STEP_POS, rt.max_seq_len - 1), dtype=torch.long, device=dev)
     nl = len(rt.layers)
     for name, (fused, cfg) in variants.items():
-        if timer.left() < 5:
+        if timer.left() < 3:
             rows.append({"what": "step", "shape": shape, "batch": B, "variant": name, "skipped": "budget"})
             continue
         try:
@@ -230,7 +232,7 @@ def main(argv=None):
     # 1. the whole step, default settings (the headline), for every shape and batch first
     runtimes = {}
     for shape, B in work:
-        if timer.left() < 20:
+        if timer.left() < RESERVE + 20:
             rows.append({"what": "step", "shape": shape, "batch": B, "skipped": "budget"})
             continue
         from litekernels.generation import LlamaRuntime
@@ -246,9 +248,11 @@ def main(argv=None):
             variants["fused-pdl"] = (True, {"PDL": True})
         variants["fused-fold-lm-head"] = (True, {"fold_lm_head": True})
         time_step(rt, B, timer, variants, rows, shape)
-    # 2. per kernel: unfused sequence, then the candidate settings (+ PDL on the default)
+    # 2. per kernel: unfused sequence, then the candidate settings (+ PDL on the default); 3. right after each
+    # (shape, batch), the step with each kernel's best settings (and PDL on top): RESERVE seconds are kept for it
+    unfused_ms = {}
     for shape, B in work:
-        if timer.left() < 15:
+        if timer.left() < RESERVE + 15:
             rows.append({"what": "kernels", "shape": shape, "batch": B, "skipped": "budget"})
             continue
         cases = kernel_cases(shape, B, device)
@@ -256,9 +260,11 @@ def main(argv=None):
         for kind, (nbytes, copies, make_fused, unfused) in cases.items():
             base = {"what": "kernel", "shape": shape, "batch": B, "kind": kind, "weight_MB": nbytes / 1e6,
                     "copies": copies}
+            key = (shape, B, kind)
             with torch.no_grad():
                 try:
                     ms = timer(unfused, copies)
+                    unfused_ms[key] = ms
                     rows.append({**base, "variant": "unfused", "us": 1e3 * ms, "GBps": nbytes / ms / 1e6})
                     print(rows[-1], flush=True)
                 except Exception as e:  # noqa: BLE001
@@ -267,7 +273,7 @@ def main(argv=None):
                 if pdl_ok:
                     cands = cands[:1] + [{"PDL": True}] + cands[1:]
                 for cfg in cands:
-                    if timer.left() < 10:
+                    if timer.left() < RESERVE:
                         rows.append({**base, "variant": "fused", "config": cfg, "skipped": "budget"})
                         continue
                     try:
@@ -275,7 +281,6 @@ def main(argv=None):
                         row = {**base, "variant": "fused", "config": cfg, "us": 1e3 * ms, "GBps": nbytes / ms / 1e6}
                         if copy_gbps:
                             row["pct_of_copy"] = 100 * row["GBps"] / copy_gbps
-                        key = (shape, B, kind)
                         if not cfg.get("PDL") and (key not in best or ms < best[key][0]):
                             best[key] = (ms, cfg)
                     except Exception as e:  # noqa: BLE001 - keep the other settings
@@ -285,18 +290,24 @@ def main(argv=None):
         del cases
         if not cpu:
             torch.cuda.empty_cache()
-    # 3. the step with each kernel's best settings (and PDL on top)
-    for shape, B in work:
         if shape not in runtimes:
             continue
-        per_kind = {kind: best[(shape, B, kind)][1] for kind in DF_KINDS if (shape, B, kind) in best}
+        per_kind = {k: (best[(shape, B, k)][1] or None) for k in DF_KINDS if (shape, B, k) in best}
         if not per_kind:
             continue
-        variants = {"fused-best": (True, {k: v or None for k, v in per_kind.items()})}
+        head = (shape, B, "lm_head")
+        if head in best and head in unfused_ms and best[head][0] < unfused_ms[head]:
+            per_kind["fold_lm_head"] = True  # the folded lm_head GEMV beat add+RMSNorm + cuBLAS here
+        variants = {"fused-best": (True, per_kind)}
         if pdl_ok:
-            variants["fused-best-pdl"] = (True, {"PDL": True, **{k: v or None for k, v in per_kind.items()}})
+            variants["fused-best-pdl"] = (True, {"PDL": True, **per_kind})
         time_step(runtimes[shape][1], B, timer, variants, rows, shape)
     summarize(rows, meta)
+    for shape, B in work:
+        cfg = best_fused_config({"best": [{"shape": s, "batch": b, "kind": k, "config": v[1]}
+                                          for (s, b, k), v in best.items()]}, shape, B)
+        if cfg:
+            print(f"fused_config for {shape} batch {B} (LlamaRuntime(..., fused_config=...)): {cfg}")
     doc = {"meta": {**meta, "wall_s": time.perf_counter() - t0},
            "best": [{"shape": s, "batch": b, "kind": k, "us": 1e3 * v[0], "config": v[1]} for (s, b, k), v in best.items()],
            "results": rows}
@@ -315,6 +326,16 @@ def main(argv=None):
 
 
 DF_KINDS = ("qkv", "o", "gate_up", "down", "lm_head")
+
+
+def best_fused_config(doc: dict, shape: str, batch: int) -> dict | None:
+    """The per-kernel best settings of a sweep results document as a runtime fused_config, for `shape` at `batch`
+    (or the nearest batch swept); None if the document has none for that shape."""
+    rows = [r for r in doc.get("best", []) if r["shape"] == shape]
+    if not rows:
+        return None
+    near = min({r["batch"] for r in rows}, key=lambda b: (abs(b - batch), b))
+    return {r["kind"]: (r["config"] or None) for r in rows if r["batch"] == near}
 
 
 def summarize(rows, meta):
