@@ -299,8 +299,16 @@ def main(argv=None):
         if head in best and head in unfused_ms and best[head][0] < unfused_ms[head]:
             per_kind["fold_lm_head"] = True  # the folded lm_head GEMV beat add+RMSNorm + cuBLAS here
         variants = {"fused-best": (True, per_kind)}
+        # mixed: each projection on its fused kernel only where that beat the unfused ops it replaces
+        mixed = {k: (v if (shape, B, k) in unfused_ms and best[(shape, B, k)][0] < unfused_ms[(shape, B, k)]
+                     else {"unfused": True}) for k, v in per_kind.items() if k in DF_KINDS}
+        mixed = {k: v for k, v in mixed.items() if v is not None}
+        if per_kind.get("fold_lm_head"):
+            mixed["fold_lm_head"] = True
+        variants["fused-mixed"] = (True, mixed)
         if pdl_ok:
             variants["fused-best-pdl"] = (True, {"PDL": True, **per_kind})
+            variants["fused-mixed-pdl"] = (True, {"PDL": True, **mixed})
         time_step(runtimes[shape][1], B, timer, variants, rows, shape)
     summarize(rows, meta)
     for shape, B in work:

@@ -389,6 +389,9 @@ class LlamaRuntime:
         if not 1 <= self.fused_max_rows <= DF.MAX_ROWS:
             raise ValueError(f"fused_config max_rows must be in 1..{DF.MAX_ROWS}, got {self.fused_max_rows}")
         per_kind = {k: dict(cfg.pop(k) or {}) for k in self.FUSED_KINDS if k in cfg}
+        # {"<kind>": {"unfused": True}}: that projection keeps the unfused ops (cuBLAS + separate norm / RoPE /
+        # SiLU*mul kernels) inside the fused step, where its fused kernel measured slower (a mixed step)
+        self._unfused_kinds = {k for k in self.FUSED_KINDS if per_kind.get(k, {}).pop("unfused", False)}
         unknown = set(cfg) - set(DF.FUSED_DEFAULTS)
         if unknown:
             raise ValueError(f"unknown fused_config keys {sorted(unknown)}; known: {sorted(DF.FUSED_DEFAULTS)}, "
@@ -520,32 +523,44 @@ class LlamaRuntime:
         what it writes. Qwen3 (q_norm/k_norm) keeps the unfused q/k/v part."""
         B = tokens.shape[0]
         H, KV, D = self.n_heads, self.n_kv, self.head_dim
-        cfg = self._fused_cfg
+        cfg, unfused = self._fused_cfg, self._unfused_kinds
         h = F.embedding(tokens, self.embed)  # (B, hidden)
         lengths = (positions + 1).to(torch.int32)
         residual = None
         for i, L in enumerate(self.layers):
             kc, vc = self.k_cache[i, :B], self.v_cache[i, :B]
-            if L.q_norm is None:
+            if L.q_norm is None and "qkv" not in unfused:
                 rope = DF.RopeCache(positions, self.cos, self.sin, kc, vc, H, KV)
                 q, residual = DF.norm_gemv(h, residual, L.w_in, L.eps_in, L.qkv.weight, L.qkv.bias,
                                            epilogue="rope_cache", rope=rope, config=cfg["qkv"])
-            else:  # Qwen3: per-head RMSNorm of q and k between the projection and RoPE
+            else:  # unfused q/k/v: chosen (fused_config {"qkv": {"unfused": True}}), or Qwen3's per-head q/k norms
                 if residual is None:
                     x, residual = LF.rms_norm(h, L.w_in, L.eps_in), h
                 else:
                     x, residual = LF.fused_add_rms_norm(h, residual, L.w_in, L.eps_in)
                 qkv = self._linear(x, L.qkv.weight, L.qkv.bias).view(B, H + 2 * KV, D)
-                qn = LF.rms_norm(qkv[:, :H], L.q_norm, L.qk_eps)
-                kn = LF.rms_norm(qkv[:, H:H + KV], L.k_norm, L.qk_eps)
-                qkv = torch.cat([qn, kn, qkv[:, H + KV:]], dim=1)
+                if L.q_norm is not None:
+                    qn = LF.rms_norm(qkv[:, :H], L.q_norm, L.qk_eps)
+                    kn = LF.rms_norm(qkv[:, H:H + KV], L.k_norm, L.qk_eps)
+                    qkv = torch.cat([qn, kn, qkv[:, H + KV:]], dim=1)
                 q = LF.rope_cache_write(qkv, self.cos, self.sin, positions, kc, vc, H, KV)
             o = decode_attention_unchecked(q, kc, vc, lengths, self.scale)  # (B, H, 1, D)
-            a = DF.gemv(o.view(B, H * D), L.wo, L.bo, config=cfg["o"])
-            act, residual = DF.norm_gemv(a, residual, L.w_post, L.eps_post, L.gu.weight, L.gu.bias,
-                                         epilogue="silu_mul", config=cfg["gate_up"])
-            h = DF.gemv(act, L.wdown, L.bdown, config=cfg["down"])
-        if self.fold_lm_head and self.lm_head.stride(-1) == 1:
+            if "o" in unfused:
+                a = self._linear(o.view(B, H * D), L.wo, L.bo)
+            else:
+                a = DF.gemv(o.view(B, H * D), L.wo, L.bo, config=cfg["o"])
+            if "gate_up" in unfused:
+                x, residual = LF.fused_add_rms_norm(a, residual, L.w_post, L.eps_post)
+                gate, up = self._proj(x, L.gu).split(self.inter, dim=-1)
+                act = LF.silu_mul(gate, up)
+            else:
+                act, residual = DF.norm_gemv(a, residual, L.w_post, L.eps_post, L.gu.weight, L.gu.bias,
+                                             epilogue="silu_mul", config=cfg["gate_up"])
+            if "down" in unfused:
+                h = self._linear(act, L.wdown, L.bdown)
+            else:
+                h = DF.gemv(act, L.wdown, L.bdown, config=cfg["down"])
+        if self.fold_lm_head and self.lm_head.stride(-1) == 1 and "lm_head" not in unfused:
             return DF.norm_gemv(h, residual, self.norm_w, self.eps, self.lm_head, self.lm_bias,
                                 config=cfg["lm_head"])[0]
         x, _ = LF.fused_add_rms_norm(h, residual, self.norm_w, self.eps)
