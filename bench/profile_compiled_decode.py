@@ -1,10 +1,11 @@
 """Where the time of HF's compiled static-cache decode goes, patched (apply_lite_llama) vs unpatched (sdpa).
 
-One process, one shot (about 2 minutes on an H200): random bf16 weights at Llama-3.2-1B shape (bench_generate's
+One process, one shot (about 2-3 minutes on an H200): random bf16 weights at Llama-3.2-1B shape (bench_generate's
 build()), batch 1, prompt 128, 128 new tokens, `generate(cache_implementation="static")` with HF's default
-compilation (torch.compile of the decode step, mode="reduce-overhead": Inductor + CUDA-graph trees). For each
-provider ("hf-static-compile" unpatched, "hf-lite-static-compile" patched), in this order, after a
-torch._dynamo.reset():
+compilation (torch.compile of the decode step, mode="reduce-overhead": Inductor + CUDA-graph trees), with the
+compile caches off. For each provider ("hf-static-compile" unpatched, "hf-lite-static-compile" patched,
+"hf-lite-static-compile-opaque" patched with litekernels.rms_norm kept opaque to Inductor), in this order,
+after a torch._dynamo.reset():
   * decode tok/s as bench_generate measures it: batch * (new - 1) / (t(generate new) - t(generate 1)), twice;
   * what the compile produced: graph breaks, unique graphs, recompiles, CUDA-graph skips (with the logged
     reasons), Inductor kernels generated, CUDA-graph-tree nodes recorded, and the post-grad graph's op counts
@@ -35,7 +36,30 @@ import torch
 
 from bench.results_io import save_results
 
-PROVIDERS = ("hf-static-compile", "hf-lite-static-compile")
+# hf-lite-static-compile-opaque: patched, with litekernels.rms_norm kept opaque (its Inductor decomposition for
+# decode sizes removed while this provider compiles): what that decomposition is worth.
+PROVIDERS = ("hf-static-compile", "hf-lite-static-compile", "hf-lite-static-compile-opaque")
+
+
+class _NoRmsNormDecomposition:
+    def __enter__(self):
+        from torch._inductor import decomposition as d
+
+        self.table, self.key = d.decompositions, torch.ops.litekernels.rms_norm.default
+        self.saved = self.table.pop(self.key, None)
+        self._clear()
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            self.table[self.key] = self.saved
+        self._clear()
+
+    @staticmethod
+    def _clear():
+        from torch._inductor import decomposition as d
+
+        if hasattr(getattr(d, "fast_random_decomps", None), "cache_clear"):
+            d.fast_random_decomps.cache_clear()
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -222,9 +246,12 @@ def run_provider(model, prov, ids, args, device, logs):
     saved_pass = icfg.post_grad_custom_post_pass
     icfg.post_grad_custom_post_pass = post_grad_recorder(post_grad)
     model.set_attn_implementation("sdpa")
-    patched = prov == "hf-lite-static-compile"
+    patched = prov.startswith("hf-lite-static-compile")
+    opaque = _NoRmsNormDecomposition() if prov.endswith("-opaque") else None
     if patched:
         apply_lite_llama(model)
+    if opaque is not None:
+        opaque.__enter__()
     kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None, cache_implementation="static")
     if device == "cpu":  # HF compiles only on accelerators unless told; no CUDA graphs on the CPU
         from transformers import CompileConfig
@@ -284,6 +311,8 @@ def run_provider(model, prov, ids, args, device, logs):
         row["error"] = repr(e)[:500]
     finally:
         icfg.post_grad_custom_post_pass = saved_pass
+        if opaque is not None:
+            opaque.__exit__(None, None, None)
         if patched:
             revert_lite_llama(model)
     row["wall_s"] = time.perf_counter() - t_start
@@ -327,6 +356,15 @@ def main(argv=None):
         torch.set_num_threads(1)  # a shared CPU: spinning OpenMP threads make each step 10x slower
         if args.out is None:
             args.out = os.path.join(tempfile.gettempdir(), "compiled-decode-cpu.json")
+    try:  # fresh compiles: a cached artifact would skip the post-grad pass and could predate a code change
+        import torch._functorch.config as fcfg
+        import torch._inductor.config as icfg
+
+        icfg.fx_graph_cache = False
+        if hasattr(fcfg, "enable_autograd_cache"):
+            fcfg.enable_autograd_cache = False
+    except Exception as e:  # noqa: BLE001
+        print("could not switch the compile caches off:", repr(e)[:200])
     logs = LogCapture()
     try:  # the reasons behind graph breaks, recompiles and CUDA-graph skips, into the JSON
         torch._logging.set_logs(graph_breaks=True, recompiles=True, cudagraphs=True)
@@ -363,6 +401,9 @@ def main(argv=None):
     if by.get("hf-lite-static-compile") and by.get("hf-static-compile"):
         ratio = by["hf-lite-static-compile"] / by["hf-static-compile"]
         print(f"hf-lite-static-compile / hf-static-compile = {ratio:.2f}x (target >= 1.1x)", flush=True)
+    if by.get("hf-lite-static-compile-opaque") and by.get("hf-static-compile"):
+        print(f"hf-lite-static-compile-opaque / hf-static-compile = "
+              f"{by['hf-lite-static-compile-opaque'] / by['hf-static-compile']:.2f}x", flush=True)
     doc = {"meta": meta, "results": rows, "ratio_patched_over_unpatched": ratio}
     save_results(doc, "compiled-decode", out=args.out)
     print(json.dumps({r["provider"]: r.get("compile_info") for r in rows}, indent=1, default=str)[:4000])
