@@ -16,8 +16,10 @@ dispatcher costs more host time per call than an autograd Function (docs/patchin
 Why `custom_op` and not `triton_op` + `wrap_triton` (torch >= 2.6): triton_op lets Inductor see and fuse
 around the kernels, but its body must launch every kernel through `wrap_triton`, which the launchers (shared
 with the eager path and the CUDA-graph runtime) do not, and the same body must also run the reference on CPU.
-Inductor treats a custom op as an opaque call, which is what every op here wants (each already is one fused
-kernel or a short fixed sequence of them). Needs torch >= 2.4 (`utils.HAS_CUSTOM_OPS`); on older torch
+Inductor treats a custom op as an opaque call, which is what the ops here want (each already is one fused
+kernel or a short fixed sequence of them), with one exception: a decode-sized `rms_norm` is decomposed for
+Inductor so that it fuses with the residual add before it (`register_inductor_decompositions` below). Needs
+torch >= 2.4 (`utils.HAS_CUSTOM_OPS`); on older torch
 nothing is registered and the public functions always take the eager route.
 
 Usage: `torch.ops.litekernels.rms_norm(x, weight, 1e-6)` -> (y, rstd).
