@@ -16,14 +16,18 @@ dispatcher costs more host time per call than an autograd Function (docs/patchin
 Why `custom_op` and not `triton_op` + `wrap_triton` (torch >= 2.6): triton_op lets Inductor see and fuse
 around the kernels, but its body must launch every kernel through `wrap_triton`, which the launchers (shared
 with the eager path and the CUDA-graph runtime) do not, and the same body must also run the reference on CPU.
-Inductor treats a custom op as an opaque call, which is what every op here wants (each already is one fused
-kernel or a short fixed sequence of them). Needs torch >= 2.4 (`utils.HAS_CUSTOM_OPS`); on older torch
+Inductor treats a custom op as an opaque call, which is what the ops here want (each already is one fused
+kernel or a short fixed sequence of them), with one exception: a decode-sized `rms_norm` is decomposed for
+Inductor so that it fuses with the residual add before it (`register_inductor_decompositions` below). Needs
+torch >= 2.4 (`utils.HAS_CUSTOM_OPS`); on older torch
 nothing is registered and the public functions always take the eager route.
 
 Usage: `torch.ops.litekernels.rms_norm(x, weight, 1e-6)` -> (y, rstd).
 """
 
 from __future__ import annotations
+
+import sys
 
 import torch
 
@@ -416,7 +420,60 @@ def _register() -> None:
     register_autograd("litekernels::fused_linear_cross_entropy", flce_bwd, setup_context=flce_setup)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Inductor: decode-sized RMSNorm as plain aten ops
+# ---------------------------------------------------------------------------------------------------------
+# In a decoder layer the norm's input is `residual + sublayer(x)`. Inductor cannot fuse anything into an opaque
+# op, so the patched decode step paid an extra kernel (and a round trip through memory) per norm for the add;
+# for a few rows Inductor's own fused add + RMSNorm is one kernel, as fast as ours. So, in Inductor's
+# decomposition table only (aot_eager, export and eager keep the op), `litekernels.rms_norm` with at most
+# INDUCTOR_DECOMPOSE_MAX_ROWS rows (static shapes) becomes the reference math; larger inputs (prefill,
+# training) and symbolic shapes keep our kernel. The backward stays `rms_norm_backward` (the rstd output is
+# the same quantity).
+INDUCTOR_DECOMPOSE_MAX_ROWS = 64
+
+
+def _decode_sized(x: torch.Tensor) -> bool:
+    rows = 1
+    for s in x.shape[:-1]:
+        if not isinstance(s, int):  # a SymInt: dynamic shapes keep the op
+            return False
+        rows *= s
+    return isinstance(x.shape[-1], int) and rows <= INDUCTOR_DECOMPOSE_MAX_ROWS
+
+
+def _rms_norm_decomposition(x, weight, eps):
+    if not _decode_sized(x):
+        return NotImplemented
+    return reference.rms_norm(x, weight, eps), _rstd(x, eps)
+
+
+def register_inductor_decompositions() -> bool:
+    """Put the decompositions above into Inductor's table (idempotent); False if there is no Inductor.
+
+    Importing Inductor takes seconds, so `import litekernels` does this only when Inductor is already loaded;
+    `litekernels.patches` (which imports transformers, which loads it) always calls it."""
+    if not HAS_CUSTOM_OPS:
+        return False
+    try:
+        from torch._inductor import decomposition as inductor_decomp
+    except Exception:  # noqa: BLE001 - a torch build without Inductor: the ops stay opaque
+        return False
+    table = getattr(inductor_decomp, "decompositions", None)
+    if not isinstance(table, dict):
+        return False
+    key = op("rms_norm").default
+    if table.get(key) is not _rms_norm_decomposition:
+        table[key] = _rms_norm_decomposition
+        cached = getattr(inductor_decomp, "fast_random_decomps", None)
+        if hasattr(cached, "cache_clear"):  # a copy of the table cached by an earlier compile
+            cached.cache_clear()
+    return True
+
+
 if HAS_CUSTOM_OPS:
     _register()
+    if "torch._inductor.decomposition" in sys.modules:
+        register_inductor_decompositions()
 
-__all__ = ["NAMESPACE", "OPS", "BACKWARD_OPS", "op"]
+__all__ = ["NAMESPACE", "OPS", "BACKWARD_OPS", "INDUCTOR_DECOMPOSE_MAX_ROWS", "op", "register_inductor_decompositions"]

@@ -17,7 +17,8 @@ shared/notes). What arrives here as `attention_mask`:
 
 Per call this does no host sync and allocates only what the kernel needs; the one-token path reuses the
 `lengths` tensor across the layers of a step. Under torch.compile the kernels are the registered ops
-`torch.ops.litekernels.flash_attention` / `decode_attention`, opaque to Inductor, the mask a plain input.
+`torch.ops.litekernels.flash_attention` / `decode_attention`, opaque to Inductor, the mask a plain input (a
+view, no copy); the one-token path derives the true lengths from the mask there (see `_traced_lengths`).
 """
 
 from __future__ import annotations
@@ -36,9 +37,19 @@ MAX_HEAD_DIM = 256
 _last_lengths: tuple = (None, None)
 
 
-def _full_lengths(batch: int, keys: int, device) -> torch.Tensor:
-    if tracing():  # a traced graph builds its own (a cached tensor would be baked in as a constant)
+def _traced_lengths(key_mask, batch: int, keys: int, device) -> torch.Tensor:
+    """Lengths inside a traced graph (torch.compile), where each layer's graph builds its own tensor (a cached
+    one would be baked in as a constant). With a key mask (HF's static cache: the whole buffer arrives, the
+    unwritten tail masked) the length is one past the last attendable slot, so the kernel reads only the written
+    prefix instead of all max_cache_len keys; Inductor makes it one small reduction kernel per layer, the same
+    count as the fill it replaces. Without a mask every key is valid (a dynamic cache)."""
+    if key_mask is None:
         return torch.full((batch,), keys, dtype=torch.int32, device=device)
+    slots = torch.arange(1, keys + 1, dtype=torch.int32, device=device)
+    return torch.where(key_mask, slots, 0).amax(-1).clamp_min(1)
+
+
+def _full_lengths(batch: int, keys: int, device) -> torch.Tensor:
     global _last_lengths
     key = (batch, keys, device)
     cached_key, lengths = _last_lengths
@@ -79,7 +90,11 @@ def lite_attention_forward(module, query, key, value, attention_mask, dropout: f
             key_mask = mask[:, 0, 0, :].expand(B, Tk)
             if key_mask.stride(-1) != 1:
                 key_mask = key_mask.contiguous()
-        out = decode_attention_unchecked(query, key, value, _full_lengths(B, Tk, query.device), scale, key_mask)
+        if tracing():
+            lengths = _traced_lengths(key_mask, B, Tk, query.device)
+        else:  # eager: every layer of a step shares one cached tensor (no launch); the mask does the rest
+            lengths = _full_lengths(B, Tk, query.device)
+        out = decode_attention_unchecked(query, key, value, lengths, scale, key_mask)
     else:
         causal = getattr(module, "is_causal", True)
         if mask is None and causal and Tk > Tq > 1:  # top-left causal: later keys are never visible
@@ -98,7 +113,10 @@ def register() -> str:
         from transformers import AttentionInterface
         from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+        from litekernels.library import register_inductor_decompositions
+
         AttentionInterface.register(NAME, lite_attention_forward)
         AttentionMaskInterface.register(NAME, sdpa_mask)
+        register_inductor_decompositions()  # decode-sized RMSNorm fuses with the residual add under Inductor
         _registered = True
     return NAME
