@@ -290,7 +290,9 @@ def _scratch(p: _Plan, device, reuse: bool = True):
     if buf is None:
         buf = (torch.empty(p.part_shape, dtype=torch.float32, device=device),
                torch.empty(p.lse_shape, dtype=torch.float32, device=device),
-               torch.zeros(p.counter_len if p.fused else 1, dtype=torch.int32, device=device))
+               # the fused combine's arrival counters must start at zero; unfused, the slot is unused (no memset)
+               torch.zeros(p.counter_len, dtype=torch.int32, device=device) if p.fused
+               else torch.empty(1, dtype=torch.int32, device=device))
         if not capturing:
             p.scratch[key] = buf
     return buf
