@@ -141,6 +141,7 @@ _hooks_idle = _hooks_idle_fn(_SETUP[1]) if _SETUP is not None else (lambda: Fals
 # the key
 # ---------------------------------------------------------------------------------------------------------
 _I32_MIN, _I32_MAX = -(2 ** 31), 2 ** 31 - 1
+_TENSOR_TYPES = frozenset((torch.Tensor, torch.nn.Parameter))  # a set test is cheaper than isinstance
 
 
 def _wide_int_class(a: int) -> str:
@@ -168,17 +169,18 @@ def spec_key(device: int, args: tuple, kw: dict):
                 add("N" if a & 15 else "D")
             else:
                 add(_wide_int_class(a))
+        elif t in _TENSOR_TYPES or (t is not float and t is not bool and a is not None
+                                    and isinstance(a, torch.Tensor)):
+            p = a.data_ptr()
+            vals[i] = p
+            add(a.dtype)
+            add(not p & 15)
         elif t is float:
             add("f")
         elif t is bool:
             add("T" if a else "F")
         elif a is None:
             add(None)
-        elif isinstance(a, torch.Tensor):
-            p = a.data_ptr()
-            vals[i] = p
-            add(a.dtype)
-            add(not p & 15)
         else:
             return None
         i += 1
