@@ -2,9 +2,12 @@
 
 Random bf16 weights at Llama-3.2-1B shape (16 layers, hidden 2048, 32/8 heads, head_dim 64, vocab 128256,
 tied embeddings), prompts of 128 random tokens, 256 new tokens, EOS ignored. Providers:
-  lite-graph         our runtime, decode replayed from a CUDA graph (projections: our skinny GEMM)
-  lite-graph-cublas  the same with the projections on cuBLAS (F.linear), the runtime's default
-  lite-eager         our runtime, the same decode step launched eagerly
+  lite-graph         our runtime, unfused decode step replayed from a CUDA graph (projections: our skinny GEMM)
+  lite-graph-cublas  the same with the projections on cuBLAS (F.linear): the unfused step
+  lite-graph-fused   the fused decode step (ops/decode_fused.py: norm+GEMV kernels with the SiLU*mul and
+                     RoPE+cache-write epilogues), the runtime's default for bf16 on CUDA
+  lite-graph-fused-pdl  the same with programmatic dependent launch (sm_90+)
+  lite-eager         our runtime at its defaults, the decode step launched eagerly
   hf-eager     HF generate, attn_implementation="eager", dynamic cache
   hf-sdpa      HF generate, sdpa, dynamic cache
   hf-static    HF generate, sdpa, cache_implementation="static", disable_compile=True
@@ -169,22 +172,39 @@ HF_PROVIDERS = {  # name -> (attention implementation, static cache, compile)
     "hf-static-compile": ("sdpa", True, True)}
 
 
-def bench_lite(model, prompts, new, graph, skinny=True):
+LITE_PROVIDERS = {  # name -> (CUDA graph, skinny GEMM, fused decode step, fused_config)
+    "lite-graph": (True, True, False, None), "lite-graph-cublas": (True, False, False, None),
+    "lite-graph-fused": (True, False, True, None), "lite-graph-fused-pdl": (True, False, True, {"PDL": True}),
+    "lite-eager": (False, True, None, None)}
+
+
+def _set_fused(model, batch, total_len, graph, skinny, fused, fused_config):
+    """Build (or reuse) the runtime generate_ids will use and choose its decode step; the runtime is cached on the
+    model, so every provider sets this explicitly."""
+    from litekernels.generation.api import get_runtime
+
+    rt = get_runtime(model, batch, total_len, use_cuda_graph=graph, skinny_gemm=skinny)
+    rt.set_fused_decode(fused, fused_config)
+    return rt
+
+
+def bench_lite(model, prompts, new, graph, skinny=True, fused=None, fused_config=None):
     from litekernels.generation import generate_ids
 
     kw = dict(use_cuda_graph=graph, skinny_gemm=skinny)
+    rt = _set_fused(model, len(prompts), max(map(len, prompts)) + new, graph, skinny, fused, fused_config)
     generate_ids(model, prompts, 8, **kw)  # warm-up: compile, capture
     torch.cuda.synchronize()
     out, t_pre, t_dec = generate_ids(model, prompts, new, **kw)
+    if _set_fused(model, len(prompts), max(map(len, prompts)) + new, graph, skinny, fused, fused_config) is not rt:
+        raise RuntimeError("the runtime was rebuilt during the run: its decode-step setting was not the one asked")
     assert out.shape == (len(prompts), new)
     return t_pre, t_dec
 
 
-def step_profile(model, batch, skinny=True):
+def step_profile(model, batch, skinny=True, fused=False, fused_config=None):
     """Kernels launched by one eager decode step, and the graph-replayed step time."""
-    from litekernels.generation.api import get_runtime
-
-    rt = get_runtime(model, batch, 512, use_cuda_graph=True, skinny_gemm=skinny)
+    rt = _set_fused(model, batch, 512, True, skinny, fused, fused_config)
     tok = torch.zeros(batch, dtype=torch.long, device="cuda")
     pos = torch.full((batch,), 200, dtype=torch.long, device="cuda")
     torch.set_grad_enabled(False)  # as in generate(): decode_linear falls back to F.linear under autograd
@@ -201,8 +221,8 @@ def step_profile(model, batch, skinny=True):
     eager_ms = do_bench(lambda: rt._decode_eager(tok, pos), warmup=10, rep=100, return_mode="median")
     torch.set_grad_enabled(True)
     top = sorted(by_name.items(), key=lambda kv: -kv[1])[:12]
-    return {"kernels_per_step": len(kernels), "graph_step_ms": graph_ms, "eager_step_ms": eager_ms,
-            "graph_ms_per_layer": graph_ms / len(rt.layers),
+    return {"fused_decode": rt.fused_decode, "kernels_per_step": len(kernels), "graph_step_ms": graph_ms,
+            "eager_step_ms": eager_ms, "graph_ms_per_layer": graph_ms / len(rt.layers),
             "gpu_time_us_by_kernel": {k: v for k, v in top}}
 
 
@@ -212,8 +232,11 @@ def main(argv=None):
     p.add_argument("--new", type=int, default=256)
     p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--layers", type=int, default=16)
-    p.add_argument("--providers", default="lite-graph,lite-graph-cublas,lite-eager,hf-eager,hf-sdpa,hf-static,"
-                                          "hf-lite,hf-liger,hf-static-compile,hf-lite-static-compile")
+    p.add_argument("--providers", default="lite-graph,lite-graph-cublas,lite-graph-fused,lite-graph-fused-pdl,"
+                                          "lite-eager,hf-eager,hf-sdpa,hf-static,hf-lite,hf-liger,"
+                                          "hf-static-compile,hf-lite-static-compile")
+    p.add_argument("--profile", default="1,8,1-cublas,1-fused,8-fused,1-fused-pdl",
+                   help="decode-step profiles: batch[-cublas|-fused|-fused-pdl] (plain: unfused, skinny GEMM)")
     p.add_argument("--compile-batches", default="1", help="batches at which the static-compile providers run")
     p.add_argument("--train", action="store_true", help="add the training-step table (compiles the 1B model)")
     p.add_argument("--train-shape", default="4,2048", help="batch,seq of the training step")
@@ -244,8 +267,11 @@ def main(argv=None):
             row_extra = {}
             try:
                 if prov.startswith("lite"):
-                    t_pre, t_dec = bench_lite(model, prompts, args.new, prov.startswith("lite-graph"),
-                                              skinny=not prov.endswith("cublas"))
+                    graph, skinny, fused, fcfg = LITE_PROVIDERS[prov]
+                    if fcfg and fcfg.get("PDL") and not _pdl_ok():
+                        raise RuntimeError("PDL needs sm_90+ and a Triton with launch_pdl")
+                    t_pre, t_dec = bench_lite(model, prompts, args.new, graph, skinny=skinny, fused=fused,
+                                              fused_config=fcfg)
                 elif prov.startswith("hf-lite"):
                     model.set_attn_implementation("sdpa")
                     static = prov == "hf-lite-static-compile"
@@ -267,11 +293,16 @@ def main(argv=None):
             torch.cuda.empty_cache()
     print_ratios(rows)
     model.set_attn_implementation("sdpa")
-    try:
-        profile = {str(B): step_profile(model, B) for B in (1, 8)}
-        profile["1-cublas"] = step_profile(model, 1, skinny=False)
-    except Exception as e:  # noqa: BLE001 - the throughput rows above are still worth writing
-        profile = {"error": repr(e)[:300]}
+    profile = {}
+    for name in [n for n in args.profile.split(",") if n]:
+        B, _, kind = name.partition("-")
+        try:
+            if kind.endswith("pdl") and not _pdl_ok():
+                raise RuntimeError("PDL needs sm_90+ and a Triton with launch_pdl")
+            profile[name] = step_profile(model, int(B), skinny=kind == "", fused=kind.startswith("fused"),
+                                         fused_config={"PDL": True} if kind.endswith("pdl") else None)
+        except Exception as e:  # noqa: BLE001 - the throughput rows above are still worth writing
+            profile[name] = {"error": repr(e)[:300]}
     print(json.dumps(profile, indent=1), flush=True)
     doc = {"meta": meta, "results": rows, "decode_step": profile}
     if args.train:
@@ -282,12 +313,19 @@ def main(argv=None):
     save_results(doc, "generate", out=args.out)
 
 
+def _pdl_ok() -> bool:
+    from litekernels.ops._tl_common import HAS_PDL
+
+    return HAS_PDL and torch.cuda.get_device_capability()[0] >= 9
+
+
 def print_ratios(rows):
     """The issue-#10 ratios per batch: patched HF generate over Liger and unpatched; static+compile patched over
     unpatched."""
     by = {(r["batch"], r["provider"]): r.get("decode_tok_s") for r in rows}
     for B in sorted({r["batch"] for r in rows}):
-        for num, den in (("hf-lite", "hf-liger"), ("hf-lite", "hf-sdpa"),
+        for num, den in (("lite-graph-fused", "lite-graph-cublas"), ("lite-graph-fused-pdl", "lite-graph-cublas"),
+                         ("hf-lite", "hf-liger"), ("hf-lite", "hf-sdpa"),
                          ("hf-lite-static-compile", "hf-static-compile")):
             a, b = by.get((B, num)), by.get((B, den))
             if a and b:

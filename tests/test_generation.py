@@ -143,6 +143,16 @@ def test_generate_ragged_batch_matches_hf_greedy():
         assert r.finish_reason == "eos" or len(r.token_ids) == PARITY_NEW_TOKENS
 
 
+def test_sampling_loop_with_top_k_1_equals_greedy(model):
+    """temperature > 0 with top_k=1 is greedy through the host-side sampling loop (greedy calls run the
+    on-device loop, GreedySteps): both loops must give HF's greedy tokens on a ragged batch that hits EOS."""
+    sampled = generate(model, TOK, PROMPTS, 12, temperature=0.7, top_k=1, seed=3)
+    greedy = generate(model, TOK, PROMPTS, 12)
+    for p, s, g in zip(PROMPTS, sampled, greedy):
+        ref = _hf_greedy(model, p, 12)
+        assert s.token_ids == g.token_ids == ref[: len(g.token_ids)], f"prompt {p!r}"
+
+
 def test_ragged_batch_equals_each_prompt_alone(model):
     batch = generate(model, TOK, PROMPTS, 10)
     for p, r in zip(PROMPTS, batch):

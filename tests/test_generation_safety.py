@@ -259,7 +259,7 @@ def test_stream_closed_or_abandoned_midway(model):
     assert _ours(model, PROMPTS, 6) == want and _lock_is_free(model)
 
 
-@pytest.mark.parametrize("where", ["decode", "prefill"])
+@pytest.mark.parametrize("where", ["_decode_eager", "prefill"])  # _decode_eager: every decode path's step
 def test_keyboard_interrupt_during_a_call(model, monkeypatch, where):
     want = _assert_matches_hf(model)
     calls = {"n": 0}

@@ -275,6 +275,12 @@ MUTATIONS = [
       "LF.fused_add_rms_norm(h, residual, L.w_in, L.eps_post)", T + "test_generation.py::test_runtime_reads_each_norms_own_eps", GEN),
     M("api_positions_not_advanced", "litekernels/generation/api.py", "                positions += 1  # (every row",
       "                positions += 0  # (every row", GEN),
+    M("greedy_steps_positions_not_advanced", "litekernels/generation/runtime.py",
+      "self.pos += (~self.fin).long()", "self.pos += 0 * (~self.fin).long()", GEN),
+    M("greedy_steps_history_off_by_one", "litekernels/generation/runtime.py",
+      "self.hist.scatter_(1, self.step.expand(", "self.hist.scatter_(1, (self.step - 1).expand(", GEN),
+    M("greedy_steps_eos_ignored", "litekernels/generation/runtime.py",
+      "self.fin |= torch.isin(self.tok, self.eos) | (", "self.fin |= (", GEN),
     M("sampling_top_p_keeps_one_more", "litekernels/generation/sampling.py", "drop = (probs.cumsum(-1) - probs) >= top_p",
       "drop = (probs.cumsum(-1) - 2 * probs) >= top_p", GEN),
 ]

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .runtime import LlamaRuntime
+from .runtime import GreedySteps, LlamaRuntime
 from .sampling import RowSeeds, check_sampling, sample
 
 SYNC_EVERY = 16  # generate() checks "all sequences finished" on the host once per this many steps
@@ -246,15 +246,15 @@ def _seeds(seed, batch: int, device):
     return None if seeds is None else RowSeeds(seeds, device)
 
 
-def _ready_runtime(model, st, batch, total_len, use_cuda_graph, skinny_gemm):
+def _ready_runtime(model, st, batch, total_len, use_cuda_graph, skinny_gemm, greedy=False):
     """The runtime for a call (caller holds st.lock), its decode graph for `batch` captured.
 
     An exception during capture (a KeyboardInterrupt included) drops the whole runtime, so no half-captured
     graph or half-warmed state can be replayed by the next call."""
     rt = get_runtime(model, batch, total_len, use_cuda_graph, skinny_gemm)
-    if rt.use_cuda_graph:
+    if rt.use_cuda_graph or greedy:
         try:
-            rt.capture(batch)  # before prefill: capture only writes the last cache slot anyway
+            rt.capture(batch, greedy=greedy)  # before prefill: capture only writes the last cache slot anyway
         except BaseException:
             rt = None
             _drop_runtime(st)
@@ -284,7 +284,9 @@ def generate_ids(model, prompts: list[list[int]], max_new_tokens: int, *, temper
     steps_max = max(caps)
     st = _state(model)
     with st.lock:
-        rt = _ready_runtime(model, st, B, total_len, use_cuda_graph, skinny_gemm)
+        # greedy: the whole step (decode, argmax, stop flags, positions) is one graph replay (GreedySteps)
+        greedy = temperature == 0.0 and len(set(eos_ids)) <= GreedySteps.MAX_EOS
+        rt = _ready_runtime(model, st, B, total_len, use_cuda_graph, skinny_gemm, greedy)
         st.epoch += 1  # this call now owns the cache rows: a paused stream() must re-prefill
         dev = rt.device
         gen = _seeds(seed, B, dev)
@@ -304,6 +306,20 @@ def generate_ids(model, prompts: list[list[int]], max_new_tokens: int, *, temper
         out = torch.zeros(B, steps_max, dtype=torch.long, device=dev)
         finished = torch.zeros(B, dtype=torch.bool, device=dev)
         tok = sample(logits, temperature, top_k, top_p, gen)
+        if greedy:
+            loop = rt.greedy_steps(B)
+            last_step = torch.as_tensor([c - 1 for c in caps], device=dev)
+            loop.start(tok, positions, last_step, sorted(set(eos_ids)))
+            sync()
+            t1 = time.perf_counter()
+            steps = 1  # hist[:, 0] holds the prefill's token
+            # the same stop rule as the loop below: the host looks at the flags once every SYNC_EVERY steps
+            while steps < steps_max and not (steps % SYNC_EVERY == 0 and bool(loop.fin[:B].all())):
+                loop.advance()
+                steps += 1
+            out = loop.hist[:B, :steps].clone()
+            sync()
+            return out, t1 - t0, time.perf_counter() - t1
         sync()
         t1 = time.perf_counter()
         steps = 0

@@ -10,9 +10,11 @@ Invariants (the graph rules):
   * warm-up and capture write only the last cache slot, which a sequence overwrites before it can attend it;
   * without CUDA (or with use_cuda_graph=False) the same step runs eagerly: graph output equals eager output.
 
-Per layer a decode step launches: fused residual-add+RMSNorm, one GEMM for q/k/v, (Qwen3: RMSNorm of q and k
-heads), one kernel for RoPE + the KV-cache write, flash-decoding (split + combine), the o-projection, fused
-add+RMSNorm, one GEMM for gate/up, SiLU*mul and the down projection.
+Per layer an unfused decode step launches: fused residual-add+RMSNorm, one GEMM for q/k/v, (Qwen3: RMSNorm of
+q and k heads), one kernel for RoPE + the KV-cache write, flash-decoding (split + combine), the o-projection,
+fused add+RMSNorm, one GEMM for gate/up, SiLU*mul and the down projection. The fused decode step
+(`fused_decode`, ops/decode_fused.py) launches per layer: add+RMSNorm+qkv GEMV+RoPE+cache write (one kernel),
+flash-decoding (split + combine), the o GEMV, add+RMSNorm+gate/up GEMV+SiLU*mul (one kernel), the down GEMV.
 
 No weight copies: the fused q/k/v and gate/up GEMMs read one buffer per layer and projection group, and the HF
 parameters are views of it. Building the first runtime moves each group's parameters into that buffer once
@@ -38,6 +40,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import functional as LF
+from ..ops import decode_fused as DF
+from ..ops.decode_attention import decode_attention_unchecked
+from ..utils import use_triton
 
 
 @dataclasses.dataclass
@@ -236,6 +241,9 @@ class LlamaRuntime:
     logits = runtime.prefill([[1, 2, 3], [4, 5]])          # (B, vocab) at each prompt's last token
     logits = runtime.decode(next_tokens, positions)         # one token per sequence
 
+    fused_decode / fused_config: the decode step on the fused kernels of ops/decode_fused.py (see
+    `set_fused_decode`; None: on for fp16/bf16 where they can run).
+
     Weights are read through the model's Architecture entry (patches/), never copied: q/k/v and gate/up run as
     one GEMM each over a buffer the HF parameters are views of (see `_rebind`); `fuse_weights=False` leaves
     the parameters' storage alone and runs one GEMM per projection instead. In-place changes to the parameters
@@ -249,7 +257,7 @@ class LlamaRuntime:
 
     def __init__(self, model, *, max_batch: int = 8, max_seq_len: int = 2048,
                  use_cuda_graph: bool | None = None, skinny_gemm: bool | None = None,
-                 fuse_weights: bool = True):
+                 fuse_weights: bool = True, fused_decode: bool | None = None, fused_config: dict | None = None):
         from litekernels.patches.registry import find_architecture, get_path
 
         arch = find_architecture(model)  # TypeError for models outside the Llama family
@@ -334,8 +342,60 @@ class LlamaRuntime:
             shape = (len(self.layers), max_batch, self.n_kv, max_seq_len, self.head_dim)
             self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
             self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        self._graphs: dict[int, tuple] = {}
+        self._graphs: dict = {}  # bucket -> captured decode; ("greedy", bucket) -> GreedySteps
         self._signature = self.weights_signature()
+        self.fused_decode = False
+        self.set_fused_decode(fused_decode, fused_config)
+
+    # ---------------------------------------------------------------------------------------------------------
+    # the fused decode step (ops/decode_fused.py)
+    # ---------------------------------------------------------------------------------------------------------
+    FUSED_KINDS = ("qkv", "o", "gate_up", "down", "lm_head")
+
+    def fused_decode_unavailable(self) -> str | None:
+        """Why the fused decode step cannot run on this runtime (None when it can)."""
+        if not use_triton(self.embed):
+            return f"the model is on {self.device}: the fused kernels need CUDA (or TRITON_INTERPRET=1 on the CPU)"
+        if self.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            return f"dtype {self.dtype} is not supported"
+        for i, L in enumerate(self.layers):
+            if L.qkv.weight is None or L.gu.weight is None:
+                return (f"layer {i}: q/k/v or gate/up are not one fused buffer (fuse_weights=False, or parameters "
+                        "that cannot share storage)")
+            tensors = [L.w_in, L.w_post, L.qkv.weight, L.gu.weight, L.wo, L.wdown, L.qkv.bias, L.gu.bias, L.bo,
+                       L.bdown]
+            if any(t is not None and (t.stride(-1) != 1 or t.dtype != self.dtype) for t in tensors):
+                return f"layer {i}: a weight is not unit-stride in its last dimension or not in {self.dtype}"
+        return None
+
+    def set_fused_decode(self, fused_decode: bool | None = None, fused_config: dict | None = None) -> None:
+        """Choose the decode step: fused kernels (True), the unfused ops (False) or None: fused where it can run
+        in half precision (fp16/bf16 on CUDA or the interpreter, every layer's q/k/v and gate/up fused); fp32 only
+        when asked (IEEE dots). fused_config: decode_fused launch settings (FUSED_DEFAULTS keys) for every kernel,
+        and/or per kernel under "qkv", "o", "gate_up", "down", "lm_head"; "fold_lm_head": True runs the final
+        add+RMSNorm in the prologue of a Triton lm_head GEMV instead of add+RMSNorm + cuBLAS; "max_rows": the
+        largest batch (bucket) that takes the fused step (default 16, the kernels' limit; larger ones run
+        unfused). Drops captured graphs (they are recaptured at the next decode)."""
+        why = self.fused_decode_unavailable()
+        if fused_decode is None:
+            on = why is None and self.dtype in (torch.float16, torch.bfloat16)
+        elif fused_decode and why is not None:
+            raise ValueError(f"fused_decode=True is not possible: {why}")
+        else:
+            on = bool(fused_decode)
+        cfg = dict(fused_config or {})
+        self.fold_lm_head = bool(cfg.pop("fold_lm_head", False))
+        self.fused_max_rows = int(cfg.pop("max_rows", DF.MAX_ROWS))
+        if not 1 <= self.fused_max_rows <= DF.MAX_ROWS:
+            raise ValueError(f"fused_config max_rows must be in 1..{DF.MAX_ROWS}, got {self.fused_max_rows}")
+        per_kind = {k: dict(cfg.pop(k) or {}) for k in self.FUSED_KINDS if k in cfg}
+        unknown = set(cfg) - set(DF.FUSED_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown fused_config keys {sorted(unknown)}; known: {sorted(DF.FUSED_DEFAULTS)}, "
+                             f"{', '.join(self.FUSED_KINDS)}, fold_lm_head, max_rows")
+        self._fused_cfg = {k: {**cfg, **per_kind.get(k, {})} or None for k in self.FUSED_KINDS}
+        self.fused_decode = on
+        self._graphs.clear()
 
     def _check_tensors(self, model) -> None:
         devices = set()
@@ -453,8 +513,48 @@ class LlamaRuntime:
         last = torch.as_tensor([n - 1 for n in lens], device=self.device)
         return self._logits(x[torch.arange(B, device=self.device), last])
 
+    def _decode_fused(self, tokens, positions):
+        """The decode step on the fused kernels (ops/decode_fused.py): per layer norm_gemv(rope_cache) ->
+        flash-decoding -> gemv(o) -> norm_gemv(silu_mul, adding o's output to the residual) -> gemv(down); the next
+        layer's norm_gemv adds down's output. Each kernel writes fresh buffers (the residual too), so none reads
+        what it writes. Qwen3 (q_norm/k_norm) keeps the unfused q/k/v part."""
+        B = tokens.shape[0]
+        H, KV, D = self.n_heads, self.n_kv, self.head_dim
+        cfg = self._fused_cfg
+        h = F.embedding(tokens, self.embed)  # (B, hidden)
+        lengths = (positions + 1).to(torch.int32)
+        residual = None
+        for i, L in enumerate(self.layers):
+            kc, vc = self.k_cache[i, :B], self.v_cache[i, :B]
+            if L.q_norm is None:
+                rope = DF.RopeCache(positions, self.cos, self.sin, kc, vc, H, KV)
+                q, residual = DF.norm_gemv(h, residual, L.w_in, L.eps_in, L.qkv.weight, L.qkv.bias,
+                                           epilogue="rope_cache", rope=rope, config=cfg["qkv"])
+            else:  # Qwen3: per-head RMSNorm of q and k between the projection and RoPE
+                if residual is None:
+                    x, residual = LF.rms_norm(h, L.w_in, L.eps_in), h
+                else:
+                    x, residual = LF.fused_add_rms_norm(h, residual, L.w_in, L.eps_in)
+                qkv = self._linear(x, L.qkv.weight, L.qkv.bias).view(B, H + 2 * KV, D)
+                qn = LF.rms_norm(qkv[:, :H], L.q_norm, L.qk_eps)
+                kn = LF.rms_norm(qkv[:, H:H + KV], L.k_norm, L.qk_eps)
+                qkv = torch.cat([qn, kn, qkv[:, H + KV:]], dim=1)
+                q = LF.rope_cache_write(qkv, self.cos, self.sin, positions, kc, vc, H, KV)
+            o = decode_attention_unchecked(q, kc, vc, lengths, self.scale)  # (B, H, 1, D)
+            a = DF.gemv(o.view(B, H * D), L.wo, L.bo, config=cfg["o"])
+            act, residual = DF.norm_gemv(a, residual, L.w_post, L.eps_post, L.gu.weight, L.gu.bias,
+                                         epilogue="silu_mul", config=cfg["gate_up"])
+            h = DF.gemv(act, L.wdown, L.bdown, config=cfg["down"])
+        if self.fold_lm_head and self.lm_head.stride(-1) == 1:
+            return DF.norm_gemv(h, residual, self.norm_w, self.eps, self.lm_head, self.lm_bias,
+                                config=cfg["lm_head"])[0]
+        x, _ = LF.fused_add_rms_norm(h, residual, self.norm_w, self.eps)
+        return self._logits(x)
+
     def _decode_eager(self, tokens, positions):
         B = tokens.shape[0]
+        if self.fused_decode and B <= self.fused_max_rows:
+            return self._decode_fused(tokens, positions)
         h = F.embedding(tokens[:, None], self.embed)
         lengths = (positions + 1).to(torch.int32)
 
@@ -505,7 +605,96 @@ class LlamaRuntime:
         graph.replay()
         return s_logits[:B]
 
-    def capture(self, batch_size: int) -> None:
-        """Capture the decode graph for `batch_size`'s bucket now (otherwise done at its first decode)."""
-        if self.use_cuda_graph:
+    def capture(self, batch_size: int, greedy: bool = False) -> None:
+        """Capture the decode graph for `batch_size`'s bucket now (otherwise done at its first decode); with
+        greedy=True the whole-step graph of `greedy_steps` instead."""
+        if greedy:
+            self.greedy_steps(batch_size)
+        elif self.use_cuda_graph:
             self._graph(min(_bucket(batch_size), self.max_batch))
+
+    def greedy_steps(self, batch_size: int) -> GreedySteps:
+        """The greedy decode loop's step for `batch_size`'s bucket: decode, argmax, stop flags, positions and the
+        token history in one CUDA graph (one replay per token, no other launch), or run eagerly without graphs."""
+        bucket = min(_bucket(batch_size), self.max_batch)
+        key = ("greedy", bucket)
+        if key not in self._graphs:
+            with torch.inference_mode(False), torch.no_grad():  # persistent buffers: ordinary tensors
+                self._graphs[key] = GreedySteps(self, bucket)
+        return self._graphs[key]
+
+
+class GreedySteps:
+    """Greedy decoding with the loop's bookkeeping on the device, captured with the decode step in one graph.
+
+    State (persistent buffers, `bucket` rows; rows past the call's batch are parked: finished, at the last cache
+    slot, which no sequence attends before overwriting it):
+      tok (B,) the current token of each row, pos (B,) its cache slot, fin (B,) finished (EOS seen, or the row's
+      last step reached), last (B,) the step index at which a row stops, eos (MAX_EOS,) stop ids (-1 = unused),
+      step (1,) the step counter, hist (B, max_seq_len) the tokens, hist[:, s] = the token of step s.
+    One step (`advance`): logits = decode(tok, pos); pos += not fin; tok = fin ? tok : argmax(logits);
+    step += 1; hist[:, step] = tok; fin |= tok in eos or last <= step. This is the same recurrence as the
+    host loop in api.generate_ids for temperature 0, so tokens are identical; a finished row repeats its token.
+    """
+
+    MAX_EOS = 16
+
+    def __init__(self, rt: LlamaRuntime, bucket: int):
+        dev = rt.device
+        self.rt, self.bucket = rt, bucket
+        self.tok = torch.zeros(bucket, dtype=torch.long, device=dev)
+        self.pos = torch.full((bucket,), rt.max_seq_len - 1, dtype=torch.long, device=dev)
+        self.fin = torch.ones(bucket, dtype=torch.bool, device=dev)
+        self.last = torch.zeros(bucket, dtype=torch.long, device=dev)
+        self.eos = torch.full((self.MAX_EOS,), -1, dtype=torch.long, device=dev)
+        self.step = torch.zeros(1, dtype=torch.long, device=dev)
+        self.hist = torch.zeros(bucket, rt.max_seq_len, dtype=torch.long, device=dev)
+        self.graph = None
+        if rt.use_cuda_graph:
+            # warm-up (compilation) and capture: every row parked (finished, last slot), so nothing but that
+            # slot is written; the counters they move are reset by start()
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self._body()
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._body()
+            self.graph = graph
+
+    def _body(self):
+        logits = self.rt._decode_eager(self.tok, self.pos)
+        self.pos += (~self.fin).long()  # a finished row stays put: it never writes past its own context
+        self.tok.copy_(torch.where(self.fin, self.tok, logits.argmax(-1)))
+        self.step += 1
+        self.hist.scatter_(1, self.step.expand(self.bucket).view(-1, 1), self.tok.view(-1, 1))
+        self.fin |= torch.isin(self.tok, self.eos) | (self.last <= self.step)
+
+    def start(self, tok: torch.Tensor, positions: torch.Tensor, last: torch.Tensor, eos_ids) -> None:
+        """Load a call: first tokens (B,), their cache slots (B,), each row's last step index (B,), stop ids."""
+        B = tok.shape[0]
+        if B > self.bucket or len(eos_ids) > self.MAX_EOS:
+            raise ValueError(f"GreedySteps holds {self.bucket} rows and {self.MAX_EOS} stop ids; got {B} rows "
+                             f"and {len(eos_ids)} ids")
+        self.tok.zero_()
+        self.tok[:B].copy_(tok)
+        self.pos.fill_(self.rt.max_seq_len - 1)
+        self.pos[:B].copy_(positions)
+        self.last.zero_()
+        self.last[:B].copy_(last)
+        self.eos.fill_(-1)
+        if len(eos_ids):
+            self.eos[:len(eos_ids)].copy_(torch.as_tensor(list(eos_ids), dtype=torch.long))
+        self.step.zero_()
+        self.hist[:, 0].copy_(self.tok)
+        self.fin.fill_(True)
+        self.fin[:B] = torch.isin(self.tok[:B], self.eos) | (self.last[:B] <= 0)
+
+    def advance(self) -> None:
+        """One greedy step (one graph replay on CUDA)."""
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._body()

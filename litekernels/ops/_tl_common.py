@@ -8,6 +8,7 @@ query they use to pick settings per GPU. Every op module imports from here; no o
   exact_dot(dtype)      the IEEE switch for a launch
   LOG2E                 scores are kept in log2 units: exp(x) = exp2(x * LOG2E), folded into the scale
   gpu_arch(device)      (compute capability major, minor, shared memory per block opt-in) of the launch device
+  HAS_PDL               this Triton can launch with programmatic dependent launch (launch_pdl + gdc_* intrinsics)
 """
 
 from __future__ import annotations
@@ -95,3 +96,17 @@ def gpu_arch(device: torch.device | None = None) -> tuple[int, int, int]:
     if device is None or device.type != "cuda":
         return DEFAULT_ARCH
     return _arch_of(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def _has_pdl() -> bool:
+    """Triton can launch with programmatic dependent launch (launch_pdl option) and has the gdc_* intrinsics."""
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+        from triton.language.extra import cuda as tl_cuda
+    except Exception:  # noqa: BLE001 - no NVIDIA backend, or an older layout
+        return False
+    fields = getattr(CUDAOptions, "__dataclass_fields__", {})
+    return "launch_pdl" in fields and hasattr(tl_cuda, "gdc_wait") and hasattr(tl_cuda, "gdc_launch_dependents")
+
+
+HAS_PDL = _has_pdl()

@@ -24,8 +24,8 @@ import torch
 from .. import reference
 from .._triton import tl, triton
 from ..utils import INTERPRET, check_tensor, num_sms, unit_last, use_triton
-from ._tl_common import LOG2E, _dot, _finish_rows, _online_softmax_step, exact_dot, gpu_arch
 from ._launch import launch
+from ._tl_common import HAS_PDL, LOG2E, _dot, _finish_rows, _online_softmax_step, exact_dot, gpu_arch
 from .attention import check_attention_inputs
 
 
@@ -181,20 +181,6 @@ def _decode_combine_kernel(O_PART, LSE_PART, O, so_b, so_h, so_t, H, Tq, D, SPLI
 # combine (sm_90+, Triton with launch_pdl; ignored by the interpreter, which has no second grid to overlap).
 DECODE_DEFAULTS = dict(BLOCK_N=64, num_warps=4, num_stages=3, SPLITS=None, WAVES=4, MIN_CHUNK=256, MAX_SPLITS=128,
                        FUSED=False, MMA=True, COMBINE_ROWS=1, COMBINE_WARPS=4, PDL=False)
-
-
-def _has_pdl() -> bool:
-    """Triton can launch with programmatic dependent launch (launch_pdl option) and has the gdc_* intrinsics."""
-    try:
-        from triton.backends.nvidia.compiler import CUDAOptions
-        from triton.language.extra import cuda as tl_cuda
-    except Exception:  # noqa: BLE001 - no NVIDIA backend, or an older layout
-        return False
-    fields = getattr(CUDAOptions, "__dataclass_fields__", {})
-    return "launch_pdl" in fields and hasattr(tl_cuda, "gdc_wait") and hasattr(tl_cuda, "gdc_launch_dependents")
-
-
-HAS_PDL = _has_pdl()
 
 
 def decode_config(D: int, arch=None, element_size: int = 2) -> dict:
