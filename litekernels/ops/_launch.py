@@ -27,6 +27,7 @@ call) are not part of the key; after changing one, call `clear_launch_cache()`.
 from __future__ import annotations
 
 import inspect
+import operator
 import os
 
 import torch
@@ -191,11 +192,14 @@ def spec_key(device: int, args: tuple, kw: dict):
 # per kernel: the argument layout and the remembered compiled kernels
 # ---------------------------------------------------------------------------------------------------------
 class _KernelState:
-    __slots__ = ("cache", "params", "defaults", "globals_used", "kernel")
+    """cache: specialization key (spec_key) -> (launch function, fixed arguments, constexpr tail); exact: the
+    same entries under the exact key of `_exact_key` (cheaper to build), filled on use."""
+    __slots__ = ("cache", "exact", "params", "defaults", "globals_used", "kernel")
 
     def __init__(self, kernel):
         self.kernel = kernel
         self.cache = {}
+        self.exact = {}
         self.params = [(p.name, bool(p.is_constexpr)) for p in kernel.params]
         sig = inspect.signature(kernel.fn)
         self.defaults = {n: p.default for n, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
@@ -266,6 +270,7 @@ def _remember(kernel, key, compiled, n_args, kw):
     state.globals_used = tuple(getattr(kernel, "used_global_vals", {}).items())
     if len(state.cache) >= MAX_ENTRIES_PER_KERNEL:
         state.cache.clear()
+        state.exact.clear()
     fn, fixed = _direct_launch(compiled, direct_mode)
     state.cache[key] = (fn, fixed, tail)
 
@@ -273,6 +278,60 @@ def _remember(kernel, key, compiled, n_args, kw):
 _MISSING = object()
 _get_device = getattr(torch._C, "_cuda_getDevice", None)
 _get_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
+_layouts: dict = {}  # tuple of argument types -> (tensor positions, getter of the other arguments) or None
+
+
+def _layout(types: tuple):
+    """Where the tensors are in an argument list of these types, and an itemgetter of everything else; None when
+    a type is one spec_key does not handle."""
+    tensors, others = [], []
+    for i, t in enumerate(types):
+        if t in _TENSOR_TYPES or (isinstance(t, type) and issubclass(t, torch.Tensor)):
+            tensors.append(i)
+        elif t in (int, float, bool, type(None)):
+            others.append(i)
+        else:
+            return None
+    if len(_layouts) > 4096:
+        _layouts.clear()
+    if not others:
+        getter = _no_others
+    elif len(others) == 1:
+        index = others[0]
+        getter = lambda a: (a[index],)  # noqa: E731
+    else:
+        getter = operator.itemgetter(*others)
+    lay = _layouts[types] = (tuple(tensors), getter)
+    return lay
+
+
+def _no_others(args):
+    return ()
+
+
+def _exact_key(device, args, kw):
+    """(key, values) like spec_key, but with every int, float, bool and None by value (finer than Triton's
+    specialization, so it can stand in front of the spec_key cache) and the argument types as one tuple: built
+    mostly by C-level calls. None for an unsupported argument type."""
+    types = tuple(map(type, args))
+    lay = _layouts.get(types)
+    if lay is None:
+        lay = _layout(types)
+        if lay is None:
+            return None
+    tensors, others = lay
+    vals = list(args)
+    tk = []
+    add = tk.append
+    for i in tensors:
+        a = args[i]
+        p = a.data_ptr()
+        vals[i] = p
+        add(a.dtype)
+        add(not p & 15)
+    return (device, tuple(kw.items()), types, others(args), tuple(tk)), vals
 
 
 def launch(kernel, grid, *args, **kw):
@@ -283,33 +342,38 @@ def launch(kernel, grid, *args, **kw):
         kernel[grid](*args, **kw)
         return
     device = _get_device()
-    ks = spec_key(device, args, kw)
-    if ks is None:
+    ek = _exact_key(device, args, kw)
+    if ek is None:
         kernel[grid](*args, **kw)
         return
-    key, vals = ks
+    ekey, vals = ek
     state = _states.get(id(kernel))
+    key = None
     try:
-        entry = state.cache.get(key) if state is not None else None
+        entry = state.exact.get(ekey) if state is not None else None
+        if entry is None:
+            key = spec_key(device, args, kw)[0]
+            entry = state.cache.get(key) if state is not None else None
+            if entry is not None:
+                if len(state.exact) >= MAX_ENTRIES_PER_KERNEL:
+                    state.exact.clear()
+                state.exact[ekey] = entry
     except TypeError:  # an unhashable constexpr value: Triton's path handles (or rejects) it
         kernel[grid](*args, **kw)
         return
-    if entry is not None and not kernel.pre_run_hooks and _hooks_idle():
-        for (name, _), (value, globals_dict) in state.globals_used:
-            if globals_dict.get(name, _MISSING) != value:  # Triton raises for this; let it
-                entry = None
-                break
-        if entry is not None:
-            fn, fixed, tail = entry
-            n = len(grid)
-            fn(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, _get_stream(device), *fixed, *vals, *tail)
+    if entry is None:  # first call of this specialization: Triton compiles (or finds) it, we keep it
+        _remember(kernel, key, kernel[grid](*args, **kw), len(args), kw)
+        return
+    if kernel.pre_run_hooks or not _hooks_idle():
+        kernel[grid](*args, **kw)
+        return
+    for (name, _), (value, globals_dict) in state.globals_used:
+        if globals_dict.get(name, _MISSING) != value:  # Triton raises for this; let it
+            kernel[grid](*args, **kw)
             return
-    compiled = kernel[grid](*args, **kw)
-    if entry is None:
-        try:
-            _remember(kernel, key, compiled, len(args), kw)
-        except TypeError:  # unhashable key part
-            pass
+    fn, fixed, tail = entry
+    n = len(grid)
+    fn(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, _get_stream(device), *fixed, *vals, *tail)
 
 
 # ---------------------------------------------------------------------------------------------------------
