@@ -8,7 +8,7 @@ own dispatch is then NOT counted, so a before/after comparison favours "before".
 Timed under torch.no_grad, median of --repeats batches of --calls back-to-back calls; the machine's load average
 is recorded (other processes share the cores). Reference points on the same CPU: torch.add and torch.empty.
 
-    python -m bench.host_python [--calls 2000] [--repeats 7] [--out PATH]
+    python -m bench.host_python [--calls 2000] [--repeats 7] [--dispatch live|stub] [--out PATH]
 """
 
 from __future__ import annotations
@@ -42,8 +42,10 @@ class _StubKernel:
         return lambda *args, **kwargs: self.compiled
 
 
-def patch_ops():
-    """Force the Triton path on CPU tensors and stub every kernel; returns a description of what is measured."""
+def patch_ops(dispatch: str = "live"):
+    """Force the Triton path on CPU tensors and stub every kernel; returns a description of what is measured.
+    dispatch="stub": ops/_launch.py's direct path off, so `launch` goes straight to the no-op `kernel[grid]`
+    (the same cut as an older checkout, for a like-for-like comparison of the ops' own Python)."""
     for name in OP_MODULES:
         mod = importlib.import_module(f"litekernels.ops.{name}")
         mod.use_triton = lambda *tensors: True
@@ -54,6 +56,9 @@ def patch_ops():
         L = importlib.import_module("litekernels.ops._launch")
     except ImportError:
         return "kernel[grid] stubbed (no ops/_launch.py: Triton's dispatch not counted)"
+    if dispatch == "stub":
+        L._on = False
+        return "ops/_launch.py present, its dispatch off: kernel[grid] stubbed"
     L._SETUP = ("all", "chain", None, _StubKernel)
     L._on = True
     L._get_device = lambda: 0
@@ -79,11 +84,13 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--calls", type=int, default=2000)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--dispatch", choices=("live", "stub"), default="live",
+                   help="live: ops/_launch.py's dispatch runs (C launcher stubbed); stub: kernel[grid] is the no-op")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("run without TRITON_INTERPRET=1 (the launch settings would be the interpreter's)")
-    mode = patch_ops()
+    mode = patch_ops(args.dispatch)
     from litekernels import apply_rope, decode_attention, flash_attention, fused_add_rms_norm, rms_norm, silu_mul
 
     bf = torch.bfloat16

@@ -15,7 +15,8 @@ dtype and whether data_ptr() % 16 == 0; per int whether it is 1, divisible by 16
 uint64 holds it; floats, bools (by value) and None by type; the constexpr and option keywords by name and
 value; the current CUDA device. The launch convention (which arguments the launcher takes, where the launch
 hooks live) was read from each listed version's runtime/jit.py, compiler/compiler.py and
-backends/nvidia/driver.py; any other version, the interpreter (TRITON_INTERPRET=1), ROCm builds, kernels that
+backends/nvidia/driver.py; any other version, the interpreter (TRITON_INTERPRET=1), ROCm builds, machines
+without CUDA, kernels that
 are not plain @triton.jit functions, arguments of other types, and calls made while a launch hook (a profiler
 such as proton), a pre-run hook or a stage-inspection hook is set, all take the normal `kernel[grid]` path.
 
@@ -59,7 +60,7 @@ MAX_ENTRIES_PER_KERNEL = 1024  # a kernel's cache is cleared when it grows past 
 
 def _setup():
     """(args_mode, hook_family, direct_mode, JITFunction) for this process, or None: normal launches only."""
-    if not HAS_TRITON or INTERPRET or getattr(torch.version, "hip", None):
+    if not HAS_TRITON or INTERPRET or getattr(torch.version, "hip", None) or not torch.cuda.is_available():
         return None
     conv = _VERIFIED.get(getattr(triton, "__version__", ""))
     if conv is None:
