@@ -13,12 +13,13 @@ call the compiled kernel's launcher directly, with raw device pointers (the laun
 The key is at least as fine as Triton's specialization in every version listed in `_VERIFIED`: per tensor its
 dtype and whether data_ptr() % 16 == 0; per int whether it is 1, divisible by 16 and which of int32 / int64 /
 uint64 holds it; floats, bools (by value) and None by type; the constexpr and option keywords by name and
-value; the current CUDA device. The launch convention (which arguments the launcher takes, where the launch
-hooks live) was read from each listed version's runtime/jit.py, compiler/compiler.py and
-backends/nvidia/driver.py; any other version, the interpreter (TRITON_INTERPRET=1), ROCm builds, machines
-without CUDA, kernels that
-are not plain @triton.jit functions, arguments of other types, and calls made while a launch hook (a profiler
-such as proton), a pre-run hook or a stage-inspection hook is set, all take the normal `kernel[grid]` path.
+value; the current CUDA device (`spec_key`). In front of that cache sits a memo keyed by the exact values of
+the non-tensor arguments (`_exact_key`, finer still and cheaper to build), so a repeated call skips the
+per-int classification. The launch convention (which arguments the launcher takes, where the launch hooks
+live) was read from each listed version's runtime/jit.py, compiler/compiler.py and backends/nvidia/driver.py.
+Any other version, the interpreter (TRITON_INTERPRET=1), ROCm builds, machines without CUDA, kernels that are
+not plain @triton.jit functions, arguments of other types, and calls made while a launch hook (a profiler such
+as proton), a pre-run hook or a stage-inspection hook is set take the normal `kernel[grid]` path.
 
 Switch: LITEKERNELS_FAST_LAUNCH=0 in the environment (read at import) or `set_fast_launch(False)`.
 Caveat: Triton settings that change compilation at run time (TRITON_DEBUG and the like, read by Triton on each
