@@ -302,7 +302,7 @@ def _layout(types: tuple):
         getter = _no_others
     elif len(others) == 1:
         index = others[0]
-        getter = lambda a: (a[index],)  # noqa: E731
+        getter = lambda a: (a[index],)  # noqa: E731 - a one-element tuple, like itemgetter's for several
     else:
         getter = operator.itemgetter(*others)
     lay = _layouts[types] = (tuple(tensors), getter)
