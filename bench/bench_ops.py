@@ -276,6 +276,15 @@ def bench_host(res):
                                               for p, v in row["providers"].items()}, flush=True)
 
 
+def _fast_launch_enabled():
+    """Whether ops launch kernels directly once compiled (litekernels/ops/_launch.py), or through Triton's path."""
+    try:
+        from litekernels.ops._launch import fast_launch_enabled
+    except ImportError:
+        return None
+    return fast_launch_enabled()
+
+
 def graph_ms(fn):
     """Median ms of replaying fn captured in a CUDA graph (warmed up on a side stream first)."""
     return do_bench(capture(fn, 3).replay, warmup=25, rep=100, return_mode="median")
@@ -331,7 +340,7 @@ def main(argv=None):
     bw, mm = copy_bandwidth(), matmul_tflops()
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
             "liger_kernel": lg and lg["version"], "python": platform.python_version(),
-            "copy_GBps": bw, "bf16_matmul_TFLOPs": mm,
+            "copy_GBps": bw, "bf16_matmul_TFLOPs": mm, "fast_launch": _fast_launch_enabled(),
             "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     print(meta, flush=True)
     res = []

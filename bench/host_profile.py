@@ -63,6 +63,7 @@ def main():
     args = p.parse_args()
     from litekernels import decode_attention, flash_attention, fused_add_rms_norm, rms_norm, silu_mul
     from litekernels import apply_rope
+    from litekernels.ops._launch import fast_launch_enabled, launch
 
     bf = torch.bfloat16
     dev = "cuda"
@@ -79,6 +80,8 @@ def main():
     y = torch.empty_like(x)
     cases = {
         "triton_noop_launch": lambda: _noop_kernel[(1,)](x, y, 16, 1, 2, 3, 4, 5, 6, 7, 8, BLOCK=16),
+        # the same launch through litekernels' direct path (ops/_launch.py; Triton's path where it is off)
+        "litekernels_launch_noop": lambda: launch(_noop_kernel, (1,), x, y, 16, 1, 2, 3, 4, 5, 6, 7, 8, BLOCK=16),
         "torch_add": lambda: torch.add(x, r),
         "rms_norm": lambda: rms_norm(x, w, 1e-5),
         "fused_add_rms_norm": lambda: fused_add_rms_norm(x, r, w, 1e-5),
@@ -88,7 +91,7 @@ def main():
         "decode_attention": lambda: decode_attention(qd, kc, vc, lengths),
     }
     out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-           "ops": {}}
+           "fast_launch": fast_launch_enabled(), "ops": {}}
     with torch.no_grad():
         for name, fn in cases.items():
             us = per_call_us(fn, args.calls)

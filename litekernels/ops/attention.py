@@ -21,6 +21,7 @@ Usage: o = flash_attention(q, k, v, causal=True)
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -28,6 +29,7 @@ import torch
 from .. import reference
 from .._triton import tl, triton
 from ..utils import INTERPRET, check_same_device, check_tensor, unit_last, use_triton
+from ._launch import discard_buffer, launch
 from ._tl_common import (LOG2E, _dot, _finish_rows, _online_softmax_step, _online_softmax_step_lazy, exact_dot,
                           gpu_arch)
 
@@ -443,27 +445,33 @@ def _mask_args(attn_mask, B, H, Tq, Tk):
     return m, tuple(m.stride())
 
 
-def attention_fwd(q, k, v, causal, scale, attn_mask=None, config=None):
+def attention_fwd(q, k, v, causal, scale, attn_mask=None, config=None, need_lse=True):
     """Launch the forward; config: None (the table for this GPU), a tuple (BLOCK_M, BLOCK_N, num_warps,
     num_stages) or a dict of those plus the variant flags FWD_FLAGS (REVERSE heavy-first query blocks,
-    BLOCK_PTR, TMA, WS, LAZY; see FWD_FLAGS)."""
+    BLOCK_PTR, TMA, WS, LAZY; see FWD_FLAGS). need_lse=False (no autograd): lse goes to a discard buffer and
+    None is returned for it."""
     q, k, v = unit_last(q), unit_last(k), unit_last(v)
     B, H, Tq, D = q.shape
     HKV, Tk = k.shape[1], k.shape[2]
-    o = torch.empty((B, H, Tq, D), dtype=q.dtype, device=q.device)
-    lse = torch.empty((B, H, Tq), dtype=torch.float32, device=q.device)
+    device = q.device
+    o = torch.empty((B, H, Tq, D), dtype=q.dtype, device=device)
+    lse = torch.empty((B, H, Tq), dtype=torch.float32, device=device) if need_lse else discard_buffer(B * H * Tq, q)
     mask, ms = _mask_args(attn_mask, B, H, Tq, Tk)
-    c = _settings(fwd_config, D, q.dtype, q.device, config)
+    c = _settings(fwd_config, D, q.dtype, device, config)
     if c["TMA"]:
         _prepare_tma(q, k, v)
-    BD = max(16, triton.next_power_of_2(D))
-    grid = (triton.cdiv(Tq, c["BLOCK_M"]), B * H)
-    _attn_fwd_kernel[grid](q, k, v, o, lse, mask if mask is not None else q,
-                           q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                           v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
-                           *ms, H, H // HKV, Tq, Tk, D, scale * LOG2E,
-                           CAUSAL=causal, HAS_MASK=mask is not None, BLOCK_D=BD, IEEE=exact_dot(q.dtype), **c)
-    return o, lse
+    sq, sk, sv, so = q.stride(), k.stride(), v.stride(), o.stride()
+    launch(_attn_fwd_kernel, (triton.cdiv(Tq, c["BLOCK_M"]), B * H), q, k, v, o, lse, mask if mask is not None else q,
+           sq[0], sq[1], sq[2], sk[0], sk[1], sk[2], sv[0], sv[1], sv[2], so[0], so[1], so[2],
+           *ms, H, H // HKV, Tq, Tk, D, scale * LOG2E,
+           CAUSAL=causal, HAS_MASK=mask is not None, BLOCK_D=_block_d(D), IEEE=exact_dot(q.dtype), **c)
+    return o, (lse if need_lse else None)
+
+
+@functools.lru_cache(maxsize=None)
+def _block_d(D: int) -> int:
+    """The head_dim tile: the next power of two, at least 16 (tl.dot's minimum)."""
+    return max(16, triton.next_power_of_2(D))
 
 
 def attention_bwd(do, q, k, v, o, lse, causal, scale, attn_mask=None, config=None):
@@ -473,9 +481,9 @@ def attention_bwd(do, q, k, v, o, lse, causal, scale, attn_mask=None, config=Non
     BD = max(16, triton.next_power_of_2(D))
     delta = torch.empty((B, H, Tq), dtype=torch.float32, device=q.device)
     DM = 16 if INTERPRET else max(1, min(128, 8192 // BD))
-    _attn_bwd_delta_kernel[(triton.cdiv(Tq, DM), B * H)](
-        o, do, delta, o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1), do.stride(2), H, Tq, D,
-        BLOCK_M=DM, BLOCK_D=BD, num_warps=1 if INTERPRET else 4)
+    launch(_attn_bwd_delta_kernel, (triton.cdiv(Tq, DM), B * H),
+           o, do, delta, o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1), do.stride(2), H, Tq, D,
+           BLOCK_M=DM, BLOCK_D=BD, num_warps=1 if INTERPRET else 4)
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
@@ -486,13 +494,13 @@ def attention_bwd(do, q, k, v, o, lse, causal, scale, attn_mask=None, config=Non
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2))
     mask_ptr = mask if mask is not None else q
-    _attn_bwd_dkdv_kernel[(triton.cdiv(Tk, BN), B * HKV)](
-        q, k, v, do, lse, delta, dk, dv, mask_ptr, *strides,
-        dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), *ms,
-        H, HKV, H // HKV, Tq, Tk, D, scale, scale * LOG2E, **common)
-    _attn_bwd_dq_kernel[(triton.cdiv(Tq, BM), B * H)](
-        q, k, v, do, lse, delta, dq, mask_ptr, *strides, dq.stride(0), dq.stride(1), dq.stride(2), *ms,
-        H, H // HKV, Tq, Tk, D, scale, scale * LOG2E, **common)
+    launch(_attn_bwd_dkdv_kernel, (triton.cdiv(Tk, BN), B * HKV),
+           q, k, v, do, lse, delta, dk, dv, mask_ptr, *strides,
+           dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), *ms,
+           H, HKV, H // HKV, Tq, Tk, D, scale, scale * LOG2E, **common)
+    launch(_attn_bwd_dq_kernel, (triton.cdiv(Tq, BM), B * H),
+           q, k, v, do, lse, delta, dq, mask_ptr, *strides, dq.stride(0), dq.stride(1), dq.stride(2), *ms,
+           H, H // HKV, Tq, Tk, D, scale, scale * LOG2E, **common)
     return dq, dk, dv
 
 
@@ -570,4 +578,6 @@ def flash_attention_unchecked(q, k, v, causal: bool, scale: float, attn_mask=Non
         return torch.ops.litekernels.flash_attention(q, k, v, attn_mask, causal, scale)[0]
     if not use_triton(q):
         return reference.attention(q, k, v, causal=causal, scale=scale, attn_mask=attn_mask)
+    if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+        return attention_fwd(q, k, v, causal, scale, attn_mask, need_lse=False)[0]  # no autograd node needed
     return LiteAttentionFunction.apply(q, k, v, causal, scale, attn_mask)

@@ -23,8 +23,9 @@ import torch
 
 from .. import reference
 from .._triton import tl, triton
-from ..utils import (as_rows, check_same_device, check_same_dtype, check_same_shape, check_tensor, num_sms,
-                     row_settings, use_triton, tracing)
+from ..utils import (SUPPORTED_DTYPES, as_rows, check_same_device, check_same_dtype, check_same_shape, check_tensor,
+                     num_sms, row_settings, use_triton, tracing)
+from ._launch import discard_buffer, launch
 
 
 @triton.jit
@@ -90,26 +91,50 @@ def fwd_rows_per_program(block: int, n_rows: int) -> int:
     return max(1, min(rows, triton.next_power_of_2(max(n_rows, 1))))
 
 
-def rms_norm_fwd(x, weight, eps, residual=None):
-    """Launch the forward. Returns (y, h, rstd) with y, h shaped like x (h is None without a residual)."""
+_FWD_PLANS: dict = {}  # (n_rows, n_cols, x dtype, weight dtype) -> (grid, BLOCK, ROWS, num_warps, y dtype)
+
+
+def _fwd_plan(n_rows, n_cols, x_dtype, w_dtype):
+    key = (n_rows, n_cols, x_dtype, w_dtype)
+    plan = _FWD_PLANS.get(key)
+    if plan is None:
+        block, warps = row_settings(n_cols, x_dtype.itemsize)
+        rows = fwd_rows_per_program(block, n_rows)
+        warps = 4 if block <= 4096 else warps
+        if len(_FWD_PLANS) > 4096:
+            _FWD_PLANS.clear()
+        plan = _FWD_PLANS[key] = ((triton.cdiv(n_rows, rows),), block, rows, warps,
+                                  torch.promote_types(w_dtype, x_dtype))
+    return plan
+
+
+def _rows_of(t, n_cols):
+    """(tensor indexable as rows of n_cols with unit column stride, row stride, n_rows); t itself when dense."""
+    if n_cols and t.is_contiguous():
+        return t, n_cols, t.numel() // n_cols
+    t2 = as_rows(t)
+    return t2, t2.stride(0), t2.shape[0]
+
+
+def rms_norm_fwd(x, weight, eps, residual=None, need_rstd=True):
+    """Launch the forward. Returns (y, h, rstd) with y, h shaped like x (h is None without a residual).
+    need_rstd=False (no autograd): rstd goes to a discard buffer and None is returned for it."""
     shape = x.shape
-    x2 = as_rows(x)
-    n_rows, n_cols = x2.shape
-    block, warps = row_settings(n_cols, x.element_size())
-    rows = fwd_rows_per_program(block, n_rows)
-    warps = 4 if block <= 4096 else warps
-    y = torch.empty((n_rows, n_cols), dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
-    rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
+    n_cols = shape[-1]
+    x2, sx, n_rows = _rows_of(x, n_cols)
+    grid, block, rows, warps, y_dtype = _fwd_plan(n_rows, n_cols, x.dtype, weight.dtype)
+    device = x.device
+    y = torch.empty(shape, dtype=y_dtype, device=device)  # dense: row stride n_cols
+    rstd = torch.empty(n_rows, dtype=torch.float32, device=device) if need_rstd else discard_buffer(n_rows, x)
     if residual is not None:
-        r2 = as_rows(residual)
-        h = torch.empty((n_rows, n_cols), dtype=x.dtype, device=x.device)
+        r2, sr, _ = _rows_of(residual, n_cols)
+        h = torch.empty(shape, dtype=x.dtype, device=device)
     else:
-        r2, h = x2, y  # unused by the kernel (HAS_RESIDUAL=False)
+        r2, sr, h = x2, sx, y  # unused by the kernel (HAS_RESIDUAL=False)
     if n_rows:
-        _rms_norm_fwd_kernel[(triton.cdiv(n_rows, rows),)](
-            x2, r2, weight, y, h, rstd, x2.stride(0), r2.stride(0), y.stride(0), h.stride(0), n_rows, n_cols, eps,
-            BLOCK=block, ROWS=rows, HAS_RESIDUAL=residual is not None, num_warps=warps)
-    return y.view(shape), (h.view(shape) if residual is not None else None), rstd
+        launch(_rms_norm_fwd_kernel, grid, x2, r2, weight, y, h, rstd, sx, sr, n_cols, n_cols, n_rows, n_cols, eps,
+               BLOCK=block, ROWS=rows, HAS_RESIDUAL=residual is not None, num_warps=warps)
+    return y, (h if residual is not None else None), (rstd if need_rstd else None)
 
 
 def rms_norm_bwd(dy, x, weight, rstd, dh=None):
@@ -127,9 +152,9 @@ def rms_norm_bwd(dy, x, weight, rstd, dh=None):
     rows_per_program = triton.cdiv(n_rows, programs) if n_rows else 0
     dw_part = torch.empty((programs, n_cols), dtype=torch.float32, device=x.device)
     if n_rows:
-        _rms_norm_bwd_kernel[(programs,)](dy2, x2, weight, rstd, dh2, dx, dw_part, dy2.stride(0), x2.stride(0),
-                                          dh2.stride(0), dx.stride(0), n_rows, n_cols, rows_per_program,
-                                          BLOCK=block, ROWS=rows, HAS_DH=dh is not None, num_warps=warps)
+        launch(_rms_norm_bwd_kernel, (programs,), dy2, x2, weight, rstd, dh2, dx, dw_part, dy2.stride(0),
+               x2.stride(0), dh2.stride(0), dx.stride(0), n_rows, n_cols, rows_per_program,
+               BLOCK=block, ROWS=rows, HAS_DH=dh is not None, num_warps=warps)
         dw = dw_part.sum(0).to(weight.dtype)
     else:
         dw = torch.zeros_like(weight)
@@ -165,6 +190,16 @@ class LiteFusedAddRMSNormFunction(torch.autograd.Function):
 
 
 def _check(x, weight, residual=None):
+    T = torch.Tensor
+    # one compound test on the common path; the named checks below run only when it fails
+    if (isinstance(x, T) and isinstance(weight, T) and x.dim() > 0 and weight.dim() == 1
+            and x.dtype in SUPPORTED_DTYPES and weight.dtype in SUPPORTED_DTYPES and weight.shape[0] == x.shape[-1]
+            and (x.is_cuda and weight.is_cuda and weight.get_device() == x.get_device() or weight.device == x.device)
+            and (residual is None
+                 or (isinstance(residual, T) and residual.dtype == x.dtype and residual.shape == x.shape
+                     and (residual.is_cuda and x.is_cuda and residual.get_device() == x.get_device()
+                          or residual.device == x.device)))):
+        return
     check_tensor("x", x)
     check_tensor("weight", weight, ndim=1)
     check_same_device(x=x, weight=weight, residual=residual)
@@ -185,6 +220,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
         return torch.ops.litekernels.rms_norm(x, weight, float(eps))[0]
     if not use_triton(x):
         return reference.rms_norm(x, weight, eps)
+    if not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
+        return rms_norm_fwd(x, weight, float(eps), need_rstd=False)[0]  # no autograd node needed
     return LiteRMSNormFunction.apply(x, weight, float(eps))
 
 
@@ -196,4 +233,7 @@ def fused_add_rms_norm(x, residual, weight, eps: float = 1e-6):
         return y, h
     if not use_triton(x):
         return reference.fused_add_rms_norm(x, residual, weight, eps)
+    if not (torch.is_grad_enabled() and (x.requires_grad or residual.requires_grad or weight.requires_grad)):
+        y, h, _ = rms_norm_fwd(x, weight, float(eps), residual=residual, need_rstd=False)
+        return y, h
     return LiteFusedAddRMSNormFunction.apply(x, residual, weight, float(eps))

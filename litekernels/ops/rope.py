@@ -21,7 +21,8 @@ import torch
 
 from .. import reference
 from .._triton import tl, triton
-from ..utils import check_same_device, check_tensor, tracing, unit_last, use_triton
+from ..utils import SUPPORTED_DTYPES, check_same_device, check_tensor, tracing, unit_last, use_triton
+from ._launch import launch
 
 
 @triton.jit
@@ -92,10 +93,14 @@ def _rope_cache_write_kernel(QKV, POS, COS, SIN, QO, KC, VC, s_qkv_b, s_cos_t, s
     tl.store(VC + b * svc_b + pos * svc_t + h[:, None] * svc_h + d[None, :], v.to(VC.dtype.element_ty), mask=mask)
 
 
-def _broadcast_cos(c, B, T, D):
-    if c.dim() == 2:
-        c = c.unsqueeze(0)
-    return unit_last(c).expand(B, T, D)
+def _cos_strides(c, B):
+    """(c with unit last stride, batch stride, token stride) of cos/sin (T, D) or (1|B, T, D): the strides of
+    its view expanded to (B, T, D), without building the view (a size-1 batch broadcast to B > 1: stride 0)."""
+    c = unit_last(c)
+    st = c.stride()
+    if len(st) == 2:  # (T, D): unsqueeze(0) gives batch stride T * stride_t
+        return c, (c.shape[0] * st[0] if B == 1 else 0), st[0]
+    return c, (st[0] if c.shape[0] == B else 0), st[1]
 
 
 def rope_fwd(q, k, cos, sin, backward=False):
@@ -103,18 +108,31 @@ def rope_fwd(q, k, cos, sin, backward=False):
     q, k = unit_last(q), unit_last(k)
     B, HQ, T, D = q.shape
     HK = k.shape[1]
-    cos, sin = _broadcast_cos(cos, B, T, D), _broadcast_cos(sin, B, T, D)
+    cos, scb, sct = _cos_strides(cos, B)
+    sin, ssb, sst = _cos_strides(sin, B)
     qo, ko = torch.empty_like(q), torch.empty_like(k)  # same strides as the inputs (dense views stay dense)
-    half = D // 2
     if B * T:
-        _rope_kernel[(B * T,)](
-            q, k, qo, ko, cos, sin,
-            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            qo.stride(0), qo.stride(1), qo.stride(2), ko.stride(0), ko.stride(1), ko.stride(2),
-            cos.stride(0), cos.stride(1), sin.stride(0), sin.stride(1), T, HQ, HK,
-            HALF=half, BLOCK_HQ=triton.next_power_of_2(HQ), BLOCK_HK=triton.next_power_of_2(HK),
-            BLOCK_D=triton.next_power_of_2(half), BACKWARD=backward, num_warps=4 if HQ * half <= 2048 else 8)
+        half, block_hq, block_hk, block_d, warps = _settings(HQ, HK, D)
+        sq, sk, sqo, sko = q.stride(), k.stride(), qo.stride(), ko.stride()
+        launch(_rope_kernel, (B * T,),
+               q, k, qo, ko, cos, sin, sq[0], sq[1], sq[2], sk[0], sk[1], sk[2], sqo[0], sqo[1], sqo[2],
+               sko[0], sko[1], sko[2], scb, sct, ssb, sst, T, HQ, HK,
+               HALF=half, BLOCK_HQ=block_hq, BLOCK_HK=block_hk, BLOCK_D=block_d, BACKWARD=backward, num_warps=warps)
     return qo, ko
+
+
+_SETTINGS: dict = {}
+
+
+def _settings(HQ, HK, D):
+    """(HALF, BLOCK_HQ, BLOCK_HK, BLOCK_D, num_warps) of the rope kernel, cached per head counts and head_dim."""
+    key = (HQ, HK, D)
+    s = _SETTINGS.get(key)
+    if s is None:
+        half = D // 2
+        s = _SETTINGS[key] = (half, triton.next_power_of_2(HQ), triton.next_power_of_2(HK),
+                              triton.next_power_of_2(half), 4 if HQ * half <= 2048 else 8)
+    return s
 
 
 class LiteRoPEFunction(torch.autograd.Function):
@@ -131,6 +149,20 @@ class LiteRoPEFunction(torch.autograd.Function):
 
 
 def _check(q, k, cos, sin):
+    T = torch.Tensor
+    # one compound test on the common path; the named checks below run only when it fails
+    if (isinstance(q, T) and isinstance(k, T) and isinstance(cos, T) and isinstance(sin, T)
+            and q.dim() == 4 and k.dim() == 4 and q.dtype in SUPPORTED_DTYPES and k.dtype == q.dtype
+            and cos.dtype in SUPPORTED_DTYPES and sin.dtype in SUPPORTED_DTYPES
+            and ((q.is_cuda and k.is_cuda and cos.is_cuda and sin.is_cuda and k.get_device() == q.get_device()
+                  and cos.get_device() == q.get_device() and sin.get_device() == q.get_device())
+                 or (k.device == q.device and cos.device == q.device and sin.device == q.device))):
+        qs, ks, cs, ss = q.shape, k.shape, cos.shape, sin.shape
+        if (ks[0] == qs[0] and ks[2] == qs[2] and ks[3] == qs[3] and qs[3] % 2 == 0
+                and cs[-2:] == qs[2:] and ss[-2:] == qs[2:]
+                and (len(cs) == 2 or (len(cs) == 3 and cs[0] in (1, qs[0])))
+                and (len(ss) == 2 or (len(ss) == 3 and ss[0] in (1, qs[0])))):
+            return
     check_tensor("q", q, ndim=4)
     check_tensor("k", k, ndim=4)
     check_tensor("cos", cos, ndim=(2, 3))
@@ -163,6 +195,9 @@ def apply_rope_unchecked(q, k, cos, sin):
         return tuple(torch.ops.litekernels.apply_rope(q, k, cos, sin))
     if not use_triton(q):
         return reference.apply_rope(q, k, cos, sin)
+    if not (torch.is_grad_enabled()
+            and (q.requires_grad or k.requires_grad or cos.requires_grad or sin.requires_grad)):
+        return rope_fwd(q, k, cos, sin)  # no autograd node needed
     return LiteRoPEFunction.apply(q, k, cos, sin)
 
 
@@ -172,12 +207,12 @@ def rope_cache_write_fwd(qkv, cos_table, sin_table, positions, k_cache, v_cache,
     qkv = qkv if qkv.stride(-1) == 1 and qkv.stride(1) == D else qkv.contiguous()
     q = torch.empty((B, n_heads, 1, D), dtype=qkv.dtype, device=qkv.device)
     half = D // 2
-    _rope_cache_write_kernel[(B,)](
-        qkv, positions, cos_table, sin_table, q, k_cache, v_cache, qkv.stride(0), cos_table.stride(0),
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), n_heads, n_kv_heads,
-        HALF=half, D=D, BLOCK_HQ=triton.next_power_of_2(n_heads), BLOCK_HK=triton.next_power_of_2(n_kv_heads),
-        BLOCK_D=triton.next_power_of_2(half), num_warps=4)
+    launch(_rope_cache_write_kernel, (B,),
+           qkv, positions, cos_table, sin_table, q, k_cache, v_cache, qkv.stride(0), cos_table.stride(0),
+           q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+           v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), n_heads, n_kv_heads,
+           HALF=half, D=D, BLOCK_HQ=triton.next_power_of_2(n_heads), BLOCK_HK=triton.next_power_of_2(n_kv_heads),
+           BLOCK_D=triton.next_power_of_2(half), num_warps=4)
     return q
 
 

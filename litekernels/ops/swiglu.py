@@ -23,7 +23,9 @@ import torch
 
 from .. import reference
 from .._triton import tl, triton
-from ..utils import as_rows, check_same_device, check_same_dtype, check_same_shape, check_tensor, tracing, use_triton
+from ..utils import (SUPPORTED_DTYPES, as_rows, check_same_device, check_same_dtype, check_same_shape, check_tensor,
+                     tracing, use_triton)
+from ._launch import launch
 
 BLOCK = 1024
 
@@ -59,14 +61,25 @@ def _grid(n_rows, n_cols):
     return (n_rows, triton.cdiv(n_cols, BLOCK))
 
 
+def _rows_of(t, n_cols):
+    """(tensor indexable as rows of n_cols with unit column stride, row stride); t itself when dense."""
+    if n_cols and t.is_contiguous():
+        return t, n_cols
+    t2 = as_rows(t)
+    return t2, t2.stride(0)
+
+
 def silu_mul_fwd(gate, up):
     shape = gate.shape
-    g, u = as_rows(gate), as_rows(up)
-    y = torch.empty(g.shape, dtype=gate.dtype, device=gate.device)
-    if y.numel():
-        _silu_mul_fwd_kernel[_grid(*g.shape)](g, u, y, g.stride(0), u.stride(0), y.stride(0), g.shape[1],
-                                              BLOCK=BLOCK, num_warps=4)
-    return y.view(shape)
+    n_cols = shape[-1]
+    g, sg = _rows_of(gate, n_cols)
+    u, su = _rows_of(up, n_cols)
+    y = torch.empty(shape, dtype=gate.dtype, device=gate.device)  # dense: row stride n_cols
+    n = y.numel()
+    if n:
+        launch(_silu_mul_fwd_kernel, (n // n_cols, (n_cols + BLOCK - 1) // BLOCK), g, u, y, sg, su, n_cols, n_cols,
+               BLOCK=BLOCK, num_warps=4)
+    return y
 
 
 def silu_mul_bwd(dy, gate, up, inplace=False):
@@ -79,8 +92,8 @@ def silu_mul_bwd(dy, gate, up, inplace=False):
         dg = torch.empty(g.shape, dtype=gate.dtype, device=gate.device)
         du = torch.empty(g.shape, dtype=up.dtype, device=gate.device)
     if dg.numel():
-        _silu_mul_bwd_kernel[_grid(*g.shape)](d, g, u, dg, du, d.stride(0), g.stride(0), u.stride(0),
-                                              dg.stride(0), du.stride(0), g.shape[1], BLOCK=BLOCK, num_warps=4)
+        launch(_silu_mul_bwd_kernel, _grid(*g.shape), d, g, u, dg, du, d.stride(0), g.stride(0), u.stride(0),
+               dg.stride(0), du.stride(0), g.shape[1], BLOCK=BLOCK, num_warps=4)
     return dg.view(shape), du.view(shape)
 
 
@@ -117,6 +130,22 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor, *, inplace_backward: bool = F
 
     inplace_backward: the backward writes the gradients over gate's and up's storage (less memory); only for
     callers that do not use gate and up after this call (see the module docstring)."""
+    T = torch.Tensor
+    if not (isinstance(gate, T) and isinstance(up, T) and gate.dim() > 0 and gate.dtype in SUPPORTED_DTYPES
+            and up.dtype == gate.dtype and up.shape == gate.shape
+            and (gate.is_cuda and up.is_cuda and up.get_device() == gate.get_device() or up.device == gate.device)):
+        _check(gate, up)  # the common path passes the compound test above; this names what is wrong
+        _check(gate, up)
+    if tracing():
+        return torch.ops.litekernels.silu_mul(gate, up)
+    if not use_triton(gate):
+        return reference.silu_mul(gate, up)
+    if not (torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad)):
+        return silu_mul_fwd(gate, up)  # no autograd node needed
+    return LiteSiLUMulFunction.apply(gate, up, bool(inplace_backward))
+
+
+def _check(gate, up):
     check_tensor("gate", gate)
     check_tensor("up", up)
     check_same_device(gate=gate, up=up)
@@ -124,8 +153,3 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor, *, inplace_backward: bool = F
     check_same_shape(gate=gate, up=up)
     if gate.dim() == 0:
         raise ValueError("gate and up must have at least one dimension")
-    if tracing():
-        return torch.ops.litekernels.silu_mul(gate, up)
-    if not use_triton(gate):
-        return reference.silu_mul(gate, up)
-    return LiteSiLUMulFunction.apply(gate, up, bool(inplace_backward))
