@@ -554,7 +554,8 @@ class LlamaRuntime:
     def _decode_eager(self, tokens, positions):
         B = tokens.shape[0]
         if self.fused_decode and B <= self.fused_max_rows:
-            return self._decode_fused(tokens, positions)
+            with torch.no_grad():  # inference-only kernels; the HF parameters they read may require grad
+                return self._decode_fused(tokens, positions)
         h = F.embedding(tokens[:, None], self.embed)
         lengths = (positions + 1).to(torch.int32)
 
