@@ -273,10 +273,14 @@ def test_runtime_fused_flags():
         LlamaRuntime(model, max_batch=2, max_seq_len=16, use_cuda_graph=False, fused_config={"BLOCK": 1})
     rt32 = LlamaRuntime(_tiny("llama", torch.float32), max_batch=2, max_seq_len=16, use_cuda_graph=False)
     assert not rt32.fused_decode  # fp32: only on request
-    rt32.set_fused_decode(True, {"fold_lm_head": True, "o": {"DOT": False, "BLOCK_N": 8}})
+    rt32.set_fused_decode(True, {"fold_lm_head": True, "o": {"DOT": False, "BLOCK_N": 8},
+                                 "attention": {"SPLITS": 2, "BLOCK_N": 16}})
     assert rt32.fused_decode and rt32.fold_lm_head
     # fp32 with IEEE dots and the final norm folded into the lm_head GEMV: equal to the unfused step
     t_f, l_f = _greedy(rt32, [[3, 4, 5], [6, 7]], 4)
+    from litekernels.ops import decode_attention as DA
+
+    assert (("BLOCK_N", 16), ("SPLITS", 2)) in [k[9] for k in DA._plans], "the attention config was not used"
     rt32.set_fused_decode(False)
     t_u, l_u = _greedy(rt32, [[3, 4, 5], [6, 7]], 4)
     assert torch.equal(t_f, t_u)

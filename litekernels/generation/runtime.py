@@ -41,8 +41,8 @@ import torch.nn.functional as F
 
 from .. import functional as LF
 from ..ops import decode_fused as DF
-from ..ops.decode_attention import decode_attention_unchecked
-from ..utils import use_triton
+from ..ops.decode_attention import decode_attention_fwd, decode_attention_unchecked
+from ..utils import INTERPRET, use_triton
 
 
 @dataclasses.dataclass
@@ -372,7 +372,9 @@ class LlamaRuntime:
         """Choose the decode step: fused kernels (True), the unfused ops (False) or None: fused where it can run
         in half precision (fp16/bf16 on CUDA or the interpreter, every layer's q/k/v and gate/up fused); fp32 only
         when asked (IEEE dots). fused_config: decode_fused launch settings (FUSED_DEFAULTS keys) for every kernel,
-        and/or per kernel under "qkv", "o", "gate_up", "down", "lm_head"; "fold_lm_head": True runs the final
+        and/or per kernel under "qkv", "o", "gate_up", "down", "lm_head"; "attention": flash-decoding's config
+        (ops/decode_attention.py DECODE_DEFAULTS keys; a top-level PDL=True implies {"PDL": True} here);
+        "fold_lm_head": True runs the final
         add+RMSNorm in the prologue of a Triton lm_head GEMV instead of add+RMSNorm + cuBLAS; "max_rows": the
         largest batch (bucket) that takes the fused step (default 16, the kernels' limit; larger ones run
         unfused). Drops captured graphs (they are recaptured at the next decode)."""
@@ -385,6 +387,10 @@ class LlamaRuntime:
             on = bool(fused_decode)
         cfg = dict(fused_config or {})
         self.fold_lm_head = bool(cfg.pop("fold_lm_head", False))
+        attn = cfg.pop("attention", None)
+        if attn is None and cfg.get("PDL") and not INTERPRET:
+            attn = {"PDL": True}  # PDL wherever it exists: flash-decoding's combine launches early too
+        self._attn_cfg = dict(attn) if attn else None
         self.fused_max_rows = int(cfg.pop("max_rows", DF.MAX_ROWS))
         if not 1 <= self.fused_max_rows <= DF.MAX_ROWS:
             raise ValueError(f"fused_config max_rows must be in 1..{DF.MAX_ROWS}, got {self.fused_max_rows}")
@@ -392,7 +398,7 @@ class LlamaRuntime:
         unknown = set(cfg) - set(DF.FUSED_DEFAULTS)
         if unknown:
             raise ValueError(f"unknown fused_config keys {sorted(unknown)}; known: {sorted(DF.FUSED_DEFAULTS)}, "
-                             f"{', '.join(self.FUSED_KINDS)}, fold_lm_head, max_rows")
+                             f"{', '.join(self.FUSED_KINDS)}, attention, fold_lm_head, max_rows")
         self._fused_cfg = {k: {**cfg, **per_kind.get(k, {})} or None for k in self.FUSED_KINDS}
         self.fused_decode = on
         self._graphs.clear()
@@ -540,7 +546,10 @@ class LlamaRuntime:
                 kn = LF.rms_norm(qkv[:, H:H + KV], L.k_norm, L.qk_eps)
                 qkv = torch.cat([qn, kn, qkv[:, H + KV:]], dim=1)
                 q = LF.rope_cache_write(qkv, self.cos, self.sin, positions, kc, vc, H, KV)
-            o = decode_attention_unchecked(q, kc, vc, lengths, self.scale)  # (B, H, 1, D)
+            if self._attn_cfg is None:
+                o = decode_attention_unchecked(q, kc, vc, lengths, self.scale)  # (B, H, 1, D)
+            else:
+                o = decode_attention_fwd(q, kc, vc, lengths, self.scale, config=self._attn_cfg)
             a = DF.gemv(o.view(B, H * D), L.wo, L.bo, config=cfg["o"])
             act, residual = DF.norm_gemv(a, residual, L.w_post, L.eps_post, L.gu.weight, L.gu.bias,
                                          epilogue="silu_mul", config=cfg["gate_up"])
