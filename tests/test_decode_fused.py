@@ -363,3 +363,58 @@ def test_gpu_graph_fused_equals_unfused_1b_shape():
             assert same.float().mean().item() >= 0.9, f"{name} B={B}: greedy tokens differ too often"
         # the graph replays exactly the eager kernels: bit-identical
         assert torch.equal(got["eager-fused"], got["graph-fused"]), f"B={B}: graph != eager (fused)"
+
+
+def _gpu_configs():
+    out = [("default", None), ("reduce", {"DOT": False, "PREFETCH": True, "BLOCK_N": 4, "BLOCK_K": 512}),
+           ("dot-prefetch", {"PREFETCH": True, "num_stages": 1})]
+    if DF.HAS_PDL and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9:
+        out.append(("pdl", {"PDL": True}))
+    return out
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("B", [1, 8])
+@pytest.mark.parametrize("shape", ["1B", "8B"])
+def test_gpu_kernels_real_shapes(shape, B):
+    """Every fused kernel at the real layer shapes, with the default settings and the variants the sweep tries
+    (compiled, not interpreted), against the float64 reference composition (tests/helpers.py's rule)."""
+    hidden, inter, H, KV, D = {"1B": (2048, 8192, 32, 8, 64), "8B": (4096, 14336, 32, 8, 128)}[shape]
+    dt, L = torch.bfloat16, 256
+    x, r, nw = _inputs(B, hidden, dt, True)
+    w_qkv = torch.randn((H + 2 * KV) * D, hidden, dtype=dt, device=DEVICE) / hidden ** 0.5
+    w_gu = torch.randn(2 * inter, hidden, dtype=dt, device=DEVICE) / hidden ** 0.5 * 3
+    w_o = torch.randn(hidden, H * D, dtype=dt, device=DEVICE) / (H * D) ** 0.5
+    w_d = torch.randn(hidden, inter, dtype=dt, device=DEVICE) / inter ** 0.5
+    o_in = torch.randn(B, H * D, dtype=dt, device=DEVICE)
+    act = torch.randn(B, inter, dtype=dt, device=DEVICE)
+    cos, sin = torch.randn(L, D, device=DEVICE).to(dt), torch.randn(L, D, device=DEVICE).to(dt)
+    positions = torch.randperm(L, device=DEVICE)[:B]
+    rr = torch.arange(B, device=DEVICE)
+
+    def qkv_ref(d):
+        qkv = _linear(_normed(x, r, nw, 1e-5, d), w_qkv, None, d).view(B, H + 2 * KV, D)
+        k2 = torch.zeros((B, KV, L, D), dtype=d, device=DEVICE)
+        q2 = R.rope_cache_write(qkv, cos.to(d), sin.to(d), positions, k2, torch.zeros_like(k2), H, KV)
+        return q2, k2[rr, :, positions]
+
+    def gu_ref(d):
+        g, u = _linear(_normed(x, r, nw, 1e-5, d), w_gu, None, d).split(inter, dim=-1)
+        return R.silu_mul(g, u)
+
+    (q64, k64), (ql, kl) = qkv_ref(torch.float64), qkv_ref(dt)
+    gu64, gul = gu_ref(torch.float64), gu_ref(dt)
+    for name, cfg in _gpu_configs():
+        with torch.no_grad():
+            kc = torch.zeros((B, KV, L, D), dtype=dt, device=DEVICE)
+            rope = DF.RopeCache(positions, cos, sin, kc, torch.zeros_like(kc), H, KV)
+            q, s = DF.norm_gemv(x, r, nw, 1e-5, w_qkv, epilogue="rope_cache", rope=rope, config=cfg)
+            assert torch.equal(s, x + r)
+            assert_matches(q, q64, ql, name=f"{name} q")
+            assert_matches(kc[rr, :, positions], k64, kl, name=f"{name} k slot")
+            a, _ = DF.norm_gemv(x, r, nw, 1e-5, w_gu, epilogue="silu_mul", config=cfg)
+            assert_matches(a, gu64, gul, name=f"{name} silu_mul")
+            for nm, inp, w in (("o", o_in, w_o), ("down", act, w_d)):
+                y = DF.gemv(inp, w, config=cfg)
+                assert_matches(y, _linear(inp.double(), w, None, torch.float64), _linear(inp, w, None, dt),
+                               name=f"{name} {nm}")
