@@ -93,10 +93,12 @@ def test_fused_table_settings_fit(arch, ty, shape, kind):
 
 
 @pytest.mark.parametrize("kind", ["qkv", "gate_up", "down"])
-@pytest.mark.parametrize("variant", [{"PDL": True}, {"PREFETCH": True, "num_stages": 1},
-                                     {"DOT": False, "PREFETCH": True, "BLOCK_N": 8, "BLOCK_K": 256},
-                                     {"DOT": False, "PREFETCH": True, "PDL": True, "BLOCK_N": 4, "num_warps": 2}],
-                         ids=["pdl", "dot-prefetch", "reduce", "reduce-pdl"])
+@pytest.mark.parametrize("variant", [  # PDL: the only CPU check of the gdc intrinsics; the rest are slow (CI time)
+    {"PDL": True},
+    pytest.param({"PREFETCH": True, "num_stages": 1}, marks=pytest.mark.slow),
+    pytest.param({"DOT": False, "PREFETCH": True, "BLOCK_N": 8, "BLOCK_K": 256}, marks=pytest.mark.slow),
+    pytest.param({"DOT": False, "PREFETCH": True, "PDL": True, "BLOCK_N": 4, "num_warps": 2}, marks=pytest.mark.slow),
+], ids=["pdl", "dot-prefetch", "reduce", "reduce-pdl"])
 def test_fused_variants_compile_sm90(kind, variant):
     if variant.get("PDL") and not DF.HAS_PDL:
         pytest.skip("this Triton has no launch_pdl / gdc intrinsics")
