@@ -373,11 +373,11 @@ class LlamaRuntime:
         in half precision (fp16/bf16 on CUDA or the interpreter, every layer's q/k/v and gate/up fused); fp32 only
         when asked (IEEE dots). fused_config: decode_fused launch settings (FUSED_DEFAULTS keys) for every kernel,
         and/or per kernel under "qkv", "o", "gate_up", "down", "lm_head"; "attention": flash-decoding's config
-        (ops/decode_attention.py DECODE_DEFAULTS keys; a top-level PDL=True implies {"PDL": True} here);
-        "fold_lm_head": True runs the final
-        add+RMSNorm in the prologue of a Triton lm_head GEMV instead of add+RMSNorm + cuBLAS; "max_rows": the
-        largest batch (bucket) that takes the fused step (default 16, the kernels' limit; larger ones run
-        unfused). Drops captured graphs (they are recaptured at the next decode)."""
+        (ops/decode_attention.py DECODE_DEFAULTS keys; a top-level PDL=True implies {"PDL": True} there);
+        "fold_lm_head": True runs the final add+RMSNorm in the prologue of a Triton lm_head GEMV instead of
+        add+RMSNorm + cuBLAS; "max_rows": the largest batch (bucket) that takes the fused step (default 16, the
+        kernels' limit; larger ones run unfused). Drops captured graphs (recaptured at the next decode). A
+        ValueError leaves the runtime as it was."""
         why = self.fused_decode_unavailable()
         if fused_decode is None:
             on = why is None and self.dtype in (torch.float16, torch.bfloat16)
@@ -386,21 +386,21 @@ class LlamaRuntime:
         else:
             on = bool(fused_decode)
         cfg = dict(fused_config or {})
-        self.fold_lm_head = bool(cfg.pop("fold_lm_head", False))
+        fold = bool(cfg.pop("fold_lm_head", False))
         attn = cfg.pop("attention", None)
         if attn is None and cfg.get("PDL") and not INTERPRET:
             attn = {"PDL": True}  # PDL wherever it exists: flash-decoding's combine launches early too
-        self._attn_cfg = dict(attn) if attn else None
-        self.fused_max_rows = int(cfg.pop("max_rows", DF.MAX_ROWS))
-        if not 1 <= self.fused_max_rows <= DF.MAX_ROWS:
-            raise ValueError(f"fused_config max_rows must be in 1..{DF.MAX_ROWS}, got {self.fused_max_rows}")
+        max_rows = int(cfg.pop("max_rows", DF.MAX_ROWS))
+        if not 1 <= max_rows <= DF.MAX_ROWS:
+            raise ValueError(f"fused_config max_rows must be in 1..{DF.MAX_ROWS}, got {max_rows}")
         per_kind = {k: dict(cfg.pop(k) or {}) for k in self.FUSED_KINDS if k in cfg}
         unknown = set(cfg) - set(DF.FUSED_DEFAULTS)
         if unknown:
             raise ValueError(f"unknown fused_config keys {sorted(unknown)}; known: {sorted(DF.FUSED_DEFAULTS)}, "
                              f"{', '.join(self.FUSED_KINDS)}, attention, fold_lm_head, max_rows")
         self._fused_cfg = {k: {**cfg, **per_kind.get(k, {})} or None for k in self.FUSED_KINDS}
-        self.fused_decode = on
+        self._attn_cfg = dict(attn) if attn else None
+        self.fold_lm_head, self.fused_max_rows, self.fused_decode = fold, max_rows, on
         self._graphs.clear()
 
     def _check_tensors(self, model) -> None:
