@@ -43,7 +43,9 @@ def _compile(arch, ty, consts, num_warps, num_stages):
             sig[name] = "fp32"
         else:
             sig[name] = "i32"
-            if name[0] == "s" and "_" in name:
+            # strides and the sizes of these shapes (multiples of 16): a real launch specializes them, which
+            # vectorizes and pipelines the weight loads; without the hint the shared memory is far too small
+            if (name[0] == "s" and "_" in name) or name in ("K", "N_OUT", "N_HALF"):
                 attrs[(i,)] = _DIV16
     src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
     target = GPUTarget("cuda", arch[0] * 10 + arch[1], 32)
