@@ -55,6 +55,9 @@ def candidates(kind: str, batch: int) -> list[dict]:
            for n, k, w in ((4, 512, 4), (8, 512, 4), (4, 1024, 4), (2, 1024, 4))]
     if batch > 4:  # the broadcast product is rows x columns x BLOCK_K registers: keep it small
         red = [c for c in red if c["BLOCK_N"] * c["BLOCK_K"] <= 2048]
+    # several tiles per program: one RMSNorm pass and about one wave of programs
+    dot.append(dict(BLOCK_N=16, BLOCK_K=512, num_warps=4, num_stages=3, TILES=4))
+    red.append(dict(red[0], TILES=4))
     return [{}] + dot + red
 
 

@@ -64,7 +64,7 @@ def _consts(kind, shape, c, ty):
     epi, _, _, norm, hd = _kinds(shape)[kind]
     return dict(ADD=norm, NORM=norm, EPILOGUE=DF.EPILOGUES[epi], HAS_BIAS=kind == "qkv", HEAD_DIM=hd,
                 BLOCK_M=16 if c["DOT"] else 1, BLOCK_N=c["BLOCK_N"], BLOCK_K=c["BLOCK_K"], DOT=c["DOT"],
-                PREFETCH=bool(c["PREFETCH"]), IEEE=ty == "fp32", PDL=bool(c["PDL"]))
+                PREFETCH=bool(c["PREFETCH"]), IEEE=ty == "fp32", PDL=bool(c["PDL"]), TILES=int(c["TILES"]))
 
 
 def _table_cases():
@@ -100,7 +100,8 @@ def test_fused_table_settings_fit(arch, ty, shape, kind):
     pytest.param({"PREFETCH": True, "num_stages": 1}, marks=pytest.mark.slow),
     pytest.param({"DOT": False, "PREFETCH": True, "BLOCK_N": 8, "BLOCK_K": 256}, marks=pytest.mark.slow),
     pytest.param({"DOT": False, "PREFETCH": True, "PDL": True, "BLOCK_N": 4, "num_warps": 2}, marks=pytest.mark.slow),
-], ids=["pdl", "dot-prefetch", "reduce", "reduce-pdl"])
+    pytest.param({"TILES": 4, "PDL": True}, marks=pytest.mark.slow),
+], ids=["pdl", "dot-prefetch", "reduce", "reduce-pdl", "tiles-pdl"])
 def test_fused_variants_compile_sm90(kind, variant):
     if variant.get("PDL") and not DF.HAS_PDL:
         pytest.skip("this Triton has no launch_pdl / gdc intrinsics")
