@@ -289,6 +289,8 @@ def main(argv=None):
                     t_pre, t_dec = bench_hf(model, ids, args.new, impl, static, compile_)
                 row = {"batch": B, "provider": prov, "prefill_ms": 1e3 * t_pre,
                        "decode_tok_s": B * (args.new - 1) / t_dec, **row_extra}
+                if B == 1:
+                    row["pct_of_roofline"] = 100 * row["decode_tok_s"] / meta["roofline_tok_s_batch1"]
             except Exception as e:  # noqa: BLE001 - keep the other providers
                 row = {"batch": B, "provider": prov, "error": repr(e)[:300]}
             row["wall_s"] = time.perf_counter() - t_start  # the provider's whole cost here (warm-ups, compiles)
@@ -298,7 +300,7 @@ def main(argv=None):
             torch.cuda.empty_cache()
     print_ratios(rows)
     model.set_attn_implementation("sdpa")
-    profile = {}
+    profile, profile_errors = {}, {}  # errors apart: bench/plot.py reads every profile's fields
     for name in [n for n in args.profile.split(",") if n]:
         B, _, kind = name.partition("-")
         try:
@@ -310,10 +312,14 @@ def main(argv=None):
             profile[name] = step_profile(model, int(B), skinny=kind == "", fused=kind.startswith("fused"),
                                          fused_config=fcfg or None)
         except Exception as e:  # noqa: BLE001 - the throughput rows above are still worth writing
-            profile[name] = {"error": repr(e)[:300]}
+            profile_errors[name] = repr(e)[:300]
     print(json.dumps(profile, indent=1), flush=True)
+    if profile_errors:
+        print("profile errors:", profile_errors, flush=True)
     meta["fused_config"] = args.fused_config
     doc = {"meta": meta, "results": rows, "decode_step": profile}
+    if profile_errors:
+        doc["decode_step_errors"] = profile_errors
     if args.train:
         tb, ts = (int(v) for v in args.train_shape.split(","))
         del model

@@ -30,8 +30,9 @@ pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() or DF.INTERPRET),
 
 # small settings so the interpreter covers several chunks and a partial last chunk / block
 SMALL = dict(BLOCK_N=16, BLOCK_K=16, num_warps=1, num_stages=1)
-MODES = {"dot": dict(DOT=True), "dot-prefetch": dict(DOT=True, PREFETCH=True),
-         "reduce": dict(DOT=False, PREFETCH=True, BLOCK_N=8), "reduce-plain": dict(DOT=False, BLOCK_N=4)}
+MODES = {"dot": dict(DOT=True), "dot-prefetch-tiles": dict(DOT=True, PREFETCH=True, TILES=2),
+         "reduce-tiles": dict(DOT=False, PREFETCH=True, BLOCK_N=8, TILES=3),
+         "reduce-plain": dict(DOT=False, BLOCK_N=4)}
 
 
 def _inputs(M, K, dtype, residual):
@@ -76,7 +77,7 @@ def test_norm_gemv_none(M, K, N, residual, bias, dtype, mode, poison):
     assert_matches(out, exact, lowp, name="norm_gemv")
 
 
-@pytest.mark.parametrize("mode", ["dot", "reduce"])
+@pytest.mark.parametrize("mode", ["dot", "reduce-tiles"])
 @pytest.mark.parametrize("M,K,inter,bias,dtype", [(1, 40, 24, False, torch.bfloat16), (3, 48, 40, True, torch.bfloat16),
                                                   (8, 24, 16, False, torch.float16)],
                          ids=["b1", "b3-bias", "b8-fp16"])
@@ -95,7 +96,7 @@ def test_norm_gemv_silu_mul(M, K, inter, bias, dtype, mode, poison):
     assert_matches(act, ref(torch.float64), ref(dtype), name="silu_mul epilogue")
 
 
-@pytest.mark.parametrize("mode", ["dot", "reduce"])
+@pytest.mark.parametrize("mode", ["dot", "reduce-tiles"])
 @pytest.mark.parametrize("M,H,KV,D,bias,residual", [
     (1, 4, 1, 16, False, True), (3, 4, 2, 32, True, True), (2, 2, 2, 16, True, False), (3, 2, 1, 64, False, True),
 ], ids=["b1-gqa4-d16", "b3-gqa2-d32-bias", "b2-mha-d16-nores", "b3-gqa2-d64"])
@@ -135,7 +136,7 @@ def test_norm_gemv_rope_cache(M, H, KV, D, bias, residual, mode, poison):
     assert kc[~written].isnan().all() and vc[~written].isnan().all(), "wrote outside the rows' cache slots"
 
 
-@pytest.mark.parametrize("mode", ["dot", "reduce"])
+@pytest.mark.parametrize("mode", ["dot", "reduce-tiles"])
 @pytest.mark.parametrize("M,K,N,bias,dtype", [(1, 56, 24, False, torch.bfloat16), (3, 40, 33, True, torch.bfloat16),
                                               (16, 32, 16, False, torch.float16)], ids=["b1", "b3-bias", "b16"])
 def test_gemv(M, K, N, bias, dtype, mode, poison):
@@ -273,10 +274,14 @@ def test_runtime_fused_flags():
         LlamaRuntime(model, max_batch=2, max_seq_len=16, use_cuda_graph=False, fused_config={"BLOCK": 1})
     rt32 = LlamaRuntime(_tiny("llama", torch.float32), max_batch=2, max_seq_len=16, use_cuda_graph=False)
     assert not rt32.fused_decode  # fp32: only on request
-    rt32.set_fused_decode(True, {"fold_lm_head": True, "o": {"DOT": False, "BLOCK_N": 8}})
+    rt32.set_fused_decode(True, {"fold_lm_head": True, "o": {"DOT": False, "BLOCK_N": 8},
+                                 "attention": {"SPLITS": 2, "BLOCK_N": 16}})
     assert rt32.fused_decode and rt32.fold_lm_head
     # fp32 with IEEE dots and the final norm folded into the lm_head GEMV: equal to the unfused step
     t_f, l_f = _greedy(rt32, [[3, 4, 5], [6, 7]], 4)
+    from litekernels.ops import decode_attention as DA
+
+    assert (("BLOCK_N", 16), ("SPLITS", 2)) in [k[9] for k in DA._plans], "the attention config was not used"
     rt32.set_fused_decode(False)
     t_u, l_u = _greedy(rt32, [[3, 4, 5], [6, 7]], 4)
     assert torch.equal(t_f, t_u)
@@ -359,3 +364,58 @@ def test_gpu_graph_fused_equals_unfused_1b_shape():
             assert same.float().mean().item() >= 0.9, f"{name} B={B}: greedy tokens differ too often"
         # the graph replays exactly the eager kernels: bit-identical
         assert torch.equal(got["eager-fused"], got["graph-fused"]), f"B={B}: graph != eager (fused)"
+
+
+def _gpu_configs():
+    out = [("default", None), ("reduce", {"DOT": False, "PREFETCH": True, "BLOCK_N": 4, "BLOCK_K": 512}),
+           ("dot-prefetch", {"PREFETCH": True, "num_stages": 1}), ("dot-tiles", {"TILES": 3, "num_stages": 2})]
+    if DF.HAS_PDL and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9:
+        out.append(("pdl", {"PDL": True}))
+    return out
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("B", [1, 8])
+@pytest.mark.parametrize("shape", ["1B", "8B"])
+def test_gpu_kernels_real_shapes(shape, B):
+    """Every fused kernel at the real layer shapes, with the default settings and the variants the sweep tries
+    (compiled, not interpreted), against the float64 reference composition (tests/helpers.py's rule)."""
+    hidden, inter, H, KV, D = {"1B": (2048, 8192, 32, 8, 64), "8B": (4096, 14336, 32, 8, 128)}[shape]
+    dt, L = torch.bfloat16, 256
+    x, r, nw = _inputs(B, hidden, dt, True)
+    w_qkv = torch.randn((H + 2 * KV) * D, hidden, dtype=dt, device=DEVICE) / hidden ** 0.5
+    w_gu = torch.randn(2 * inter, hidden, dtype=dt, device=DEVICE) / hidden ** 0.5 * 3
+    w_o = torch.randn(hidden, H * D, dtype=dt, device=DEVICE) / (H * D) ** 0.5
+    w_d = torch.randn(hidden, inter, dtype=dt, device=DEVICE) / inter ** 0.5
+    o_in = torch.randn(B, H * D, dtype=dt, device=DEVICE)
+    act = torch.randn(B, inter, dtype=dt, device=DEVICE)
+    cos, sin = torch.randn(L, D, device=DEVICE).to(dt), torch.randn(L, D, device=DEVICE).to(dt)
+    positions = torch.randperm(L, device=DEVICE)[:B]
+    rr = torch.arange(B, device=DEVICE)
+
+    def qkv_ref(d):
+        qkv = _linear(_normed(x, r, nw, 1e-5, d), w_qkv, None, d).view(B, H + 2 * KV, D)
+        k2 = torch.zeros((B, KV, L, D), dtype=d, device=DEVICE)
+        q2 = R.rope_cache_write(qkv, cos.to(d), sin.to(d), positions, k2, torch.zeros_like(k2), H, KV)
+        return q2, k2[rr, :, positions]
+
+    def gu_ref(d):
+        g, u = _linear(_normed(x, r, nw, 1e-5, d), w_gu, None, d).split(inter, dim=-1)
+        return R.silu_mul(g, u)
+
+    (q64, k64), (ql, kl) = qkv_ref(torch.float64), qkv_ref(dt)
+    gu64, gul = gu_ref(torch.float64), gu_ref(dt)
+    for name, cfg in _gpu_configs():
+        with torch.no_grad():
+            kc = torch.zeros((B, KV, L, D), dtype=dt, device=DEVICE)
+            rope = DF.RopeCache(positions, cos, sin, kc, torch.zeros_like(kc), H, KV)
+            q, s = DF.norm_gemv(x, r, nw, 1e-5, w_qkv, epilogue="rope_cache", rope=rope, config=cfg)
+            assert torch.equal(s, x + r)
+            assert_matches(q, q64, ql, name=f"{name} q")
+            assert_matches(kc[rr, :, positions], k64, kl, name=f"{name} k slot")
+            a, _ = DF.norm_gemv(x, r, nw, 1e-5, w_gu, epilogue="silu_mul", config=cfg)
+            assert_matches(a, gu64, gul, name=f"{name} silu_mul")
+            for nm, inp, w in (("o", o_in, w_o), ("down", act, w_d)):
+                y = DF.gemv(inp, w, config=cfg)
+                assert_matches(y, _linear(inp.double(), w, None, torch.float64), _linear(inp, w, None, dt),
+                               name=f"{name} {nm}")

@@ -41,8 +41,8 @@ import torch.nn.functional as F
 
 from .. import functional as LF
 from ..ops import decode_fused as DF
-from ..ops.decode_attention import decode_attention_unchecked
-from ..utils import use_triton
+from ..ops.decode_attention import decode_attention_fwd, decode_attention_unchecked
+from ..utils import INTERPRET, use_triton
 
 
 @dataclasses.dataclass
@@ -372,10 +372,12 @@ class LlamaRuntime:
         """Choose the decode step: fused kernels (True), the unfused ops (False) or None: fused where it can run
         in half precision (fp16/bf16 on CUDA or the interpreter, every layer's q/k/v and gate/up fused); fp32 only
         when asked (IEEE dots). fused_config: decode_fused launch settings (FUSED_DEFAULTS keys) for every kernel,
-        and/or per kernel under "qkv", "o", "gate_up", "down", "lm_head"; "fold_lm_head": True runs the final
-        add+RMSNorm in the prologue of a Triton lm_head GEMV instead of add+RMSNorm + cuBLAS; "max_rows": the
-        largest batch (bucket) that takes the fused step (default 16, the kernels' limit; larger ones run
-        unfused). Drops captured graphs (they are recaptured at the next decode)."""
+        and/or per kernel under "qkv", "o", "gate_up", "down", "lm_head"; "attention": flash-decoding's config
+        (ops/decode_attention.py DECODE_DEFAULTS keys; a top-level PDL=True implies {"PDL": True} there);
+        "fold_lm_head": True runs the final add+RMSNorm in the prologue of a Triton lm_head GEMV instead of
+        add+RMSNorm + cuBLAS; "max_rows": the largest batch (bucket) that takes the fused step (default 16, the
+        kernels' limit; larger ones run unfused). Drops captured graphs (recaptured at the next decode). A
+        ValueError leaves the runtime as it was."""
         why = self.fused_decode_unavailable()
         if fused_decode is None:
             on = why is None and self.dtype in (torch.float16, torch.bfloat16)
@@ -384,10 +386,13 @@ class LlamaRuntime:
         else:
             on = bool(fused_decode)
         cfg = dict(fused_config or {})
-        self.fold_lm_head = bool(cfg.pop("fold_lm_head", False))
-        self.fused_max_rows = int(cfg.pop("max_rows", DF.MAX_ROWS))
-        if not 1 <= self.fused_max_rows <= DF.MAX_ROWS:
-            raise ValueError(f"fused_config max_rows must be in 1..{DF.MAX_ROWS}, got {self.fused_max_rows}")
+        fold = bool(cfg.pop("fold_lm_head", False))
+        attn = cfg.pop("attention", None)
+        if attn is None and cfg.get("PDL") and not INTERPRET:
+            attn = {"PDL": True}  # PDL wherever it exists: flash-decoding's combine launches early too
+        max_rows = int(cfg.pop("max_rows", DF.MAX_ROWS))
+        if not 1 <= max_rows <= DF.MAX_ROWS:
+            raise ValueError(f"fused_config max_rows must be in 1..{DF.MAX_ROWS}, got {max_rows}")
         per_kind = {k: dict(cfg.pop(k) or {}) for k in self.FUSED_KINDS if k in cfg}
         # {"<kind>": {"unfused": True}}: that projection keeps the unfused ops (cuBLAS + separate norm / RoPE /
         # SiLU*mul kernels) inside the fused step, where its fused kernel measured slower (a mixed step)
@@ -395,9 +400,10 @@ class LlamaRuntime:
         unknown = set(cfg) - set(DF.FUSED_DEFAULTS)
         if unknown:
             raise ValueError(f"unknown fused_config keys {sorted(unknown)}; known: {sorted(DF.FUSED_DEFAULTS)}, "
-                             f"{', '.join(self.FUSED_KINDS)}, fold_lm_head, max_rows")
+                             f"{', '.join(self.FUSED_KINDS)}, attention, fold_lm_head, max_rows")
         self._fused_cfg = {k: {**cfg, **per_kind.get(k, {})} or None for k in self.FUSED_KINDS}
-        self.fused_decode = on
+        self._attn_cfg = dict(attn) if attn else None
+        self.fold_lm_head, self.fused_max_rows, self.fused_decode = fold, max_rows, on
         self._graphs.clear()
 
     def _check_tensors(self, model) -> None:
@@ -544,7 +550,10 @@ class LlamaRuntime:
                     kn = LF.rms_norm(qkv[:, H:H + KV], L.k_norm, L.qk_eps)
                     qkv = torch.cat([qn, kn, qkv[:, H + KV:]], dim=1)
                 q = LF.rope_cache_write(qkv, self.cos, self.sin, positions, kc, vc, H, KV)
-            o = decode_attention_unchecked(q, kc, vc, lengths, self.scale)  # (B, H, 1, D)
+            if self._attn_cfg is None:
+                o = decode_attention_unchecked(q, kc, vc, lengths, self.scale)  # (B, H, 1, D)
+            else:
+                o = decode_attention_fwd(q, kc, vc, lengths, self.scale, config=self._attn_cfg)
             if "o" in unfused:
                 a = self._linear(o.view(B, H * D), L.wo, L.bo)
             else:
@@ -569,7 +578,8 @@ class LlamaRuntime:
     def _decode_eager(self, tokens, positions):
         B = tokens.shape[0]
         if self.fused_decode and B <= self.fused_max_rows:
-            return self._decode_fused(tokens, positions)
+            with torch.no_grad():  # inference-only kernels; the HF parameters they read may require grad
+                return self._decode_fused(tokens, positions)
         h = F.embedding(tokens[:, None], self.embed)
         lengths = (positions + 1).to(torch.int32)
 

@@ -89,30 +89,42 @@ def _mac(acc, a, w, DOT: tl.constexpr, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _tile_rows(tile, n_valid, N_OUT, N_HALF, EPILOGUE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Output columns j of a tile, j < n_valid (<= N_OUT), (head, d) of each rotary pair, and the W rows of the
+    two accumulators (rows_b: the up rows, or the second half of each head; unused without a paired epilogue)."""
+    j = tile.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    if EPILOGUE == 2:
+        head = j // (HEAD_DIM // 2)
+        d = j % (HEAD_DIM // 2)
+        rows_a = head * HEAD_DIM + d
+        rows_b = rows_a + HEAD_DIM // 2
+    else:
+        head = j
+        d = j
+        rows_a = j
+        rows_b = j + N_HALF
+    return j, (j < n_valid) & (j < N_OUT), head, d, rows_a, rows_b
+
+
+@triton.jit
 def _decode_gemv_kernel(X, R, RO, NW, W, BIAS, Y, POS, COS, SIN, KC, VC,
                         M, K, N_OUT, N_HALF, eps, sx_m, sr_m, sro_m, sw_n, sy_m, sy_h, sc_t,
                         skc_b, skc_h, skc_t, svc_b, svc_h, svc_t, n_q_heads, n_kv_heads,
                         ADD: tl.constexpr, NORM: tl.constexpr, EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr,
                         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_K: tl.constexpr, DOT: tl.constexpr, PREFETCH: tl.constexpr, IEEE: tl.constexpr,
-                        PDL: tl.constexpr):
-    """One program: BLOCK_N output columns j (NONE: rows j of W; SILU_MUL: gate rows j and up rows N_HALF + j;
-    ROPE_CACHE: rotary pairs j = head * D/2 + d, rows head * D + d and head * D + d + D/2) for all M rows."""
+                        PDL: tl.constexpr, TILES: tl.constexpr = 1):
+    """One program: TILES tiles of BLOCK_N output columns j (NONE: rows j of W; SILU_MUL: gate rows j and up rows
+    N_HALF + j; ROPE_CACHE: rotary pairs j = head * D/2 + d, rows head * D + d and head * D + d + D/2) for all M
+    rows. Several tiles per program share one RMSNorm pass, and each tile's first W chunk is requested before the
+    previous tile's epilogue."""
     if PDL:
         tl.extra.cuda.gdc_launch_dependents()
     pid = tl.program_id(0)
-    j = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    j_ok = j < N_OUT
+    tile0 = pid * TILES
     PAIRED: tl.constexpr = EPILOGUE != 0
     HALF: tl.constexpr = HEAD_DIM // 2
-    if EPILOGUE == 2:
-        head = j // HALF
-        d = j % HALF
-        rows_a = head * HEAD_DIM + d
-        rows_b = rows_a + HALF
-    else:
-        rows_a = j
-        rows_b = j + N_HALF
+    j, j_ok, head, d, rows_a, rows_b = _tile_rows(tile0, N_OUT, N_OUT, N_HALF, EPILOGUE, HEAD_DIM, BLOCK_N)
     m = tl.arange(0, BLOCK_M)
     # weights do not depend on the previous kernel: the first chunk is requested before the wait
     wa = _load_w(W, rows_a, j_ok, 0, K, sw_n, BLOCK_K)
@@ -134,71 +146,80 @@ def _decode_gemv_kernel(X, R, RO, NW, W, BIAS, Y, POS, COS, SIN, KC, VC,
             sf = s.to(tl.float32)
             ssq += tl.sum(sf * sf, axis=1)
         rstd = 1.0 / tl.sqrt(ssq / K + eps)
-    acc_a = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    acc_b = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    if PREFETCH:
-        # the next chunk is requested by hand before this one is used (register double buffer): the compiler's
-        # pipeliner does not stage loads that feed no tl.dot (DOT=False) and may not stage these either
-        for k0 in range(0, K, BLOCK_K):
-            na = _load_w(W, rows_a, j_ok, k0 + BLOCK_K, K, sw_n, BLOCK_K)
-            if PAIRED:
-                nb = _load_w(W, rows_b, j_ok, k0 + BLOCK_K, K, sw_n, BLOCK_K)
-            a = _act_chunk(X, R, NW, m, M, k0, K, sx_m, sr_m, rstd, ADD, NORM, BLOCK_K)
+    m_ok = m < M
+    for t in range(TILES):
+        j, j_ok, head, d, rows_a, rows_b = _tile_rows(tile0 + t, N_OUT, N_OUT, N_HALF, EPILOGUE, HEAD_DIM, BLOCK_N)
+        acc_a = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        acc_b = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        if PREFETCH:
+            # the next chunk is requested by hand before this one is used (register double buffer): the
+            # compiler's pipeliner does not stage loads that feed no tl.dot (DOT=False) and may not stage these
+            for k0 in range(0, K, BLOCK_K):
+                na = _load_w(W, rows_a, j_ok, k0 + BLOCK_K, K, sw_n, BLOCK_K)
+                if PAIRED:
+                    nb = _load_w(W, rows_b, j_ok, k0 + BLOCK_K, K, sw_n, BLOCK_K)
+                a = _act_chunk(X, R, NW, m, M, k0, K, sx_m, sr_m, rstd, ADD, NORM, BLOCK_K)
+                acc_a = _mac(acc_a, a, wa, DOT, IEEE)
+                wa = na
+                if PAIRED:
+                    acc_b = _mac(acc_b, a, wb, DOT, IEEE)
+                    wb = nb
+        else:
+            # chunk 0 from the registers loaded earlier, the rest in a plain loop the compiler may pipeline
+            a = _act_chunk(X, R, NW, m, M, 0, K, sx_m, sr_m, rstd, ADD, NORM, BLOCK_K)
             acc_a = _mac(acc_a, a, wa, DOT, IEEE)
-            wa = na
             if PAIRED:
                 acc_b = _mac(acc_b, a, wb, DOT, IEEE)
-                wb = nb
-    else:
-        # chunk 0 from the registers loaded above, the rest in a plain loop the compiler may pipeline (num_stages)
-        a = _act_chunk(X, R, NW, m, M, 0, K, sx_m, sr_m, rstd, ADD, NORM, BLOCK_K)
-        acc_a = _mac(acc_a, a, wa, DOT, IEEE)
+            for k0 in range(BLOCK_K, K, BLOCK_K):
+                a = _act_chunk(X, R, NW, m, M, k0, K, sx_m, sr_m, rstd, ADD, NORM, BLOCK_K)
+                acc_a = _mac(acc_a, a, _load_w(W, rows_a, j_ok, k0, K, sw_n, BLOCK_K), DOT, IEEE)
+                if PAIRED:
+                    acc_b = _mac(acc_b, a, _load_w(W, rows_b, j_ok, k0, K, sw_n, BLOCK_K), DOT, IEEE)
+        # the next tile's first chunk, in flight during this tile's epilogue (none after the last tile)
+        n_next = tl.where(t + 1 < TILES, N_OUT, 0)
+        _, jn_ok, _, _, rn_a, rn_b = _tile_rows(tile0 + t + 1, n_next, N_OUT, N_HALF, EPILOGUE, HEAD_DIM, BLOCK_N)
+        wa = _load_w(W, rn_a, jn_ok, 0, K, sw_n, BLOCK_K)
         if PAIRED:
-            acc_b = _mac(acc_b, a, wb, DOT, IEEE)
-        for k0 in range(BLOCK_K, K, BLOCK_K):
-            a = _act_chunk(X, R, NW, m, M, k0, K, sx_m, sr_m, rstd, ADD, NORM, BLOCK_K)
-            acc_a = _mac(acc_a, a, _load_w(W, rows_a, j_ok, k0, K, sw_n, BLOCK_K), DOT, IEEE)
+            wb = _load_w(W, rn_b, jn_ok, 0, K, sw_n, BLOCK_K)
+        if HAS_BIAS:
+            acc_a += tl.load(BIAS + rows_a, mask=j_ok, other=0.0).to(tl.float32)[None, :]
             if PAIRED:
-                acc_b = _mac(acc_b, a, _load_w(W, rows_b, j_ok, k0, K, sw_n, BLOCK_K), DOT, IEEE)
-    if HAS_BIAS:
-        acc_a += tl.load(BIAS + rows_a, mask=j_ok, other=0.0).to(tl.float32)[None, :]
-        if PAIRED:
-            acc_b += tl.load(BIAS + rows_b, mask=j_ok, other=0.0).to(tl.float32)[None, :]
-    m_ok = m < M
-    out_ok = m_ok[:, None] & j_ok[None, :]
-    if EPILOGUE == 0:
-        tl.store(Y + m[:, None] * sy_m + j[None, :], acc_a.to(Y.dtype.element_ty), mask=out_ok)
-    elif EPILOGUE == 1:
-        # the unfused path rounds gate and up (GEMM outputs) to the dtype, then silu_mul computes in fp32
-        g = acc_a.to(Y.dtype.element_ty).to(tl.float32)
-        u = acc_b.to(Y.dtype.element_ty).to(tl.float32)
-        tl.store(Y + m[:, None] * sy_m + j[None, :], (g * tl.sigmoid(g) * u).to(Y.dtype.element_ty), mask=out_ok)
-    else:
-        x1 = acc_a.to(Y.dtype.element_ty).to(tl.float32)
-        x2 = acc_b.to(Y.dtype.element_ty).to(tl.float32)
-        pos = tl.load(POS + m, mask=m_ok, other=0).to(tl.int64)
-        cs = pos[:, None] * sc_t + d[None, :]
-        c1 = tl.load(COS + cs, mask=out_ok, other=0.0).to(tl.float32)
-        c2 = tl.load(COS + cs + HALF, mask=out_ok, other=0.0).to(tl.float32)
-        s1 = tl.load(SIN + cs, mask=out_ok, other=0.0).to(tl.float32)
-        s2 = tl.load(SIN + cs + HALF, mask=out_ok, other=0.0).to(tl.float32)
-        rot = (head < n_q_heads + n_kv_heads)[None, :]
-        o1 = tl.where(rot, x1 * c1 - x2 * s1, x1)
-        o2 = tl.where(rot, x2 * c2 + x1 * s2, x2)
-        is_q = (head < n_q_heads)[None, :]
-        is_k = ((head >= n_q_heads) & (head < n_q_heads + n_kv_heads))[None, :]
-        is_v = (head >= n_q_heads + n_kv_heads)[None, :]
-        yq = Y + m[:, None] * sy_m + (tl.minimum(head, n_q_heads - 1) * sy_h + d)[None, :]
-        tl.store(yq, o1.to(Y.dtype.element_ty), mask=out_ok & is_q)
-        tl.store(yq + HALF, o2.to(Y.dtype.element_ty), mask=out_ok & is_q)
-        hk = tl.minimum(tl.maximum(head - n_q_heads, 0), n_kv_heads - 1)
-        kp = KC + m[:, None] * skc_b + pos[:, None] * skc_t + (hk * skc_h + d)[None, :]
-        tl.store(kp, o1.to(KC.dtype.element_ty), mask=out_ok & is_k)
-        tl.store(kp + HALF, o2.to(KC.dtype.element_ty), mask=out_ok & is_k)
-        hv = tl.minimum(tl.maximum(head - n_q_heads - n_kv_heads, 0), n_kv_heads - 1)
-        vp = VC + m[:, None] * svc_b + pos[:, None] * svc_t + (hv * svc_h + d)[None, :]
-        tl.store(vp, o1.to(VC.dtype.element_ty), mask=out_ok & is_v)
-        tl.store(vp + HALF, o2.to(VC.dtype.element_ty), mask=out_ok & is_v)
+                acc_b += tl.load(BIAS + rows_b, mask=j_ok, other=0.0).to(tl.float32)[None, :]
+        out_ok = m_ok[:, None] & j_ok[None, :]
+        if EPILOGUE == 0:
+            tl.store(Y + m[:, None] * sy_m + j[None, :], acc_a.to(Y.dtype.element_ty), mask=out_ok)
+        elif EPILOGUE == 1:
+            # the unfused path rounds gate and up (GEMM outputs) to the dtype, then silu_mul computes in fp32
+            g = acc_a.to(Y.dtype.element_ty).to(tl.float32)
+            u = acc_b.to(Y.dtype.element_ty).to(tl.float32)
+            tl.store(Y + m[:, None] * sy_m + j[None, :], (g * tl.sigmoid(g) * u).to(Y.dtype.element_ty),
+                     mask=out_ok)
+        else:
+            x1 = acc_a.to(Y.dtype.element_ty).to(tl.float32)
+            x2 = acc_b.to(Y.dtype.element_ty).to(tl.float32)
+            pos = tl.load(POS + m, mask=m_ok, other=0).to(tl.int64)
+            cs = pos[:, None] * sc_t + d[None, :]
+            c1 = tl.load(COS + cs, mask=out_ok, other=0.0).to(tl.float32)
+            c2 = tl.load(COS + cs + HALF, mask=out_ok, other=0.0).to(tl.float32)
+            s1 = tl.load(SIN + cs, mask=out_ok, other=0.0).to(tl.float32)
+            s2 = tl.load(SIN + cs + HALF, mask=out_ok, other=0.0).to(tl.float32)
+            rot = (head < n_q_heads + n_kv_heads)[None, :]
+            o1 = tl.where(rot, x1 * c1 - x2 * s1, x1)
+            o2 = tl.where(rot, x2 * c2 + x1 * s2, x2)
+            is_q = (head < n_q_heads)[None, :]
+            is_k = ((head >= n_q_heads) & (head < n_q_heads + n_kv_heads))[None, :]
+            is_v = (head >= n_q_heads + n_kv_heads)[None, :]
+            yq = Y + m[:, None] * sy_m + (tl.minimum(head, n_q_heads - 1) * sy_h + d)[None, :]
+            tl.store(yq, o1.to(Y.dtype.element_ty), mask=out_ok & is_q)
+            tl.store(yq + HALF, o2.to(Y.dtype.element_ty), mask=out_ok & is_q)
+            hk = tl.minimum(tl.maximum(head - n_q_heads, 0), n_kv_heads - 1)
+            kp = KC + m[:, None] * skc_b + pos[:, None] * skc_t + (hk * skc_h + d)[None, :]
+            tl.store(kp, o1.to(KC.dtype.element_ty), mask=out_ok & is_k)
+            tl.store(kp + HALF, o2.to(KC.dtype.element_ty), mask=out_ok & is_k)
+            hv = tl.minimum(tl.maximum(head - n_q_heads - n_kv_heads, 0), n_kv_heads - 1)
+            vp = VC + m[:, None] * svc_b + pos[:, None] * svc_t + (hv * svc_h + d)[None, :]
+            tl.store(vp, o1.to(VC.dtype.element_ty), mask=out_ok & is_v)
+            tl.store(vp + HALF, o2.to(VC.dtype.element_ty), mask=out_ok & is_v)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -208,13 +229,15 @@ def _decode_gemv_kernel(X, R, RO, NW, W, BIAS, Y, POS, COS, SIN, KC, VC,
 # BLOCK_K: chunk of the input dimension per step; DOT: tl.dot (rows padded to 16) or multiply + sum (rows
 # padded to a power of two); PREFETCH: the next W chunk loaded into registers by hand before the current one is
 # used (else a plain loop that Triton's pipeliner may stage through shared memory, num_stages); PDL:
-# programmatic dependent launch (sm_90+, Triton with launch_pdl).
+# programmatic dependent launch (sm_90+, Triton with launch_pdl); TILES: tiles of BLOCK_N columns per program
+# (one RMSNorm pass and one launch wave for several tiles; the grid shrinks by that factor).
 # The defaults follow ops/linear.py's measured skinny-GEMM settings (bench/results/sweep-linear-H200.json:
 # 32 x 512, 4 warps, 3 stages; 16 columns and 5 stages at K >= 8192), with half the columns for the paired
 # epilogues (two W tiles per step); bench/sweep_decode_fused.py measures the alternatives. Stages shrink until
 # the estimated shared memory fits the part (sm_80: 163 KB, sm_86/89: 99 KB, sm_90: 227 KB);
 # tests/test_launch_configs_fused.py compiles every chosen setting for those targets.
-FUSED_DEFAULTS = dict(BLOCK_N=32, BLOCK_K=512, num_warps=4, num_stages=3, DOT=True, PREFETCH=False, PDL=False)
+FUSED_DEFAULTS = dict(BLOCK_N=32, BLOCK_K=512, num_warps=4, num_stages=3, DOT=True, PREFETCH=False, PDL=False,
+                      TILES=1)
 
 
 def decode_fused_config(epilogue: str, n_out: int, K: int, arch=None, element_size: int = 2) -> dict:
@@ -232,8 +255,11 @@ def decode_fused_config(epilogue: str, n_out: int, K: int, arch=None, element_si
     if element_size > 2:
         c["BLOCK_K"] = 256
     smem = (arch or gpu_arch())[2]
-    per_stage = ((2 if paired else 1) * c["BLOCK_N"] + 16) * c["BLOCK_K"] * element_size
-    while c["num_stages"] > 1 and c["num_stages"] * per_stage > smem * 0.85:
+    # a stage holds the W tile(s) and the activation chunks; "+ 8 rows" is calibrated on what the compiler
+    # reports for these kernels (sm_80/89/90, Triton 3.9: 2 stages of the paired prologue kernel 83 KB, 3 stages
+    # 150 KB); tests/test_launch_configs_fused.py compiles every chosen setting as a real launch specializes it
+    per_stage = ((2 if paired else 1) * c["BLOCK_N"] + 8) * c["BLOCK_K"] * element_size
+    while c["num_stages"] > 1 and c["num_stages"] * per_stage > smem * 0.95:
         c["num_stages"] -= 1
     return c
 
@@ -251,6 +277,8 @@ def _resolve(config, epilogue, n_out, K, dtype, device) -> dict:
                              f"(triton {triton.__version__} lacks them)")
         if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 9:
             raise ValueError("decode_fused config PDL=True needs compute capability 9.0 or newer")
+    if int(c["TILES"]) < 1:
+        raise ValueError(f"decode_fused config TILES must be >= 1, got {c['TILES']}")
     bn, bk = int(c["BLOCK_N"]), int(c["BLOCK_K"])
     if bn < 1 or bn & (bn - 1) or bk < 16 or bk & (bk - 1) or (c["DOT"] and bn < 16):
         raise ValueError(f"decode_fused config BLOCK_N={bn}, BLOCK_K={bk}: powers of two, BLOCK_K >= 16 and "
@@ -323,7 +351,8 @@ def _launch(x, weight, bias, y, *, epilogue, n_out, n_half=0, residual=None, res
         skc = svc = (0, 0, 0, 0)
         sc_t, hq, hkv, hd = 0, 0, 0, 2
     extra = {"launch_pdl": True} if pdl else {}
-    _decode_gemv_kernel[(triton.cdiv(n_out, int(c["BLOCK_N"])),)](
+    tiles = int(c["TILES"])
+    _decode_gemv_kernel[(triton.cdiv(triton.cdiv(n_out, int(c["BLOCK_N"])), tiles),)](
         x, r, ro, nw, weight, bias if bias is not None else weight, y, pos, cos, sin, kc, vc,
         M=M, K=K, N_OUT=n_out, N_HALF=n_half, eps=float(eps), sx_m=x.stride(0), sr_m=r.stride(0),
         sro_m=ro.stride(0), sw_n=weight.stride(0), sy_m=y.stride(0), sy_h=sy_h, sc_t=sc_t,
@@ -332,6 +361,7 @@ def _launch(x, weight, bias, y, *, epilogue, n_out, n_half=0, residual=None, res
         ADD=residual is not None, NORM=norm_weight is not None, EPILOGUE=EPILOGUES[epilogue],
         HAS_BIAS=bias is not None, HEAD_DIM=hd, BLOCK_M=block_m, BLOCK_N=int(c["BLOCK_N"]),
         BLOCK_K=int(c["BLOCK_K"]), DOT=dot, PREFETCH=bool(c["PREFETCH"]), IEEE=exact_dot(x.dtype), PDL=pdl,
+        TILES=tiles,
         num_warps=int(c["num_warps"]), num_stages=int(c["num_stages"]), **extra)
 
 
