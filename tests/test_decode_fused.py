@@ -249,8 +249,11 @@ def test_runtime_fused_equals_unfused(family):
 
     model = _tiny(family)
     prompts = [[5, 6, 7, 8, 9], [12, 13, 14, 15, 16, 17, 18]]  # interpreter time: mostly flash-decoding
-    fused = LlamaRuntime(model, max_batch=2, max_seq_len=32, use_cuda_graph=False)
-    assert fused.fused_decode, fused.fused_decode_unavailable()  # the default for bf16 where the kernels run
+    # fused_decode=True: every fused kernel (the GPU default may be a mixed step, or unfused at batch 2)
+    fused = LlamaRuntime(model, max_batch=2, max_seq_len=32, use_cuda_graph=False, fused_decode=True)
+    assert fused.fused_decode, fused.fused_decode_unavailable()
+    if DF.INTERPRET:  # the interpreter's default is every fused kernel, so the CPU tests exercise them
+        assert LlamaRuntime(model, max_batch=2, max_seq_len=32, use_cuda_graph=False).fused_decode
     if family == "qwen2":
         assert fused.layers[0].qkv.bias is not None
     unfused = LlamaRuntime(model, max_batch=2, max_seq_len=32, use_cuda_graph=False, fused_decode=False)
@@ -295,7 +298,7 @@ def test_runtime_fused_qwen3_and_max_rows():
 
     model = _tiny("qwen3")
     prompts = [[4, 5, 6, 7], [8, 9]]
-    fused = LlamaRuntime(model, max_batch=2, max_seq_len=16, use_cuda_graph=False)
+    fused = LlamaRuntime(model, max_batch=2, max_seq_len=16, use_cuda_graph=False, fused_decode=True)
     assert fused.fused_decode and fused.layers[0].q_norm is not None
     unfused = LlamaRuntime(model, max_batch=2, max_seq_len=16, use_cuda_graph=False, fused_decode=False)
     t_f, l_f = _greedy(fused, prompts, 6)

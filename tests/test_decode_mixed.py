@@ -29,3 +29,23 @@ def test_runtime_mixed_step_equals_unfused(mix):
     assert torch.equal(t_m, t_u), "greedy tokens differ"
     scale = l_u.abs().max().item()
     assert (l_m - l_u).abs().max().item() <= 0.02 * scale  # same tolerance as test_decode_fused's full step
+
+
+def test_measured_default_only_where_measured(monkeypatch):
+    """The GPU default: the measured mixed step on sm_90 for hidden <= 2048, else unfused; explicit settings win."""
+    from litekernels.generation import LlamaRuntime
+
+    model = _tiny("llama")
+    rt = LlamaRuntime(model, max_batch=2, max_seq_len=32, use_cuda_graph=False, fused_decode=False)
+    if rt.device.type == "cpu":
+        assert rt.measured_fused_config() is None  # nothing measured on a CPU
+    monkeypatch.setattr(rt, "device", torch.device("cuda", 0))
+    for cap, hidden, want in [((9, 0), 40, True), ((9, 0), 4096, False), ((8, 0), 40, False), ((8, 9), 40, False)]:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, cap=cap: cap)
+        monkeypatch.setattr(rt.config, "hidden_size", hidden)
+        cfg = rt.measured_fused_config()
+        assert (cfg is not None) == want, (cap, hidden)
+        if cfg is not None:
+            assert cfg["max_rows"] == 1 and cfg["gate_up"] == {"unfused": True} and cfg["lm_head"] == {"unfused": True}
+            cfg["qkv"]["BLOCK_N"] = 64  # a copy: the table itself is not changed
+            assert rt.measured_fused_config()["qkv"]["BLOCK_N"] == 2

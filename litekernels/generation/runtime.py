@@ -368,10 +368,31 @@ class LlamaRuntime:
                 return f"layer {i}: a weight is not unit-stride in its last dimension or not in {self.dtype}"
         return None
 
+    # The default decode step where it was measured faster than the unfused one (bench/sweep_decode_fused.py,
+    # bench/results/sweep-decode-fused-H200.json, H200, bf16, graph-replayed step): at the Llama-3.2-1B shape and
+    # batch 1, q/k/v (+ norm, RoPE, cache write), o and down on the fused kernels with 2 output columns per program
+    # and a multiply-reduce body, gate/up and lm_head on cuBLAS (their fused kernels were slower): 64.1 vs 69.8 us
+    # per layer. At the 8B shape (hidden 4096) and at batch 8 no fused mix beat the unfused step, and other GPUs are
+    # unmeasured, so those keep the unfused step (fused_decode=True turns it on anywhere it can run).
+    _GEMV_B1_SM90 = {"BLOCK_N": 2, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 1, "DOT": False, "PREFETCH": True}
+    MEASURED_FUSED = {(9, 0): {"max_hidden": 2048, "config": {
+        "max_rows": 1, "qkv": _GEMV_B1_SM90, "o": _GEMV_B1_SM90, "down": _GEMV_B1_SM90,
+        "gate_up": {"unfused": True}, "lm_head": {"unfused": True}}}}
+
+    def measured_fused_config(self) -> dict | None:
+        """The fused_config of the default decode step on this GPU and model width, or None (unfused)."""
+        if self.device.type != "cuda":
+            return None
+        entry = self.MEASURED_FUSED.get(torch.cuda.get_device_capability(self.device))
+        if entry is None or self.config.hidden_size > entry["max_hidden"]:
+            return None
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in entry["config"].items()}
+
     def set_fused_decode(self, fused_decode: bool | None = None, fused_config: dict | None = None) -> None:
-        """Choose the decode step: fused kernels (True), the unfused ops (False) or None: fused where it can run
-        in half precision (fp16/bf16 on CUDA or the interpreter, every layer's q/k/v and gate/up fused); fp32 only
-        when asked (IEEE dots). fused_config: decode_fused launch settings (FUSED_DEFAULTS keys) for every kernel,
+        """Choose the decode step: fused kernels (True), the unfused ops (False) or None: on a GPU, the measured
+        default (`measured_fused_config`: a mixed step where it was measured faster, else unfused); on the CPU
+        interpreter, every fused kernel (so tests exercise them), in half precision only; fp32 only when asked
+        (IEEE dots). fused_config: decode_fused launch settings (FUSED_DEFAULTS keys) for every kernel,
         and/or per kernel under "qkv", "o", "gate_up", "down", "lm_head"; "attention": flash-decoding's config
         (ops/decode_attention.py DECODE_DEFAULTS keys; a top-level PDL=True implies {"PDL": True} there);
         "fold_lm_head": True runs the final add+RMSNorm in the prologue of a Triton lm_head GEMV instead of
@@ -381,6 +402,11 @@ class LlamaRuntime:
         why = self.fused_decode_unavailable()
         if fused_decode is None:
             on = why is None and self.dtype in (torch.float16, torch.bfloat16)
+            if on and not INTERPRET:
+                measured = self.measured_fused_config()
+                on = measured is not None
+                if fused_config is None:
+                    fused_config = measured
         elif fused_decode and why is not None:
             raise ValueError(f"fused_decode=True is not possible: {why}")
         else:
@@ -396,7 +422,7 @@ class LlamaRuntime:
         per_kind = {k: dict(cfg.pop(k) or {}) for k in self.FUSED_KINDS if k in cfg}
         # {"<kind>": {"unfused": True}}: that projection keeps the unfused ops (cuBLAS + separate norm / RoPE /
         # SiLU*mul kernels) inside the fused step, where its fused kernel measured slower (a mixed step)
-        self._unfused_kinds = {k for k in self.FUSED_KINDS if per_kind.get(k, {}).pop("unfused", False)}
+        unfused_kinds = {k for k in self.FUSED_KINDS if per_kind.get(k, {}).pop("unfused", False)}
         unknown = set(cfg) - set(DF.FUSED_DEFAULTS)
         if unknown:
             raise ValueError(f"unknown fused_config keys {sorted(unknown)}; known: {sorted(DF.FUSED_DEFAULTS)}, "
@@ -404,6 +430,7 @@ class LlamaRuntime:
         self._fused_cfg = {k: {**cfg, **per_kind.get(k, {})} or None for k in self.FUSED_KINDS}
         self._attn_cfg = dict(attn) if attn else None
         self.fold_lm_head, self.fused_max_rows, self.fused_decode = fold, max_rows, on
+        self._unfused_kinds = unfused_kinds
         self._graphs.clear()
 
     def _check_tensors(self, model) -> None:
