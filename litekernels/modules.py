@@ -40,5 +40,9 @@ class LiteMLP(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, **kw)
 
     # Also the forward apply_lite_llama binds to Hugging Face's MLP modules (same attribute names).
+    # gate and up exist only inside this call, so the SiLU*mul backward may write their gradients over them
+    # (inplace_backward: two tokens x intermediate buffers fewer at the backward; bench/train_memory_audit.py).
+    # Anything else that uses them through autograd raises instead (version counters); a forward hook on
+    # gate_proj/up_proj that keeps their outputs would see them overwritten by the backward.
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(LF.silu_mul(self.gate_proj(x), self.up_proj(x)))
+        return self.down_proj(LF.silu_mul(self.gate_proj(x), self.up_proj(x), inplace_backward=True))
