@@ -143,6 +143,18 @@ def patch(model, provider: str, lite_attention: str = "ours"):
     raise ValueError(f"unknown provider {provider!r}")
 
 
+def _calling_module(names: dict) -> str:
+    """Name of the innermost module whose forward is on the call stack. Found from the stack, not from module
+    hooks: hooks on down_proj would (rightly) make the patched MLP call the module instead of its fused path."""
+    f = sys._getframe(2)
+    while f is not None:
+        obj = f.f_locals.get("self")
+        if obj is not None and id(obj) in names and isinstance(obj, torch.nn.Module):
+            return names[id(obj)]
+        f = f.f_back
+    return ""
+
+
 def _storage_key(t: torch.Tensor):
     s = t.untyped_storage()
     return (s.data_ptr(), s.nbytes())
@@ -190,15 +202,7 @@ def audit_once(provider: str, tokens: int, layers: int, vocab: int, lite_attenti
     undo = patch(model, provider, lite_attention)
     try:
         param_keys = {_storage_key(p) for p in model.parameters()}
-        stack: list[str] = []
-        names = {m: n for n, m in model.named_modules()}
-
-        def pre(m, *_):
-            stack.append(names[m])
-
-        def post(m, *_):
-            stack.pop()
-
+        names = {id(m): n for n, m in model.named_modules()}
         handles = []
         first_input = []  # the residual stream entering layer 0: the backward runs down to it
 
@@ -206,13 +210,10 @@ def audit_once(provider: str, tokens: int, layers: int, vocab: int, lite_attenti
             first_input.append(args[0] if args else kwargs["hidden_states"])
 
         handles.append(model.model.layers[0].register_forward_pre_hook(grab, with_kwargs=True))
-        for m in model.modules():
-            handles.append(m.register_forward_pre_hook(pre))
-            handles.append(m.register_forward_hook(post, always_call=True))
         packed = []
 
         def pack(t):
-            packed.append((stack[-1] if stack else "", t))
+            packed.append((_calling_module(names), t))
             return t
 
         g = torch.Generator().manual_seed(1)

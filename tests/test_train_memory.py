@@ -18,7 +18,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from litekernels import flash_attention, reference
 from litekernels.patches import apply_lite_llama
 from tests.conftest import requires_kernels
-from tests.helpers import DEVICE
+from tests.helpers import DEVICE, assert_matches
 
 pytestmark = requires_kernels()
 
@@ -66,7 +66,8 @@ def test_attention_with_contiguous_inputs_stays_contiguous():
 
 def test_patched_layer_keeps_the_attention_output_once():
     """Every tensor the patched decoder layer saves, by storage: no second copy of o, and exactly the bytes of
-    Liger-Kernel's layer (norm inputs + rstd, projection inputs, q/k/v/o/lse, gate/up, down_proj's input)."""
+    Liger-Kernel's layer less down_proj's input (recomputed in backward): norm inputs + rstd, projection inputs,
+    q/k/v/o/lse, gate/up."""
     from bench.train_memory_audit import audit_once, summarize
 
     T, hidden, inter = 16, TINY["hidden_size"], TINY["intermediate_size"]
@@ -79,7 +80,7 @@ def test_patched_layer_keeps_the_attention_output_once():
     want = T * (2 * (hidden * bf16 + f32)                                # two norms: input + rstd
                 + hidden * bf16                                        # q/k/v projections' input (one)
                 + (2 * H * D + 2 * HKV * D) * bf16 + H * f32           # q, o, k, v, lse
-                + hidden * bf16 + 3 * inter * bf16)                    # gate/up input, gate, up, down input
+                + hidden * bf16 + 2 * inter * bf16)                    # gate/up input, gate, up (not their product)
     assert sum(per_layer.values()) == want, per_layer
 
 
@@ -129,3 +130,63 @@ def test_patched_mlp_raises_when_gate_is_needed_elsewhere():
     loss = model(input_ids=ids, labels=ids).loss + aux[0]
     with pytest.raises(RuntimeError, match="inplace operation"):
         loss.backward()
+
+
+@pytest.mark.parametrize("dtype,bias", [(torch.float32, False), (torch.float32, True), (torch.bfloat16, True)],
+                         ids=["fp32", "fp32-bias", "bf16-bias"])
+def test_silu_mul_linear_matches_float64(dtype, bias):
+    """down_proj(silu(gate) * up) with the product recomputed in backward: output and every gradient (gate, up,
+    weight, bias) against float64 autograd; odd sizes, a strided (transposed-batch) gate."""
+    from litekernels.ops.swiglu import silu_mul_linear
+
+    rows, inter, hidden = 23, 72, 40
+    x = torch.randn(rows, 16, device=DEVICE, dtype=dtype, requires_grad=True)
+    wg, wu = (torch.randn(inter, 16, device=DEVICE, dtype=dtype, requires_grad=True) for _ in range(2))
+    w = (torch.randn(hidden, inter, device=DEVICE, dtype=dtype) * 0.1).requires_grad_()
+    b = torch.randn(hidden, device=DEVICE, dtype=dtype, requires_grad=True) if bias else None
+    leaves = [t for t in (x, wg, wu, w, b) if t is not None]
+    dout = torch.randn(rows, hidden, device=DEVICE, dtype=dtype)
+
+    def run(fn, cast):
+        ls = [t.detach().to(cast).requires_grad_() for t in leaves]
+        xx, g_w, u_w, ww = ls[:4]
+        out = fn(xx @ g_w.T, xx @ u_w.T, ww, ls[4] if bias else None)
+        return out, torch.autograd.grad(out, ls, dout.to(cast))
+
+    def torch_mlp(g, u, ww, bb):
+        return torch.nn.functional.linear(torch.nn.functional.silu(g) * u, ww, bb)
+
+    out, grads = run(silu_mul_linear, dtype)
+    ref, ref_grads = run(torch_mlp, torch.float64)
+    low, low_grads = run(torch_mlp, dtype)  # PyTorch's own error in this dtype bounds ours (tests/helpers.py)
+    names = ["out", "d x", "d w_gate", "d w_up", "d w_down", "d bias"]
+    for name, got, want, lowp in zip(names, (out, *grads), (ref, *ref_grads), (low, *low_grads)):
+        assert_matches(got, want, lowp, name=name, rtol32=1e-5)
+
+
+def test_patched_mlp_does_not_keep_the_product_but_falls_back_with_a_down_proj_hook():
+    """Plain down_proj: the MLP saves gate and up only (down_proj's input is recomputed). A hook on down_proj
+    (accelerate, PEFT, a user's) must still run, so the MLP then calls the module: same gradients either way."""
+    from bench.train_memory_audit import audit_once
+
+    def mlp_saved(res):
+        return sum(r["storage_bytes"] for r in res["rows"] if r["counted"] and r["module"].startswith(
+            "model.layers.1.mlp"))
+
+    T, inter = 16, TINY["intermediate_size"]
+    plain = audit_once("lite", T, layers=3, vocab=64, backward=False, widths=TINY)
+    assert not [r for r in plain["rows"] if r["counted"] and r["module"] == "model.layers.1.mlp.down_proj"]
+
+    model = _tiny_model()
+    ref = copy.deepcopy(model)
+    apply_lite_llama(model)
+    calls = []
+    model.model.layers[0].mlp.down_proj.register_forward_hook(lambda *a: calls.append(1))
+    ids = torch.randint(1, 128, (2, 9), device=DEVICE)
+    loss, got = _grads(model, ids)
+    ref_loss, want = _grads(ref, ids)
+    assert calls == [1]
+    torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)
+    for (name, _), a, b in zip(model.named_parameters(), got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=lambda m, n=name: f"grad of {n}: {m}")
+    assert mlp_saved(plain) == T * (TINY["hidden_size"] + 2 * inter) * 2  # gate_proj input, gate, up (bf16)
