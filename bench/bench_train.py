@@ -557,6 +557,8 @@ def main(argv=None):
     print(table(doc))
     if args.profile:
         print(profile_table(rows))
+    if img is None and args.out:  # a run with its own JSON path keeps its plot beside it (docs/img untouched)
+        img = os.path.splitext(args.out)[0] + ".png"
     if img is None:
         gpu = meta["device"].replace("NVIDIA ", "").replace(" ", "-")
         img = os.path.join(IMG, f"train-{gpu}.png")

@@ -15,12 +15,18 @@ parameters are left out. Then the backward runs under torch.profiler(profile_mem
 the highest live memory above the start of the backward, per provider (backward temporaries).
 
 Bytes scale with tokens: the audit runs two token counts and fits bytes = a * tokens + b per layer, then
-reports the fit at the 1B training shape (default 4 x 2048 tokens). CPU SDPA is not CUDA SDPA: where they save
-different things the JSON says so (see `notes`).
+reports the fit at the 1B training shape (default 4 x 2048 tokens). HF's attention on the CPU is SDPA's CPU
+flash kernel, which keeps the same tensors as CUDA SDPA's flash / cuDNN kernels (q, k, v, out, logsumexp; CUDA
+adds RNG scalars). The backward figure (peak live bytes above the backward's start: activations' gradients
+and parameter gradients, as in a training step) is measured at the token counts run. At the few dozen tokens
+the CPU can afford, the parameter gradients (fixed size) dominate it and the peak sits at the end of the
+backward, so on the CPU it says little; on a GPU run the audit at the real token count (`--tokens 8192`),
+where the peak sits in the first layers' backward as in the real step.
 
-Not a GPU measurement: these are bytes computed from the tensors autograd holds on the CPU.
+On the CPU these are bytes computed from the tensors autograd holds, not a GPU measurement.
 
-    python3 -m bench.train_memory_audit                     # hf, lite, liger (if importable); ~2-4 min on 2 cores
+    python3 -m bench.train_memory_audit                     # hf, lite, liger (if importable); ~3-6 min on 2 cores
+    python3 -m bench.train_memory_audit --tokens 8192       # on a GPU: the 1B layer at B4 T2048 directly
     python3 -m bench.train_memory_audit --providers lite --tokens 32,64 --detail
     PYTHONPATH=/path/to/liger_site python3 -m bench.train_memory_audit   # Liger installed with --target
 """
@@ -34,7 +40,7 @@ import json
 import os
 import sys
 
-if "TRITON_INTERPRET" not in os.environ:
+if "TRITON_INTERPRET" not in os.environ:  # before triton is imported
     try:
         import torch as _t
 
@@ -54,7 +60,10 @@ LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "lo
                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 
 
-def build(layers: int, vocab: int, seed: int = 0, widths=None):
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build(layers: int, vocab: int, seed: int = 0, widths=None, device=None):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(**(widths or WIDTHS_1B), num_hidden_layers=layers, vocab_size=vocab, tie_word_embeddings=True,
@@ -64,7 +73,8 @@ def build(layers: int, vocab: int, seed: int = 0, widths=None):
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
-        model = LlamaForCausalLM(cfg)
+        with torch.device(device or DEVICE):
+            model = LlamaForCausalLM(cfg)
     finally:
         torch.set_default_dtype(default)
     return model.to(torch.bfloat16).train()
@@ -204,12 +214,6 @@ def audit_once(provider: str, tokens: int, layers: int, vocab: int, lite_attenti
         param_keys = {_storage_key(p) for p in model.parameters()}
         names = {id(m): n for n, m in model.named_modules()}
         handles = []
-        first_input = []  # the residual stream entering layer 0: the backward runs down to it
-
-        def grab(m, args, kwargs):
-            first_input.append(args[0] if args else kwargs["hidden_states"])
-
-        handles.append(model.model.layers[0].register_forward_pre_hook(grab, with_kwargs=True))
         packed = []
 
         def pack(t):
@@ -217,8 +221,9 @@ def audit_once(provider: str, tokens: int, layers: int, vocab: int, lite_attenti
             return t
 
         g = torch.Generator().manual_seed(1)
-        ids = torch.randint(0, vocab, (batch, tokens // batch), generator=g)
-        prof = _profiler() if backward else None
+        ids = torch.randint(0, vocab, (batch, tokens // batch), generator=g).to(DEVICE)
+        cuda = DEVICE == "cuda"
+        prof = _profiler() if backward and not cuda else None
         try:
             if prof is not None:
                 prof.__enter__()
@@ -254,12 +259,20 @@ def audit_once(provider: str, tokens: int, layers: int, vocab: int, lite_attenti
             rows.append(row)
         result = {"provider": provider, "tokens": tokens, "rows": rows}
         del packed, entries, out, holder, ctx_only
+        if backward and cuda:  # on a GPU the allocator's own counters give the same quantities
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            start = torch.cuda.memory_allocated()
+            loss.backward()
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated()
+            result["backward"] = {"live_at_backward_start": start, "peak_in_backward": peak,
+                                  "backward_peak_above_start_bytes": peak - start, "peak_node": None,
+                                  "source": "torch.cuda.max_memory_allocated"}
         if prof is not None:
             try:
-                # gradients of the activations only (no parameter gradients: the same for every provider and
-                # not what differs between them), down to the input of layer 0
                 with torch.profiler.record_function(BACKWARD_MARK):
-                    torch.autograd.grad(loss, first_input[0])
+                    loss.backward()
             finally:
                 prof.__exit__(None, None, None)
             result["backward"] = memory_timeline(prof)
@@ -385,7 +398,7 @@ def main(argv=None):
     p.add_argument("--lite-attention", choices=("ours", "sdpa"), default="ours")
     p.add_argument("--no-backward", action="store_true", help="skip the backward profile (faster)")
     p.add_argument("--detail", action="store_true", help="keep every saved tensor in the JSON")
-    p.add_argument("--out", default=os.path.join(RESULTS, "train-memory-audit-cpu.json"))
+    p.add_argument("--out", default=None, help="default bench/results/train-memory-audit-<cpu|gpu name>.json")
     args = p.parse_args(argv)
     providers = [x for x in args.providers.split(",") if x != "liger" or liger_available()]
     if "liger" in args.providers and "liger" not in providers:
@@ -397,12 +410,16 @@ def main(argv=None):
     import transformers
     import triton
 
-    doc = {"meta": {"what": "bytes autograd keeps for backward, computed on the CPU (not a GPU measurement)",
+    where = "computed on the CPU (not a GPU measurement)" if DEVICE == "cpu" else torch.cuda.get_device_name()
+    doc = {"meta": {"what": f"bytes autograd keeps for backward, {where}", "device": DEVICE,
                     "widths": WIDTHS_1B, "layers": args.layers, "vocab": args.vocab, "token_counts": tokens,
                     "target_tokens": args.target_tokens, "torch": torch.__version__, "triton": triton.__version__,
                     "transformers": transformers.__version__, "interpreter": os.environ.get("TRITON_INTERPRET"),
                     "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
            "report": report, "table": table, "raw": raw}
+    if args.out is None:
+        tag = "cpu" if DEVICE == "cpu" else torch.cuda.get_device_name().replace("NVIDIA ", "").replace(" ", "-")
+        args.out = os.path.join(RESULTS, f"train-memory-audit-{tag}.json")
     if args.out:
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         with open(args.out, "w") as f:
