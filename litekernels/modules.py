@@ -7,6 +7,7 @@ from torch import nn
 
 from . import functional as LF
 from .ops.swiglu import silu_mul_linear
+from .utils import tracing
 
 
 def _local(t):
@@ -44,13 +45,14 @@ class LiteMLP(nn.Module):
     # Training memory (bench/train_memory_audit.py): gate and up exist only inside this call, so the SiLU*mul
     # backward writes their gradients over them (two tokens x intermediate buffers fewer at the backward), and
     # when down_proj is a plain nn.Linear, silu(gate) * up is not kept for the backward but recomputed there
-    # (silu_mul_linear: one tokens x intermediate activation less per layer). Anything else that uses gate or up
-    # through autograd raises instead (version counters); a forward hook on gate_proj/up_proj that keeps their
-    # outputs would see them overwritten by the backward.
+    # (silu_mul_linear: one tokens x intermediate activation less per layer; not while torch.compile traces,
+    # where the registered ops are used). Anything else that uses gate or up through autograd raises instead
+    # (version counters); a forward hook on gate_proj/up_proj that keeps their outputs would see them
+    # overwritten by the backward.
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_proj(x), self.up_proj(x)
         down = self.down_proj
-        if _plain_linear(down) and gate.requires_grad and not _autocast(gate):
+        if not tracing() and gate.requires_grad and _plain_linear(down) and not _autocast(gate):
             return silu_mul_linear(gate, up, _local(down.weight), None if down.bias is None else _local(down.bias))
         return down(LF.silu_mul(gate, up, inplace_backward=True))
 
