@@ -49,7 +49,7 @@ if "TRITON_INTERPRET" not in os.environ:  # before triton is imported
     except ImportError:  # pragma: no cover
         pass
 
-import torch  # noqa: E402
+import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -123,7 +123,9 @@ def tolerate_liger_kernels():
     """Wrap Liger's Triton kernels (CPU audit only); idempotent."""
     import importlib
 
-    from triton.runtime.jit import KernelInterface  # JITFunction, or InterpretedFunction under the interpreter
+    from triton.runtime.jit import (
+        KernelInterface,  # JITFunction, or InterpretedFunction under the interpreter
+    )
 
     for op in LIGER_OPS:
         try:
@@ -213,7 +215,6 @@ def audit_once(provider: str, tokens: int, layers: int, vocab: int, lite_attenti
     try:
         param_keys = {_storage_key(p) for p in model.parameters()}
         names = {id(m): n for n, m in model.named_modules()}
-        handles = []
         packed = []
 
         def pack(t):
@@ -224,14 +225,10 @@ def audit_once(provider: str, tokens: int, layers: int, vocab: int, lite_attenti
         ids = torch.randint(0, vocab, (batch, tokens // batch), generator=g).to(DEVICE)
         cuda = DEVICE == "cuda"
         prof = _profiler() if backward and not cuda else None
-        try:
-            if prof is not None:
-                prof.__enter__()
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                out = model(input_ids=ids, labels=ids, use_cache=False)
-        finally:
-            for h in handles:
-                h.remove()
+        if prof is not None:
+            prof.__enter__()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(input_ids=ids, labels=ids, use_cache=False)
         loss = out.loss
         # which autograd node holds each saved tensor (by storage, shape, strides)
         holder = collections.defaultdict(list)
@@ -258,7 +255,8 @@ def audit_once(provider: str, tokens: int, layers: int, vocab: int, lite_attenti
                 seen[skey] = f"{mod} {row['op']} {list(t.shape)}"
             rows.append(row)
         result = {"provider": provider, "tokens": tokens, "rows": rows}
-        del packed, entries, out, holder, ctx_only
+        packed.clear()
+        del entries, out, holder, ctx_only
         if backward and cuda:  # on a GPU the allocator's own counters give the same quantities
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -363,9 +361,9 @@ def run(providers, token_counts, layers, vocab, target_tokens, lite_attention="o
         layer_fit = {s: fit({n: raw[label][n]["summary"]["per_layer"][mid].get(s, 0) for n in token_counts},
                             target_tokens) for s in subs}
         entry = {"layer_bytes_at_target": sum(layer_fit.values()), "layer_by_module_at_target": layer_fit}
-        if backward:
-            entry["backward_peak_above_start_at_target"] = fit(
-                {n: raw[label][n]["backward"]["backward_peak_above_start_bytes"] for n in token_counts}, target_tokens)
+        if backward:  # not extrapolated (see the module docstring): the largest token count run
+            n = max(token_counts)
+            entry["backward_peak_above_start"] = {"tokens": n, **raw[label][n]["backward"]}
         report[label] = entry
     return raw, report
 
@@ -380,9 +378,12 @@ def print_table(report: dict, target_tokens: int) -> str:
                                               for p in labels) + " |")
     lines.append("| **layer total** | " + " | ".join(f"**{report[p]['layer_bytes_at_target'] / 1e6:.1f}**"
                                                     for p in labels) + " |")
-    if all("backward_peak_above_start_at_target" in r for r in report.values()):
-        lines.append("| backward peak above its start (whole model) | " + " | ".join(
-            f"{report[p]['backward_peak_above_start_at_target'] / 1e6:.1f}" for p in labels) + " |")
+    if all("backward_peak_above_start" in r for r in report.values()):
+        b = {p: report[p]["backward_peak_above_start"] for p in labels}
+        n = b[labels[0]]["tokens"]
+        lines.append(f"| backward peak above its start, whole model incl. parameter grads, at {n} tokens (not "
+                     "extrapolated) | " + " | ".join(f"{b[p]['backward_peak_above_start_bytes'] / 1e6:.1f}"
+                                                     for p in labels) + " |")
     text = "\n".join(lines)
     print(text)
     return text
