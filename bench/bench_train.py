@@ -6,6 +6,8 @@ and torch.cuda.max_memory_allocated over the training steps (weights, gradients,
 activations; the previous provider's model is freed and the peak counter reset first). Providers:
   hf     transformers as built (attn_implementation="sdpa", unfused loss: full fp32 logits)
   lite   apply_lite_llama(model): our RMSNorm, RoPE, SiLU*mul, attention and fused linear cross-entropy
+  lite-sdpa  apply_lite_llama(model, attention=False): the same with transformers' SDPA attention
+         (--lite-attention sdpa runs it instead of lite, --lite-attention both runs both)
   liger  liger_kernel.transformers.apply_liger_kernel_to_llama(model=m), when Liger-Kernel is importable
          (its module-level rebinding of transformers' Llama classes is undone after its run)
 Shapes: 1b = Llama-3.2-1B (16 layers, hidden 2048, 32/8 heads, inter 8192, vocab 128256, tied embeddings);
@@ -18,6 +20,14 @@ Writes bench/results/train-<gpu>.json (and $OUT/) and docs/img/train-<gpu>.png.
     python -m bench.bench_train                       # 1b and 8b (8 layers), curve, op microbenchmark
     python -m bench.bench_train --shapes 8b --layers-8b 12
     python -m bench.bench_train --smoke               # CPU, tiny model: exercises every code path
+    python -m bench.bench_train --shapes 1b --profile --lite-attention both --curve-steps 0 --no-op
+                                                      # + GPU time per kernel category and memory per phase
+
+--profile: per provider, after the timed steps, one more step with the memory at each phase boundary
+(torch.cuda.memory_allocated and the peak of each phase: forward, backward, optimizer step) and one step under
+torch.profiler: GPU time per kernel category (attention fwd/bwd, norm, rope, swiglu, GEMM, cross-entropy,
+optimizer, elementwise, copy, other) and the top kernels, in the JSON's "profile" (`--memory-snapshot` also
+dumps torch.cuda.memory snapshots of that step to $OUT or /tmp for pytorch.org/memory_viz).
 """
 
 from __future__ import annotations
@@ -104,10 +114,11 @@ def apply_provider(model, provider):
     """Patch `model` for `provider`; returns an undo callable."""
     if provider == "hf":
         return lambda: None
-    if provider == "lite":
+    if provider in ("lite", "lite-sdpa"):
         from litekernels.patches import apply_lite_llama, revert_lite_llama
 
-        apply_lite_llama(model)
+        # lite-sdpa: everything but attention (transformers' SDPA stays), to measure what our attention costs
+        apply_lite_llama(model, attention=provider == "lite")
         return lambda: revert_lite_llama(model)
     if provider == "liger":
         patch = LigerPatch(model)
@@ -160,15 +171,165 @@ def bench_provider(shape_name, shape, provider, args, device):
         dt = time.perf_counter() - t0
         peak = torch.cuda.max_memory_allocated() if torch.device(device).type == "cuda" else None
         losses = [float(x) for x in losses]
+        prof = None
+        if getattr(args, "profile", False):
+            prof = {"memory": memory_phases(model, opt, ids, device, getattr(args, "memory_snapshot", False),
+                                            f"{shape_name}-{provider}")}
+            prof.update(kernel_profile(model, opt, ids, device))
     finally:
         undo()
     params = sum(p.numel() for p in model.parameters())
     del model, opt
     free(device)
-    return {"shape": shape_name, "layers": shape["num_hidden_layers"], "provider": provider, "params": params,
-            "batch": args.batch, "seq": args.seq, "steps": args.steps, "tok_s": args.batch * args.seq * args.steps / dt,
-            "step_ms": 1e3 * dt / args.steps, "peak_mem_bytes": peak,
-            "peak_mem_GB": None if peak is None else peak / 1e9, "last_loss": losses[-1]}
+    row = {"shape": shape_name, "layers": shape["num_hidden_layers"], "provider": provider, "params": params,
+           "batch": args.batch, "seq": args.seq, "steps": args.steps, "tok_s": args.batch * args.seq * args.steps / dt,
+           "step_ms": 1e3 * dt / args.steps, "peak_mem_bytes": peak,
+           "peak_mem_GB": None if peak is None else peak / 1e9, "last_loss": losses[-1]}
+    if prof is not None:
+        row["profile"] = prof
+    return row
+
+
+# ------------------------------------------------------------------------------------------------------------
+# --profile: memory per phase and GPU time per kernel category
+# ------------------------------------------------------------------------------------------------------------
+def memory_phases(model, opt, ids, device, snapshot=False, tag="") -> dict:
+    """One training step split at its phase boundaries: bytes allocated at each boundary and the peak of each
+    phase (torch.cuda.max_memory_allocated, reset at each boundary). "forward_end" is also the start of the
+    backward, where a training step's activations are largest. CUDA only (None elsewhere)."""
+    if torch.device(device).type != "cuda":
+        return None
+    cuda = torch.cuda
+    out = {}
+    record = snapshot and hasattr(cuda.memory, "_record_memory_history")
+    if record:
+        cuda.memory._record_memory_history(max_entries=200000)
+    sync(device)
+    cuda.reset_peak_memory_stats()
+    out["step_start_allocated"] = cuda.memory_allocated()  # weights + optimizer state (+ nothing else)
+    loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+    sync(device)
+    out["forward_peak"] = cuda.max_memory_allocated()
+    out["forward_end_allocated"] = cuda.memory_allocated()  # = backward start: saved activations + loss state
+    cuda.reset_peak_memory_stats()
+    loss.backward()
+    sync(device)
+    out["backward_peak"] = cuda.max_memory_allocated()
+    out["backward_end_allocated"] = cuda.memory_allocated()  # + parameter gradients
+    cuda.reset_peak_memory_stats()
+    opt.step()
+    sync(device)
+    out["optimizer_peak"] = cuda.max_memory_allocated()
+    opt.zero_grad(set_to_none=True)
+    out["step_end_allocated"] = cuda.memory_allocated()
+    out["activations_at_backward_start"] = out["forward_end_allocated"] - out["step_start_allocated"]
+    out["backward_peak_above_start"] = out["backward_peak"] - out["forward_end_allocated"]
+    out["GB"] = {k: v / 1e9 for k, v in list(out.items())}
+    if record:
+        d = os.environ.get("OUT") or tempfile.gettempdir()
+        path = os.path.join(d, f"memory-snapshot-{tag}.pickle")
+        try:
+            cuda.memory._dump_snapshot(path)
+            out["snapshot"] = path
+        finally:
+            cuda.memory._record_memory_history(enabled=None)
+    return out
+
+
+# Kernel name -> category; first match wins (lowercase substrings). Our Triton kernels, Liger's, PyTorch's
+# SDPA back ends (flash, cuDNN, memory-efficient), cuBLAS/CUTLASS GEMMs, the fused AdamW.
+_ATTENTION = ("attn", "attention", "flash", "fmha", "sdpa", "mha_")
+KERNEL_CATEGORIES = [
+    ("norm", ("rms_norm",)),
+    ("rope", ("_rope_kernel", "_triton_rope", "rope")),
+    ("swiglu", ("silu_mul", "swiglu")),
+    ("cross-entropy", ("cross_entropy", "_scale_inplace_kernel", "element_mul_kernel", "softmax", "nll_loss",
+                       "log_softmax")),
+    ("optimizer", ("adam", "multi_tensor_apply")),
+    ("GEMM", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "aten::mm", "aten::addmm", "aten::bmm", "matmul")),
+    ("copy/fill", ("memcpy", "memset", "copy_kernel", "fill_kernel")),
+    ("elementwise/reduce (torch)", ("elementwise", "reduce_kernel", "vectorized", "unrolled", "aten::")),
+]
+
+
+def kernel_category(name: str) -> str:
+    low = name.lower()
+    if any(k in low for k in _ATTENTION):  # ours (_attn_*), SDPA flash/cuDNN (fprop/bprop)/efficient (fmha)
+        return "attention bwd" if any(k in low for k in ("bwd", "backward", "bprop", "cutlassb")) else "attention fwd"
+    for cat, keys in KERNEL_CATEGORIES:
+        if any(k in low for k in keys):
+            return cat
+    return "other"
+
+
+def kernel_profile(model, opt, ids, device, top=25) -> dict:
+    """One training step under torch.profiler: GPU (CPU for --smoke) time per kernel category and the top
+    kernels. Errors (e.g. CUPTI unavailable) are returned, not raised."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.device(device).type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    try:
+        train_step(model, opt, ids)  # a clean step right before (no allocator growth inside the profile)
+        sync(device)
+        with profile(activities=acts) as prof:
+            train_step(model, opt, ids)
+            sync(device)
+        per_kernel = {}
+        for e in prof.key_averages():
+            if cuda:
+                dev = getattr(e, "device_type", None)
+                if dev is not None and "CUDA" not in str(dev):
+                    continue
+                us = getattr(e, "self_device_time_total", None)
+                if us is None:
+                    us = getattr(e, "self_cuda_time_total", 0)
+            else:  # --smoke on the CPU: the aten ops' own CPU time stands in
+                if not e.key.startswith("aten::") and "kernel" not in e.key:
+                    continue
+                us = e.self_cpu_time_total
+            if us:
+                per_kernel[e.key] = per_kernel.get(e.key, 0.0) + us / 1e3
+        cats: dict = {}
+        for name, ms in per_kernel.items():
+            c = kernel_category(name)
+            cats[c] = cats.get(c, 0.0) + ms
+        total = sum(cats.values())
+        kernels = sorted(per_kernel.items(), key=lambda kv: -kv[1])[:top]
+        return {"time_source": "GPU kernel time" if cuda else "CPU op self time (smoke)", "total_ms": total,
+                "categories_ms": dict(sorted(cats.items(), key=lambda kv: -kv[1])),
+                "top_kernels_ms": [{"name": n[:160], "category": kernel_category(n), "ms": ms} for n, ms in kernels]}
+    except Exception as e:  # noqa: BLE001 - the rest of the benchmark must survive a profiler failure
+        return {"error": repr(e)[:300]}
+
+
+def profile_table(rows) -> str:
+    """Per shape: GPU ms per kernel category for each provider, and the memory phases (GB)."""
+    prof_rows = [r for r in rows if isinstance(r.get("profile"), dict)]
+    if not prof_rows:
+        return ""
+    lines = []
+    for shape in dict.fromkeys(r["shape"] for r in prof_rows):
+        sr = [r for r in prof_rows if r["shape"] == shape]
+        names = [r["provider"] for r in sr]
+        cats = list(dict.fromkeys(c for r in sr for c in r["profile"].get("categories_ms", {})))
+        lines += [f"\n{shape}: ms per training step by kernel category ({sr[0]['profile'].get('time_source')})",
+                  "| category | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for c in cats:
+            lines.append(f"| {c} | " + " | ".join(f"{r['profile'].get('categories_ms', {}).get(c, 0.0):.2f}"
+                                                  for r in sr) + " |")
+        lines.append("| total | " + " | ".join(f"{r['profile'].get('total_ms', 0.0):.2f}" for r in sr) + " |")
+        mems = [r["profile"].get("memory") for r in sr]
+        if all(mems):
+            keys = ["step_start_allocated", "forward_peak", "forward_end_allocated", "backward_peak",
+                    "backward_peak_above_start", "backward_end_allocated", "optimizer_peak", "step_end_allocated"]
+            lines += [f"\n{shape}: memory per phase (GB, torch.cuda)", "| point | " + " | ".join(names) + " |",
+                      "|---|" + "---|" * len(names)]
+            lines += [f"| {k} | " + " | ".join(f"{m[k] / 1e9:.3f}" for m in mems) + " |" for k in keys]
+        for r in sr:
+            if "error" in r["profile"]:
+                lines.append(f"{r['provider']}: profiler error {r['profile']['error']}")
+    return "\n".join(lines)
 
 
 def loss_curve(shape, providers, args, device):
@@ -286,13 +447,15 @@ def ratios(rows) -> dict:
     out = {}
     for shape in dict.fromkeys(r["shape"] for r in rows):
         by = {r["provider"]: r for r in rows if r["shape"] == shape and "tok_s" in r}
-        lite = by.get("lite")
-        if lite is None:
-            continue
-        for prov, r in by.items():
-            if prov != "lite":
-                mem = (lite["peak_mem_bytes"] / r["peak_mem_bytes"]) if r["peak_mem_bytes"] else None
-                out[f"{shape}/{prov}"] = {"tok_s": lite["tok_s"] / r["tok_s"], "peak_mem": mem}
+        for name in ("lite", "lite-sdpa"):
+            lite = by.get(name)
+            if lite is None:
+                continue
+            prefix = shape if name == "lite" else f"{shape}/{name}"
+            for prov, r in by.items():
+                if not prov.startswith("lite"):
+                    mem = (lite["peak_mem_bytes"] / r["peak_mem_bytes"]) if r["peak_mem_bytes"] else None
+                    out[f"{prefix}/{prov}"] = {"tok_s": lite["tok_s"] / r["tok_s"], "peak_mem": mem}
     return out
 
 
@@ -321,6 +484,12 @@ def main(argv=None):
     p.add_argument("--curve-steps", type=int, default=20)
     p.add_argument("--curve-lr", type=float, default=3e-4)
     p.add_argument("--no-op", action="store_true", help="skip the fused-op microbenchmark")
+    p.add_argument("--lite-attention", choices=("ours", "sdpa", "both"), default="ours",
+                   help="lite's attention: ours (provider lite), transformers' SDPA (lite-sdpa), or both")
+    p.add_argument("--profile", action="store_true",
+                   help="per provider: memory per phase of one step and GPU time per kernel category")
+    p.add_argument("--memory-snapshot", action="store_true",
+                   help="with --profile: dump torch.cuda memory snapshots of the phase step ($OUT or /tmp)")
     p.add_argument("--smoke", action="store_true", help="tiny model on CPU (or the GPU), results to a temp dir")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/train-<gpu>.json)")
     args = p.parse_args(argv)
@@ -343,6 +512,9 @@ def main(argv=None):
         img = None
     args.liger = liger_version()
     providers = [x for x in args.providers.split(",") if x != "liger" or args.liger]
+    if "lite" in providers and args.lite_attention != "ours":
+        i = providers.index("lite")
+        providers[i:i + 1] = ["lite-sdpa"] if args.lite_attention == "sdpa" else ["lite", "lite-sdpa"]
     note = "" if args.liger or "liger" not in args.providers else "Liger-Kernel not importable: its rows are skipped"
     if note:
         print("note:", note, flush=True)
@@ -355,6 +527,7 @@ def main(argv=None):
             "batch": args.batch, "seq": args.seq, "warmup_steps": args.warmup, "timed_steps": args.steps,
             "optimizer": "AdamW(fused=True), lr 1e-5 (timing) / %g (curve)" % args.curve_lr,
             "data": "random token ids, labels = inputs", "note": note,
+            "lite_attention": args.lite_attention, "profile": args.profile,
             "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     print(meta, flush=True)
     t_start = time.perf_counter()
@@ -382,6 +555,10 @@ def main(argv=None):
     print("ratios (lite / other):", doc["ratios"], flush=True)
     paths = save_results(doc, "train", out=args.out)
     print(table(doc))
+    if args.profile:
+        print(profile_table(rows))
+    if img is None and args.out:  # a run with its own JSON path keeps its plot beside it (docs/img untouched)
+        img = os.path.splitext(args.out)[0] + ".png"
     if img is None:
         gpu = meta["device"].replace("NVIDIA ", "").replace(" ", "-")
         img = os.path.join(IMG, f"train-{gpu}.png")

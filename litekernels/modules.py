@@ -6,6 +6,8 @@ import torch
 from torch import nn
 
 from . import functional as LF
+from .ops.swiglu import silu_mul_linear
+from .utils import tracing
 
 
 def _local(t):
@@ -40,5 +42,39 @@ class LiteMLP(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, **kw)
 
     # Also the forward apply_lite_llama binds to Hugging Face's MLP modules (same attribute names).
+    # Training memory (bench/train_memory_audit.py): gate and up exist only inside this call, so the SiLU*mul
+    # backward writes their gradients over them (two tokens x intermediate buffers fewer at the backward), and
+    # when down_proj is a plain nn.Linear, silu(gate) * up is not kept for the backward but recomputed there
+    # (silu_mul_linear: one tokens x intermediate activation less per layer; not while torch.compile traces,
+    # where the registered ops are used). Anything else that uses gate or up through autograd raises instead
+    # (version counters); a forward hook on gate_proj/up_proj that keeps their outputs would see them
+    # overwritten by the backward.
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(LF.silu_mul(self.gate_proj(x), self.up_proj(x)))
+        gate, up = self.gate_proj(x), self.up_proj(x)
+        down = self.down_proj
+        if not tracing() and gate.requires_grad and _plain_linear(down) and not _autocast(gate):
+            return silu_mul_linear(gate, up, _local(down.weight), None if down.bias is None else _local(down.bias))
+        return down(LF.silu_mul(gate, up, inplace_backward=True))
+
+
+def _plain_linear(m) -> bool:
+    """An nn.Linear whose call is exactly F.linear: no subclass (LoRA, quantized), no hooks of any kind (accelerate
+    offloading, PEFT, user hooks), no replaced forward, plain tensor weights (not DTensor)."""
+    return (type(m) is nn.Linear and not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                                          or getattr(m, "_backward_pre_hooks", None))
+            and "forward" not in m.__dict__ and not _global_module_hooks()
+            and type(m.weight) in (nn.Parameter, torch.Tensor))
+
+
+def _global_module_hooks() -> bool:
+    g = torch.nn.modules.module
+    return any(getattr(g, name, None) for name in ("_global_forward_hooks", "_global_forward_pre_hooks",
+                                                   "_global_backward_hooks", "_global_backward_pre_hooks"))
+
+
+def _autocast(t) -> bool:
+    """Autocast would change the dtype nn.Linear computes in; the fused path then steps aside."""
+    try:
+        return torch.is_autocast_enabled(t.device.type)
+    except TypeError:  # torch < 2.4: no device argument
+        return torch.is_autocast_enabled() if t.is_cuda else torch.is_autocast_cpu_enabled()

@@ -157,8 +157,8 @@ MUTATIONS = [
     M("linear_falls_back_silently", OPS + "linear.py", "if (rows > MAX_ROWS or not use_triton(x)", "if (True or rows > MAX_ROWS or not use_triton(x)",
       LIN, why="the kernel never runs and F.linear answers: a test must see which path ran"),
     # --- HF patch ------------------------------------------------------------------------------------------
-    M("patch_mlp_gate_up_swapped", "litekernels/modules.py", "LF.silu_mul(self.gate_proj(x), self.up_proj(x))",
-      "LF.silu_mul(self.up_proj(x), self.gate_proj(x))", PATCH),
+    M("patch_mlp_gate_up_swapped", "litekernels/modules.py", "gate, up = self.gate_proj(x), self.up_proj(x)",
+      "gate, up = self.up_proj(x), self.gate_proj(x)", PATCH),
     M("patch_rope_cos_sin_swapped", "patches/__init__.py", "return apply_rope_unchecked(q, k, cos, sin)",
       "return apply_rope_unchecked(q, k, sin, cos)", PATCH),
     M("patch_attention_not_causal", "patches/attention.py", 'causal = getattr(module, "is_causal", True)', "causal = False", PATCH),

@@ -445,16 +445,19 @@ def _mask_args(attn_mask, B, H, Tq, Tk):
     return m, tuple(m.stride())
 
 
-def attention_fwd(q, k, v, causal, scale, attn_mask=None, config=None, need_lse=True):
+def attention_fwd(q, k, v, causal, scale, attn_mask=None, config=None, need_lse=True, like_inputs=False):
     """Launch the forward; config: None (the table for this GPU), a tuple (BLOCK_M, BLOCK_N, num_warps,
     num_stages) or a dict of those plus the variant flags FWD_FLAGS (REVERSE heavy-first query blocks,
     BLOCK_PTR, TMA, WS, LAZY; see FWD_FLAGS). need_lse=False (no autograd): lse goes to a discard buffer and
-    None is returned for it."""
+    None is returned for it.
+    like_inputs: o gets q's memory layout (torch.empty_like) instead of a contiguous (B, H, Tq, D) buffer. For
+    HF's q, a (B, Tq, H, D) buffer seen transposed, o.transpose(1, 2) is then already contiguous, so the
+    caller's reshape for o_proj is a view and autograd keeps one copy of o, not two (o_proj saves its input)."""
     q, k, v = unit_last(q), unit_last(k), unit_last(v)
     B, H, Tq, D = q.shape
     HKV, Tk = k.shape[1], k.shape[2]
     device = q.device
-    o = torch.empty((B, H, Tq, D), dtype=q.dtype, device=device)
+    o = torch.empty_like(q) if like_inputs else torch.empty((B, H, Tq, D), dtype=q.dtype, device=device)
     lse = torch.empty((B, H, Tq), dtype=torch.float32, device=device) if need_lse else discard_buffer(B * H * Tq, q)
     mask, ms = _mask_args(attn_mask, B, H, Tq, Tk)
     c = _settings(fwd_config, D, q.dtype, device, config)
@@ -474,7 +477,9 @@ def _block_d(D: int) -> int:
     return max(16, triton.next_power_of_2(D))
 
 
-def attention_bwd(do, q, k, v, o, lse, causal, scale, attn_mask=None, config=None):
+def attention_bwd(do, q, k, v, o, lse, causal, scale, attn_mask=None, config=None, like_inputs=False):
+    """Launch the backward; returns (dq, dk, dv), contiguous, or with like_inputs=True in the memory layouts of
+    q, k and v (so HF's transposed projections receive gradients they can view without a copy)."""
     do, q, k, v, o = unit_last(do), unit_last(q), unit_last(k), unit_last(v), unit_last(o)
     B, H, Tq, D = q.shape
     HKV, Tk = k.shape[1], k.shape[2]
@@ -484,9 +489,10 @@ def attention_bwd(do, q, k, v, o, lse, causal, scale, attn_mask=None, config=Non
     launch(_attn_bwd_delta_kernel, (triton.cdiv(Tq, DM), B * H),
            o, do, delta, o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1), do.stride(2), H, Tq, D,
            BLOCK_M=DM, BLOCK_D=BD, num_warps=1 if INTERPRET else 4)
-    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
-    dk = torch.empty_like(k, memory_format=torch.contiguous_format)
-    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+    fmt = torch.preserve_format if like_inputs else torch.contiguous_format
+    dq = torch.empty_like(q, memory_format=fmt)
+    dk = torch.empty_like(k, memory_format=fmt)
+    dv = torch.empty_like(v, memory_format=fmt)
     mask, ms = _mask_args(attn_mask, B, H, Tq, Tk)
     c = _settings(bwd_config, D, q.dtype, q.device, config)
     common = dict(CAUSAL=causal, HAS_MASK=mask is not None, BLOCK_D=BD, IEEE=exact_dot(q.dtype), **c)
@@ -507,7 +513,9 @@ def attention_bwd(do, q, k, v, o, lse, causal, scale, attn_mask=None, config=Non
 class LiteAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, causal, scale, attn_mask):
-        o, lse = attention_fwd(q, k, v, causal, scale, attn_mask)
+        # o and the gradients follow the inputs' layouts (like_inputs): with HF's transposed q/k/v neither the
+        # output nor the gradients need a layout copy, and o is saved once (bench/train_memory_audit.py)
+        o, lse = attention_fwd(q, k, v, causal, scale, attn_mask, like_inputs=True)
         ctx.save_for_backward(q, k, v, o, lse, attn_mask)
         ctx.causal, ctx.scale = causal, scale
         return o
@@ -515,7 +523,7 @@ class LiteAttentionFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse, attn_mask = ctx.saved_tensors
-        dq, dk, dv = attention_bwd(do, q, k, v, o, lse, ctx.causal, ctx.scale, attn_mask)
+        dq, dk, dv = attention_bwd(do, q, k, v, o, lse, ctx.causal, ctx.scale, attn_mask, like_inputs=True)
         return dq, dk, dv, None, None, None
 
 
