@@ -464,6 +464,17 @@ def register_inductor_decompositions() -> bool:
         return False
     key = op("rms_norm").default
     if table.get(key) is not _rms_norm_decomposition:
+        try:
+            # The decomposition declines (NotImplemented) above INDUCTOR_DECOMPOSE_MAX_ROWS rows, and Inductor then
+            # lowers the op to a fallback kernel call; its make_fallback asserts that an op with a decomposition
+            # has no fallback unless told so (torch 2.11 on an H200: "both a fallback and a decomp for same op").
+            # Register that fallback first, explicitly allowed; without it the decomposition is not installed.
+            from torch._inductor import lowering
+
+            if key not in getattr(lowering, "lowerings", {}):
+                lowering.make_fallback(key, override_decomp=True)
+        except Exception:  # noqa: BLE001 - an Inductor without this API: keep the op opaque (always correct)
+            return False
         table[key] = _rms_norm_decomposition
         cached = getattr(inductor_decomp, "fast_random_decomps", None)
         if hasattr(cached, "cache_clear"):  # a copy of the table cached by an earlier compile
