@@ -173,7 +173,8 @@ def _stream_print(model, tok, text, args) -> str:
             break
         pieces.append(piece)
         print(piece, end="", flush=True)
-    print(f"\n[{result.finish_reason}; prefill {result.prefill_ms:.0f} ms, {result.decode_tokens_per_s:.1f} tok/s]",
+    print(flush=True)  # the answer ends its line on stdout; the statistics go to stderr
+    print(f"[{result.finish_reason}; prefill {result.prefill_ms:.0f} ms, {result.decode_tokens_per_s:.1f} tok/s]",
           file=sys.stderr, flush=True)
     return "".join(pieces)
 
