@@ -1,7 +1,8 @@
 """How fast the `lite-llama generate` command starts: time to the first token, total wall time and CPU time.
 
     python -m bench.cli_start                       # 5 runs of the CLI in this checkout, bundled model, 1 new token
-    python -m bench.cli_start --root /other/checkout --label before --runs 3 --json bench/results/x.json
+    python -m bench.cli_start --compare /other/checkout --compare-label before --runs 5
+                                                    # runs alternate between the two checkouts (same load)
 
 Each run is a fresh `python -m litekernels generate "What is the capital of France?" --max-new-tokens 1` started
 from `--root` (a checkout: its own litekernels/ is imported, not the installed one). Measured per run: the wall
@@ -58,6 +59,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default=HERE, help="checkout whose litekernels/ runs (default: this one)")
     ap.add_argument("--label", default="this checkout")
+    ap.add_argument("--compare", default=None, help="a second checkout; its runs alternate with --root's")
+    ap.add_argument("--compare-label", default="compared checkout")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--no-warm", dest="warm", action="store_false", help="count the first run too")
     ap.add_argument("--json", default=None, help="write the runs here (default: bench/results/cli-start-cpu.json, "
@@ -66,25 +69,34 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)  # the CLI's own path on a CPU: the reference ops
-    env["PYTHONPATH"] = args.root  # the checkout's package, not an installed one
+    roots = [(args.root, args.label)] + ([(args.compare, args.compare_label)] if args.compare else [])
+    envs = {root: dict(env, PYTHONPATH=root) for root, _ in roots}  # the checkout's package, not an installed one
     if args.warm:
-        one_run(args.root, args.cli_args, env)
-    runs = [one_run(args.root, args.cli_args, env) for _ in range(args.runs)]
-    print(f"{args.label}: {' '.join(args.cli_args)}")
-    print("  first token s | wall s | cpu s (user+sys) | load avg before")
-    for r in runs:
-        print(f"  {r['first_token_s']:13.2f} | {r['wall_s']:6.2f} | {r['cpu_s']:16.2f} | {r['load_before']:.2f}")
-    med = {k: statistics.median(r[k] for r in runs) for k in ("first_token_s", "wall_s", "cpu_s", "load_before")}
-    print(f"  median: first token {med['first_token_s']:.2f} s, wall {med['wall_s']:.2f} s, "
-          f"cpu {med['cpu_s']:.2f} s, load {med['load_before']:.2f}")
+        for root, _ in roots:
+            one_run(root, args.cli_args, envs[root])
+    runs = {root: [] for root, _ in roots}
+    for _ in range(args.runs):
+        for root, _ in roots[::-1]:
+            runs[root].append(one_run(root, args.cli_args, envs[root]))
+    series = []
+    for root, label in roots:
+        rs = runs[root]
+        print(f"{label} ({root}): {' '.join(args.cli_args)}")
+        print("  first token s | wall s | cpu s (user+sys) | load avg before")
+        for r in rs:
+            print(f"  {r['first_token_s']:13.2f} | {r['wall_s']:6.2f} | {r['cpu_s']:16.2f} | {r['load_before']:.2f}")
+        med = {k: statistics.median(r[k] for r in rs) for k in ("first_token_s", "wall_s", "cpu_s", "load_before")}
+        print(f"  median: first token {med['first_token_s']:.2f} s, wall {med['wall_s']:.2f} s, "
+              f"cpu {med['cpu_s']:.2f} s, load {med['load_before']:.2f}")
+        series.append({"label": label, "root": root, "cli_args": args.cli_args,
+                       "time": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": rs, "median": med})
     path = args.json or os.path.join(HERE, "bench", "results", "cli-start-cpu.json")
     doc = {"meta": {"device": "cpu", "cores": len(os.sched_getaffinity(0)), "machine": platform.processor() or
                     platform.machine(), "python": platform.python_version()}, "series": []}
     if os.path.exists(path):
         with open(path) as f:
             doc = json.load(f)
-    doc["series"].append({"label": args.label, "cli_args": args.cli_args, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-                          "runs": runs, "median": med})
+    doc["series"].extend(series)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(doc, f, indent=1)

@@ -141,6 +141,10 @@ def test_other_dtypes_and_unhandled_files(tmp_path):
     header = json.dumps({"x": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
     (tmp_path / "cut.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))  # data cut
     assert loading._mapped_state_dict(str(tmp_path / "cut.safetensors")) is None
+    for bad in ({"x": 5}, {"x": {"dtype": "F32"}}, [1, 2]):  # not the header the format defines
+        header = json.dumps(bad).encode()
+        (tmp_path / "odd.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(16))
+        assert loading._mapped_state_dict(str(tmp_path / "odd.safetensors")) is None, bad
 
 
 def test_unhandled_weights_file_falls_back_to_transformers(cached_gguf, monkeypatch):

@@ -59,7 +59,8 @@ def cache_root() -> str:
 
 
 def _transformers_version() -> str:
-    """The installed transformers version, read from its package metadata (importing transformers costs ~1 s)."""
+    """The installed transformers version, from its package metadata (a bare `import transformers` took 0.76 s
+    here; the key is computed before the model code is needed)."""
     from importlib import metadata
 
     try:
@@ -128,37 +129,41 @@ def _mapped_state_dict(path: str):
     or None when the file holds something this reader does not handle (the caller then uses transformers' own
     loader). Nothing is read until used, nothing is copied, and tensors stored back to back share one storage
     at consecutive offsets. Format: an 8-byte little-endian header size, a JSON header of
-    {name: {dtype, shape, data_offsets [begin, end) relative to the data}}, then the data."""
+    {name: {dtype, shape, data_offsets [begin, end) relative to the data}}, then the data.
+    The map stays valid if the file is deleted or replaced by rename (as _save_converted does); rewriting the
+    file in place while a model uses it would not be safe, and nothing here does that."""
     import struct
 
     import torch
 
     size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            return None
-        (n,) = struct.unpack("<Q", head)
-        if n > size - 8:
-            return None
-        header = json.loads(f.read(n))
-    start = 8 + n
     entries = []
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = getattr(torch, _SAFETENSORS_DTYPES.get(info.get("dtype"), ""), None)
-        if dtype is None:
-            return None
-        begin, end = (start + o for o in info["data_offsets"])
-        shape = [int(d) for d in info["shape"]]
-        count = 1
-        for d in shape:
-            count *= d
-        item = dtype.itemsize
-        if end > size or end - begin != count * item or begin % item:
-            return None
-        entries.append((name, dtype, shape, begin, end))
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) != 8:
+                return None
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                return None
+            header = json.loads(f.read(n))
+        start = 8 + n
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            dtype = getattr(torch, _SAFETENSORS_DTYPES.get(info.get("dtype"), ""), None)
+            if dtype is None:
+                return None
+            begin, end = (start + int(o) for o in info["data_offsets"])
+            shape = [int(d) for d in info["shape"]]
+            count = 1
+            for d in shape:
+                count *= d
+            if begin < start or end > size or end - begin != count * dtype.itemsize or begin % dtype.itemsize:
+                return None
+            entries.append((name, dtype, shape, begin, end))
+    except (ValueError, KeyError, TypeError, AttributeError):  # not the JSON header we expect
+        return None
     if not entries:
         return None
     data = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage.from_file(path, False, size))
