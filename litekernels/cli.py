@@ -246,7 +246,12 @@ def _exit_now(code: int) -> None:
 def main(argv=None) -> int:
     """Run one command and return its exit code. Called without `argv` (the `lite-llama` script,
     `python -m litekernels`), it ends the process itself when the command is done (`_exit_now`)."""
-    code = _main(argv)
+    try:
+        code = _main(argv)
+    except SystemExit as e:  # argparse: a bad argument (2) or --help (0)
+        if argv is not None or not isinstance(e.code, (int, type(None))):
+            raise
+        code = e.code or 0
     if argv is None:
         _exit_now(code)
     return code
