@@ -202,3 +202,15 @@ def test_threads_argument_is_checked_before_loading(monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["generate", "hi", "--threads", "0"])
     assert e.value.code == 2 and "--threads: must be >= 1" in capsys.readouterr().err
+
+
+def test_mapped_model_saves_and_reloads(cached_gguf, tmp_path):
+    """Every parameter is a view of one storage (the map): save_pretrained must still write each one."""
+    from transformers import AutoModelForCausalLM
+
+    path, original, _ = cached_gguf
+    model, _ = loading.load_model(path)
+    model.save_pretrained(tmp_path / "saved")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
+    for k, v in original.state_dict().items():
+        assert torch.equal(again.state_dict()[k], v), k
