@@ -116,7 +116,7 @@ def _cpu_threads(args) -> None:
     Why: torch's OpenMP threads spin while they wait for each other. When other processes keep the cores busy, a
     descheduled thread stalls every parallel op for a scheduler tick while its partner burns CPU spinning; on the
     2-core CI machine at load average 4-6 that made the bundled model's prefill ~5x slower (0.8-0.9 s of CPU for
-    37 tokens with 2 threads against 0.17-0.19 s with 1) and its decode 0.4-0.9 tok/s against 4-6. On an idle
+    37 tokens with 2 threads against 0.17-0.19 s with 1) and its decode 0.4-0.9 tok/s against 4.2-4.6. On an idle
     machine this keeps torch's default."""
     import torch
 
