@@ -214,3 +214,29 @@ def test_mapped_model_saves_and_reloads(cached_gguf, tmp_path):
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
     for k, v in original.state_dict().items():
         assert torch.equal(again.state_dict()[k], v), k
+
+
+def test_direct_tokenizer_equals_from_pretrained(cached_gguf, monkeypatch):
+    """The converted copy's tokenizer is built from its files directly; it must equal what from_pretrained gives,
+    and a tokenizer_config.json with keys it does not know goes through AutoTokenizer instead."""
+    from transformers import AutoTokenizer
+
+    path, _, _ = cached_gguf
+    folder = loading.converted_dir(path)
+    direct, auto = loading._tokenizer(folder), AutoTokenizer.from_pretrained(folder)
+    for text in ["hello world", "hello <s> world </s> again", "unknown words here", "[user] hello"]:
+        ids = direct(text)["input_ids"]
+        assert ids == auto(text)["input_ids"], text
+        assert direct.decode(ids, skip_special_tokens=True) == auto.decode(ids, skip_special_tokens=True)
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "all_special_ids", "chat_template",
+                 "model_max_length", "padding_side"):
+        assert getattr(direct, attr) == getattr(auto, attr), attr
+    config_path = os.path.join(folder, "tokenizer_config.json")
+    with open(config_path) as f:
+        config = json.load(f)
+    config["add_prefix_space"] = True  # a setting the direct path does not pass on
+    with open(config_path, "w") as f:
+        json.dump(config, f)
+    calls = []
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda folder, **kw: calls.append(folder) or auto)
+    assert loading._tokenizer(folder) is auto and calls == [folder]
