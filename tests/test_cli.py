@@ -196,6 +196,7 @@ def test_bundled_model_second_run_reads_the_converted_copy(tmp_path):
         assert r.returncode == 0, r.stderr[-2000:]
     (first, t1), (second, t2) = runs
     assert "converting" in first.stderr and "converted copy" in second.stderr and "converting" not in second.stderr
+    assert "mapping the weights" in second.stderr  # the memory-mapped copy, not transformers' loader
     assert "Paris" in first.stdout and first.stdout == second.stdout
     if not torch.cuda.is_available():  # README: "... fall back to the reference with one warning"
         assert second.stderr.count("fall back to the plain PyTorch reference") == 1

@@ -3,12 +3,22 @@ Face checkpoint directory, or a local GGUF file.
 
 Reading a GGUF file (tokenizer + de-quantizing every tensor) takes ~25 s on a CPU, so the first load converts it
 once to a plain Hugging Face folder (safetensors, fp32 as de-quantized, tokenizer files) in the user's cache
-directory, and later loads read that folder (well under a second):
+directory, and later loads read that folder:
 
     $XDG_CACHE_HOME/lite-llama/<file stem>-<key>/   (default ~/.cache/lite-llama/...)
 
 The key is a sha256 over the file's size, modification time and first MiB, the transformers version and a
 format number, so a changed file or a transformers upgrade converts again. Delete the folder to clear it.
+(Hashing all of the bundled 98 MB file costs 0.07-0.08 s of CPU on every start, measured on the 2-core CI
+machine, against 3 ms for this key; a GGUF file replaced by a different one of the same size, the same mtime to
+the nanosecond and the same first MiB, which holds the header and the tokenizer, is not worth that.)
+
+Reading the converted copy (the second and later runs) costs no GGUF parsing and no copy of the weights: the
+tokenizer comes from its tokenizer.json (no AutoTokenizer probing when the folder holds a plain fast
+tokenizer), and the weights are views of one private, copy-on-write memory map of model.safetensors handed to
+transformers' `from_pretrained(None, config=..., state_dict=...)` (no random init, pages read when first
+used). Tensors that lie back to back in the file (gate and up projections) stay back to back in one storage,
+so the generation runtime fuses them without copying (runtime.py, `_adjacent`).
 """
 
 from __future__ import annotations
@@ -48,13 +58,24 @@ def cache_root() -> str:
     return os.path.join(base, "lite-llama")
 
 
+def _transformers_version() -> str:
+    """The installed transformers version, from its package metadata (a bare `import transformers` took 0.76 s
+    here; the key is computed before the model code is needed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("transformers")
+    except metadata.PackageNotFoundError:  # not installed as a distribution (a source tree on sys.path)
+        import transformers
+
+        return transformers.__version__
+
+
 def gguf_cache_key(path: str) -> str:
     """'<stem>-<16 hex digits>': sha256 of the file's size, mtime and first MiB, transformers version, format."""
-    import transformers
-
     st = os.stat(path)
     h = hashlib.sha256()
-    h.update(f"lite-llama-gguf:{CACHE_FORMAT}:{transformers.__version__}:{st.st_size}:{st.st_mtime_ns}:".encode())
+    h.update(f"lite-llama-gguf:{CACHE_FORMAT}:{_transformers_version()}:{st.st_size}:{st.st_mtime_ns}:".encode())
     with open(path, "rb") as f:
         h.update(f.read(_HASHED_PREFIX))
     stem = os.path.splitext(os.path.basename(path))[0]
@@ -97,6 +118,110 @@ def _from_pretrained(folder, torch_dtype, **kw):
     tokenizer = AutoTokenizer.from_pretrained(folder, **kw)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **kw)
     return model, tokenizer
+
+
+# safetensors dtype names -> torch dtype names (the ones a converted folder can hold)
+_SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+
+
+def _mapped_state_dict(path: str):
+    """The tensors of the safetensors file `path` as views of one private (copy-on-write) memory map of the file,
+    or None when the file holds something this reader does not handle (the caller then uses transformers' own
+    loader). Nothing is read until used, nothing is copied, and tensors stored back to back share one storage
+    at consecutive offsets. Format: an 8-byte little-endian header size, a JSON header of
+    {name: {dtype, shape, data_offsets [begin, end) relative to the data}}, then the data.
+    The map stays valid if the file is deleted or replaced by rename (as _save_converted does); rewriting the
+    file in place while a model uses it would not be safe, and nothing here does that."""
+    import struct
+
+    import torch
+
+    size = os.path.getsize(path)
+    entries = []
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) != 8:
+                return None
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                return None
+            header = json.loads(f.read(n))
+        start = 8 + n
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            dtype = getattr(torch, _SAFETENSORS_DTYPES.get(info.get("dtype"), ""), None)
+            if dtype is None:
+                return None
+            begin, end = (start + int(o) for o in info["data_offsets"])
+            shape = [int(d) for d in info["shape"]]
+            count = 1
+            for d in shape:
+                count *= d
+            if begin < start or end > size or end - begin != count * dtype.itemsize or begin % dtype.itemsize:
+                return None
+            entries.append((name, dtype, shape, begin, end))
+    except (ValueError, KeyError, TypeError, AttributeError):  # not the JSON header we expect
+        return None
+    if not entries:
+        return None
+    data = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage.from_file(path, False, size))
+    return {name: data[begin:end].view(dtype).view(shape) for name, dtype, shape, begin, end in entries}
+
+
+# tokenizer_config.json keys the direct construction below understands (what transformers writes for a plain fast
+# tokenizer); a config with any other key goes through from_pretrained, which knows them all
+_TOKENIZER_INIT_KEYS = {"bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token",
+                        "model_max_length", "padding_side", "truncation_side", "clean_up_tokenization_spaces",
+                        "chat_template"}
+_TOKENIZER_IGNORED_KEYS = {"backend", "tokenizer_class", "is_local", "local_files_only", "name_or_path"}
+
+
+def _tokenizer(folder):
+    """The folder's tokenizer. A plain fast tokenizer (tokenizer.json; what our conversion of a GGUF file
+    writes) is built directly from its files: `from_pretrained` would also parse the 3.5 MB tokenizer.json in
+    Python (0.22 of its 0.33 s of CPU for SmolLM2) and go through AutoTokenizer's class lookup. Anything else
+    goes through AutoTokenizer."""
+    try:
+        with open(os.path.join(folder, "tokenizer_config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        config = {}
+    tokenizer_json = os.path.join(folder, "tokenizer.json")
+    plain = (isinstance(config, dict) and config.get("tokenizer_class") in ("TokenizersBackend", "PreTrainedTokenizerFast")
+             and os.path.isfile(tokenizer_json) and set(config) <= _TOKENIZER_INIT_KEYS | _TOKENIZER_IGNORED_KEYS)
+    if plain:
+        from transformers import PreTrainedTokenizerFast
+
+        kw = {k: v for k, v in config.items() if k in _TOKENIZER_INIT_KEYS}
+        template = os.path.join(folder, "chat_template.jinja")
+        if os.path.isfile(template):
+            with open(template, encoding="utf-8") as f:
+                kw["chat_template"] = f.read()
+        return PreTrainedTokenizerFast(tokenizer_file=tokenizer_json, name_or_path=folder, **kw)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def _load_converted(folder, torch_dtype, say):
+    """(model, tokenizer) from a folder that _save_converted wrote: weights memory-mapped, no GGUF parsing."""
+    say("importing the model code (transformers) ...")
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig
+
+    config = AutoConfig.from_pretrained(folder)
+    cls = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)  # imports the family's modeling module
+    say("reading the tokenizer ...")
+    tok = _tokenizer(folder)
+    say("mapping the weights ...")
+    weights = os.path.join(folder, "model.safetensors")
+    state = _mapped_state_dict(weights) if cls is not None and os.path.isfile(weights) else None
+    if state is None:  # sharded or unusual file: transformers' loader reads it
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype), tok
+    return cls.from_pretrained(None, config=config, state_dict=state, dtype=torch_dtype), tok
 
 
 def _save_converted(model, tokenizer, target: str, source: str) -> None:
@@ -148,7 +273,7 @@ def load_model(model: str | None = None, *, dtype="float32", device="cpu", progr
             target = converted_dir(path) if use_cache else None
             if target is not None and os.path.isfile(os.path.join(target, _DONE)):
                 say(f"loading {name} from its converted copy in {target} ...")
-                lm, tok = _from_pretrained(target, torch_dtype)
+                lm, tok = _load_converted(target, torch_dtype, say)
             else:
                 if target is not None:
                     say(f"converting {name} to safetensors once (about 25 s on a CPU); cached at {target}")
