@@ -26,7 +26,6 @@ from triton.testing import do_bench
 
 from bench.graphs import capture
 from bench.results_io import save_results
-
 from litekernels import reference
 from litekernels.ops.attention import flash_attention
 from litekernels.ops.decode_attention import decode_attention, decode_attention_fwd
@@ -42,10 +41,11 @@ LLAMA = {"1B": dict(hidden=2048, inter=8192, heads=32, kv=8, hd=64),
 
 def liger():
     try:
+        from importlib.metadata import version
+
         from liger_kernel.ops.rms_norm import LigerRMSNormFunction
         from liger_kernel.ops.rope import LigerRopeFunction
         from liger_kernel.ops.swiglu import LigerSiLUMulFunction
-        from importlib.metadata import version
         return dict(version=version("liger-kernel"),
                     rms_norm=lambda x, w, eps: LigerRMSNormFunction.apply(x, w, eps, 0.0, "llama", False),
                     swiglu=LigerSiLUMulFunction.apply,
@@ -232,27 +232,18 @@ def host_us_per_call(fn, n=200, repeats=5):
 def bench_host(res):
     """Host overhead of every public op on tiny inputs (issue target: <= 20 µs per call). Rows go to the
     results file's "host_overhead" list (no throughput metric, so not in the op tables/plots)."""
-    dev = "cuda"
-    x = torch.randn(4, 2048, dtype=BF16, device=dev)
-    r = torch.randn_like(x)
-    w = torch.randn(2048, dtype=BF16, device=dev)
-    g, u = torch.randn(4, 8192, dtype=BF16, device=dev), torch.randn(4, 8192, dtype=BF16, device=dev)
-    q = torch.randn(1, 32, 4, 64, dtype=BF16, device=dev)
-    k = torch.randn(1, 8, 4, 64, dtype=BF16, device=dev)
-    cos, sin = torch.randn(1, 4, 64, dtype=BF16, device=dev), torch.randn(1, 4, 64, dtype=BF16, device=dev)
-    qd = torch.randn(1, 32, 1, 64, dtype=BF16, device=dev)
-    kc, vc = (torch.randn(1, 8, 256, 64, dtype=BF16, device=dev) for _ in range(2))
-    lengths = torch.full((1,), 200, dtype=torch.int32, device=dev)
-    cases = {
-        "rms_norm": (lambda: rms_norm(x, w, 1e-5), lambda: reference.rms_norm(x, w, 1e-5)),
-        "fused_add_rms_norm": (lambda: fused_add_rms_norm(x, r, w, 1e-5), None),
-        "apply_rope": (lambda: apply_rope(q, k, cos, sin), lambda: reference.apply_rope(q, k, cos, sin)),
-        "silu_mul": (lambda: silu_mul(g, u), lambda: reference.silu_mul(g, u)),
-        "flash_attention": (lambda: flash_attention(q, k, k, causal=True),
-                            lambda: F.scaled_dot_product_attention(q, k, k, is_causal=True, enable_gqa=True)),
-        "decode_attention": (lambda: decode_attention(qd, kc, vc, lengths),
-                             lambda: F.scaled_dot_product_attention(qd, kc, vc, enable_gqa=True)),
+    from bench.host_cases import host_inputs, op_calls
+
+    t = host_inputs("cuda", BF16)
+    q, k, qd, kc, vc = t["q"], t["k"], t["qd"], t["kc"], t["vc"]
+    baselines = {
+        "rms_norm": lambda: reference.rms_norm(t["x"], t["w"], 1e-5),
+        "apply_rope": lambda: reference.apply_rope(q, k, t["cos"], t["sin"]),
+        "silu_mul": lambda: reference.silu_mul(t["g"], t["u"]),
+        "flash_attention": lambda: F.scaled_dot_product_attention(q, k, k, is_causal=True, enable_gqa=True),
+        "decode_attention": lambda: F.scaled_dot_product_attention(qd, kc, vc, enable_gqa=True),
     }
+    cases = {name: (fn, baselines.get(name)) for name, fn in op_calls(t).items()}
     with torch.no_grad():
         for name, (ours, base) in cases.items():
             row = {"op": "host", "shape": name, "mode": "host", "providers": {}}

@@ -61,34 +61,18 @@ def main():
     p.add_argument("--calls", type=int, default=300)
     p.add_argument("--out", default=None)
     args = p.parse_args()
-    from litekernels import decode_attention, flash_attention, fused_add_rms_norm, rms_norm, silu_mul
-    from litekernels import apply_rope
+    from bench.host_cases import host_inputs, op_calls
     from litekernels.ops._launch import fast_launch_enabled, launch
 
-    bf = torch.bfloat16
-    dev = "cuda"
-    x = torch.randn(4, 2048, dtype=bf, device=dev)
-    r = torch.randn_like(x)
-    w = torch.randn(2048, dtype=bf, device=dev)
-    g, u = torch.randn(4, 8192, dtype=bf, device=dev), torch.randn(4, 8192, dtype=bf, device=dev)
-    q = torch.randn(1, 32, 4, 64, dtype=bf, device=dev)
-    k = torch.randn(1, 8, 4, 64, dtype=bf, device=dev)
-    cos, sin = torch.randn(1, 4, 64, dtype=bf, device=dev), torch.randn(1, 4, 64, dtype=bf, device=dev)
-    qd = torch.randn(1, 32, 1, 64, dtype=bf, device=dev)
-    kc, vc = (torch.randn(1, 8, 256, 64, dtype=bf, device=dev) for _ in range(2))
-    lengths = torch.full((1,), 200, dtype=torch.int32, device=dev)
+    t = host_inputs("cuda")
+    x, r = t["x"], t["r"]
     y = torch.empty_like(x)
     cases = {
         "triton_noop_launch": lambda: _noop_kernel[(1,)](x, y, 16, 1, 2, 3, 4, 5, 6, 7, 8, BLOCK=16),
         # the same launch through litekernels' direct path (ops/_launch.py; Triton's path where it is off)
         "litekernels_launch_noop": lambda: launch(_noop_kernel, (1,), x, y, 16, 1, 2, 3, 4, 5, 6, 7, 8, BLOCK=16),
         "torch_add": lambda: torch.add(x, r),
-        "rms_norm": lambda: rms_norm(x, w, 1e-5),
-        "fused_add_rms_norm": lambda: fused_add_rms_norm(x, r, w, 1e-5),
-        "apply_rope": lambda: apply_rope(q, k, cos, sin),
-        "silu_mul": lambda: silu_mul(g, u),
-        "flash_attention": lambda: flash_attention(q, k, k, causal=True),
-        "decode_attention": lambda: decode_attention(qd, kc, vc, lengths),
+        **op_calls(t),
     }
     out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
            "fast_launch": fast_launch_enabled(), "ops": {}}

@@ -91,28 +91,14 @@ def main():
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("run without TRITON_INTERPRET=1 (the launch settings would be the interpreter's)")
     mode = patch_ops(args.dispatch)
-    from litekernels import apply_rope, decode_attention, flash_attention, fused_add_rms_norm, rms_norm, silu_mul
+    from bench.host_cases import host_inputs, op_calls
 
     bf = torch.bfloat16
-    x = torch.randn(4, 2048, dtype=bf)
-    r = torch.randn_like(x)
-    w = torch.randn(2048, dtype=bf)
-    g, u = torch.randn(4, 8192, dtype=bf), torch.randn(4, 8192, dtype=bf)
-    q = torch.randn(1, 32, 4, 64, dtype=bf)
-    k = torch.randn(1, 8, 4, 64, dtype=bf)
-    cos, sin = torch.randn(1, 4, 64, dtype=bf), torch.randn(1, 4, 64, dtype=bf)
-    qd = torch.randn(1, 32, 1, 64, dtype=bf)
-    kc, vc = (torch.randn(1, 8, 256, 64, dtype=bf) for _ in range(2))
-    lengths = torch.full((1,), 200, dtype=torch.int32)
+    t = host_inputs("cpu", bf)
     cases = {
-        "torch_add (reference)": lambda: torch.add(x, r),
+        "torch_add (reference)": lambda: torch.add(t["x"], t["r"]),
         "torch_empty (reference)": lambda: torch.empty((4, 2048), dtype=bf),
-        "rms_norm": lambda: rms_norm(x, w, 1e-5),
-        "fused_add_rms_norm": lambda: fused_add_rms_norm(x, r, w, 1e-5),
-        "apply_rope": lambda: apply_rope(q, k, cos, sin),
-        "silu_mul": lambda: silu_mul(g, u),
-        "flash_attention": lambda: flash_attention(q, k, k, causal=True),
-        "decode_attention": lambda: decode_attention(qd, kc, vc, lengths),
+        **op_calls(t),
     }
     load_before = os.getloadavg()
     rows = {}

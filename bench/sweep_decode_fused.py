@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from litekernels import functional as LF
+from litekernels.ops import _tl_common as TLC
 from litekernels.ops import decode_fused as DF
 
 # (hidden, intermediate, heads, kv heads, head_dim, vocab)
@@ -229,7 +230,7 @@ def main(argv=None):
     shapes = ["tiny"] if cpu else [s for s in args.shapes.split(",") if s]
     batches = [int(b) for b in args.batches.split(",") if b]
     meta = {"device": "cpu-interpreter" if cpu else torch.cuda.get_device_name(), "torch": torch.__version__,
-            "triton": __import__("triton").__version__, "budget_s": args.budget, "pdl_available": DF.HAS_PDL,
+            "triton": __import__("triton").__version__, "budget_s": args.budget, "pdl_available": TLC.HAS_PDL,
             "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     if not cpu:
         from bench.bench_ops import copy_bandwidth
@@ -237,7 +238,7 @@ def main(argv=None):
         meta["copy_GBps"] = copy_bandwidth()
         meta["sm"] = "{}.{}".format(*torch.cuda.get_device_capability())
     print(meta, flush=True)
-    pdl_ok = DF.HAS_PDL and (cpu or torch.cuda.get_device_capability()[0] >= 9)
+    pdl_ok = TLC.HAS_PDL and (cpu or torch.cuda.get_device_capability()[0] >= 9)
     rows, best = [], {}
     work = [(s, b) for s in shapes for b in batches]
     # 1. the whole step, default settings (the headline), for every shape and batch first

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from helpers import DEVICE, assert_matches
 
 from litekernels import reference as R
+from litekernels.ops import _tl_common as TLC
 from litekernels.ops import decode_fused as DF
 
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() or DF.INTERPRET),
@@ -347,7 +348,7 @@ def test_gpu_graph_fused_equals_unfused_1b_shape():
     variants = {"eager-fused": (True, False, None), "graph-fused": (True, True, None),
                 "graph-fused-fold": (True, True, {"fold_lm_head": True}),
                 "graph-fused-reduce": (True, True, {"DOT": False, "PREFETCH": True, "BLOCK_N": 8, "BLOCK_K": 256})}
-    if DF.HAS_PDL and torch.cuda.get_device_capability()[0] >= 9:
+    if TLC.HAS_PDL and torch.cuda.get_device_capability()[0] >= 9:
         variants["graph-fused-pdl"] = (True, True, {"PDL": True})
     for B in (1, 5):  # buckets 1 and 8
         ref_rt = LlamaRuntime(model, max_batch=8, max_seq_len=256, use_cuda_graph=False, fused_decode=False)
@@ -372,7 +373,7 @@ def test_gpu_graph_fused_equals_unfused_1b_shape():
 def _gpu_configs():
     out = [("default", None), ("reduce", {"DOT": False, "PREFETCH": True, "BLOCK_N": 4, "BLOCK_K": 512}),
            ("dot-prefetch", {"PREFETCH": True, "num_stages": 1}), ("dot-tiles", {"TILES": 3, "num_stages": 2})]
-    if DF.HAS_PDL and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9:
+    if TLC.HAS_PDL and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9:
         out.append(("pdl", {"PDL": True}))
     return out
 

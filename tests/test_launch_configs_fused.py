@@ -11,6 +11,7 @@ Skipped like tests/test_launch_configs.py (interpreter, Triton < 3.2, no NVIDIA 
 
 import pytest
 
+from litekernels.ops import _tl_common as TLC
 from litekernels.ops import decode_fused as DF
 
 # its module-level skips (interpreter, old Triton, no backend) apply here too
@@ -103,7 +104,7 @@ def test_fused_table_settings_fit(arch, ty, shape, kind):
     pytest.param({"TILES": 4, "PDL": True}, marks=pytest.mark.slow),
 ], ids=["pdl", "dot-prefetch", "reduce", "reduce-pdl", "tiles-pdl"])
 def test_fused_variants_compile_sm90(kind, variant):
-    if variant.get("PDL") and not DF.HAS_PDL:
+    if variant.get("PDL") and not TLC.HAS_PDL:
         pytest.skip("this Triton has no launch_pdl / gdc intrinsics")
     a = ARCHS["sm90"]
     epi, n_out, K, _, _ = _kinds("1B")[kind]

@@ -12,6 +12,7 @@ import pytest
 
 from litekernels.ops import attention as A
 from litekernels.ops import decode_attention as DA
+from litekernels.ops._tl_common import HAS_PDL
 
 # first: its module-level skips (interpreter, old Triton, no backend) apply here too
 from tests.test_launch_configs import ARCHS, ASTSource, GPUTarget, _bd, _check, triton
@@ -93,7 +94,7 @@ def _decode(D, cfg):
     _check(k, SM90, f"decode combine D={D} {cfg}")
 
 
-@pytest.mark.skipif(not DA.HAS_PDL, reason="this Triton has no launch_pdl / gdc intrinsics")
+@pytest.mark.skipif(not HAS_PDL, reason="this Triton has no launch_pdl / gdc intrinsics")
 def test_decode_pdl_compiles_sm90():
     _decode(64, {"PDL": True, "COMBINE_ROWS": 4, "COMBINE_WARPS": 8})
 

@@ -9,6 +9,7 @@ query they use to pick settings per GPU. Every op module imports from here; no o
   LOG2E                 scores are kept in log2 units: exp(x) = exp2(x * LOG2E), folded into the scale
   gpu_arch(device)      (compute capability major, minor, shared memory per block opt-in) of the launch device
   HAS_PDL               this Triton can launch with programmatic dependent launch (launch_pdl + gdc_* intrinsics)
+  merge_config, check_pdl  a launch's config= dict over the defaults; the PDL=True precondition check
 """
 
 from __future__ import annotations
@@ -110,3 +111,22 @@ def _has_pdl() -> bool:
 
 
 HAS_PDL = _has_pdl()
+
+
+def merge_config(defaults: dict, config: dict | None, what: str) -> dict:
+    """defaults updated with a launch's config= dict (in place, returned); ValueError naming unknown keys."""
+    if config:
+        unknown = set(config) - set(defaults)
+        if unknown:
+            raise ValueError(f"unknown {what} config keys {sorted(unknown)}; known: {sorted(defaults)}")
+        defaults.update(config)
+    return defaults
+
+
+def check_pdl(what: str, device) -> None:
+    """ValueError unless a PDL=True launch can run here (Triton with launch_pdl, compute capability >= 9.0)."""
+    if not HAS_PDL:
+        raise ValueError(f"{what} config PDL=True needs triton's launch_pdl option and gdc intrinsics (triton "
+                         f"{triton.__version__} lacks them)")
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 9:
+        raise ValueError(f"{what} config PDL=True needs compute capability 9.0 or newer")

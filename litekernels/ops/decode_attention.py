@@ -25,7 +25,8 @@ from .. import reference
 from .._triton import tl, triton
 from ..utils import INTERPRET, check_tensor, num_sms, unit_last, use_triton
 from ._launch import launch
-from ._tl_common import HAS_PDL, LOG2E, _dot, _finish_rows, _online_softmax_step, exact_dot, gpu_arch
+from ._tl_common import (LOG2E, _dot, _finish_rows, _online_softmax_step, check_pdl, exact_dot, gpu_arch,
+                         merge_config)
 from .attention import check_attention_inputs
 
 
@@ -230,16 +231,9 @@ def _make_plan(B, H, HKV, L, D, Tq, dtype, device, has_mask, config, splits) -> 
     c = decode_config(D, gpu_arch(device), dtype.itemsize)
     if isinstance(config, (tuple, list)):
         config = dict(zip(("BLOCK_N", "num_warps", "num_stages"), config))
-    if config:
-        unknown = set(config) - set(c)
-        if unknown:
-            raise ValueError(f"unknown decode config keys {sorted(unknown)}; known: {sorted(c)}")
-        c.update(config)
-    if c["PDL"] and not HAS_PDL:
-        raise ValueError(f"decode config PDL=True needs triton's launch_pdl option and gdc intrinsics (triton "
-                         f"{triton.__version__} lacks them)")
-    if c["PDL"] and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 9:
-        raise ValueError("decode config PDL=True needs compute capability 9.0 or newer")
+    c = merge_config(c, config, "decode")
+    if c["PDL"]:
+        check_pdl("decode", device)
     if int(c["COMBINE_ROWS"]) < 1 or int(c["COMBINE_WARPS"]) < 1:
         raise ValueError(f"decode config COMBINE_ROWS and COMBINE_WARPS must be >= 1, got {c['COMBINE_ROWS']}, "
                          f"{c['COMBINE_WARPS']}")

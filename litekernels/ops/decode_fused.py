@@ -45,7 +45,7 @@ import torch
 
 from .._triton import tl, triton
 from ..utils import INTERPRET, check_same_device, check_tensor, use_triton
-from ._tl_common import HAS_PDL, exact_dot, gpu_arch
+from ._tl_common import check_pdl, exact_dot, gpu_arch, merge_config
 
 MAX_ROWS = 16
 EPILOGUES = {"none": 0, "silu_mul": 1, "rope_cache": 2}
@@ -265,18 +265,10 @@ def decode_fused_config(epilogue: str, n_out: int, K: int, arch=None, element_si
 
 
 def _resolve(config, epilogue, n_out, K, dtype, device) -> dict:
-    c = decode_fused_config(epilogue, n_out, K, gpu_arch(device), dtype.itemsize)
-    if config:
-        unknown = set(config) - set(c)
-        if unknown:
-            raise ValueError(f"unknown decode_fused config keys {sorted(unknown)}; known: {sorted(c)}")
-        c.update(config)
-    if c["PDL"] and not INTERPRET:
-        if not HAS_PDL:
-            raise ValueError(f"decode_fused config PDL=True needs triton's launch_pdl option and gdc intrinsics "
-                             f"(triton {triton.__version__} lacks them)")
-        if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 9:
-            raise ValueError("decode_fused config PDL=True needs compute capability 9.0 or newer")
+    c = merge_config(decode_fused_config(epilogue, n_out, K, gpu_arch(device), dtype.itemsize), config,
+                     "decode_fused")
+    if c["PDL"] and not INTERPRET:  # the interpreter runs one grid at a time: PDL is a no-op there
+        check_pdl("decode_fused", device)
     if int(c["TILES"]) < 1:
         raise ValueError(f"decode_fused config TILES must be >= 1, got {c['TILES']}")
     bn, bk = int(c["BLOCK_N"]), int(c["BLOCK_K"])
