@@ -108,10 +108,11 @@ def test_compiled_decode_step_uses_decode_attention():
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
-def _static_generate(model, ids, mask, compile_backend=None):
+def _static_generate(model, ids, mask, compile_backend=None, new=4):
+    """HF generate with the static cache: uncompiled (compile_backend None) or compiled with that backend."""
     from transformers import CompileConfig
 
-    kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0, cache_implementation="static")
+    kw = dict(max_new_tokens=new, do_sample=False, pad_token_id=0, cache_implementation="static")
     if compile_backend is None:
         kw["disable_compile"] = True
     else:

@@ -12,11 +12,12 @@ the same model is tests/test_compile.py's slow test).
 
 import pytest
 import torch
-from transformers import CompileConfig, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from litekernels import library
 from litekernels.patches import apply_lite_llama
 from litekernels.utils import HAS_CUSTOM_OPS, use_triton
+from tests.test_compile import _static_generate as static_generate
 
 pytestmark = [pytest.mark.skipif(not HAS_CUSTOM_OPS, reason="torch.library.custom_op needs torch >= 2.4"),
               pytest.mark.filterwarnings("ignore:lite-llama. the model is on cpu")]
@@ -60,14 +61,7 @@ class InductorDecompBackend:
 
 
 def _static_generate(model, ids, mask, backend=None, new=5):
-    kw = dict(max_new_tokens=new, do_sample=False, pad_token_id=0, cache_implementation="static")
-    if backend is None:
-        kw["disable_compile"] = True
-    else:
-        cfg = CompileConfig(fullgraph=True, backend=backend, mode=None)
-        cfg._compile_all_devices = True  # HF compiles only on accelerators unless told (its testing switch)
-        kw["compile_config"] = cfg
-    return model.generate(ids, attention_mask=mask, **kw)
+    return static_generate(model, ids, mask, compile_backend=backend, new=new)
 
 
 def test_compiled_static_decode_step_graph():
