@@ -118,27 +118,40 @@ def generate_table(doc) -> str:
     provs = list(dict.fromkeys(r["provider"] for r in doc["results"]))
     batches = list(dict.fromkeys(r["batch"] for r in doc["results"]))
     get = {(r["batch"], r["provider"]): r for r in doc["results"]}
+    # our runtime's default step: "lite-graph" in older files, "lite-graph-default" once the fused step existed
+    ours_p = next((p for p in ("lite-graph", "lite-graph-default") if p in provs), None)
+    has_hf = any(p.startswith("hf") for p in provs)
+    ratio_col = bool(ours_p and has_hf)
     lines = [f"Device: **{m['device']}**, torch {m['torch']}, triton {m['triton']}, transformers {m['transformers']}, "
              f"measured {m['timestamp']}. {m['shape']}; prompt {m['prompt']} tokens, {m['new_tokens']} new tokens "
              f"(EOS ignored). Copy bandwidth measured in the same run: {m['copy_GBps']:.0f} GB/s; weights "
              f"{m['weight_bytes'] / 1e9:.2f} GB, so the batch-1 HBM roofline is "
              f"**{m['roofline_tok_s_batch1']:.0f} tok/s**.", "",
              "Decode tokens/s (all sequences together; higher is better):", "",
-             "| batch | " + " | ".join(provs) + " | lite-graph / best HF run here |", "|---|" + "---|" * (len(provs) + 1)]
+             "| batch | " + " | ".join(provs) + (f" | {ours_p} / best HF run here |" if ratio_col else " |"),
+             "|---|" + "---|" * (len(provs) + ratio_col)]
     for b in batches:
         vals = [get.get((b, p), {}).get("decode_tok_s") for p in provs]
         hf = [v for p, v in zip(provs, vals) if p.startswith("hf") and v]
-        ours = get.get((b, "lite-graph"), {}).get("decode_tok_s")
+        ours = get.get((b, ours_p), {}).get("decode_tok_s")
         ratio = f"{ours / max(hf):.1f}x" if ours and hf else "—"
-        lines.append(f"| {b} | " + " | ".join("—" if v is None else f"{v:.0f}" for v in vals) + f" | {ratio} |")
-    if any(p.startswith("hf") for p in provs) and "hf-static-compile" not in provs:
-        lines += ["", "The HF settings in this run are not HF's fastest: `hf-static` is the static cache with "
-                  "`disable_compile=True`, and no HF run here uses torch.compile. HF's static cache with its own "
-                  "compilation reached 443 tok/s at batch 1 on an H200 (reported in issue 15, not in this file), "
-                  "so the last column is not a ratio to HF's best setting."]
+        lines.append(f"| {b} | " + " | ".join("—" if v is None else f"{v:.0f}" for v in vals)
+                     + (f" | {ratio} |" if ratio_col else " |"))
+    if ratio_col and "hf-static-compile" not in provs:
+        lines += ["", "The HF settings in this run are not HF's fastest: " + ("`hf-static` is the static cache with "
+                  "`disable_compile=True`, and " if "hf-static" in provs else "") + "no HF run here uses torch.compile. "
+                  "HF's static cache with its own compilation reached 443 tok/s at batch 1 on an H200 (reported in "
+                  "issue 15, not in a results file), 393 in `generate-issue10-H200.json` and 300 in "
+                  "`compiled-decode-H200.json` (both 128 new tokens), so the last column is not a ratio to HF's "
+                  "best setting."]
     for b in batches:
         liger, plain = (get.get((b, p), {}).get("decode_tok_s") for p in ("hf-liger", "hf-sdpa"))
-        if liger and plain and liger < 1.05 * plain:
+        proof = get.get((b, "hf-liger"), {}).get("modules_with_liger_forward")
+        if liger and plain and proof:
+            lines += ["", f"`hf-liger` at batch {b}: {liger:.1f} vs unpatched {plain:.1f} tok/s, with Liger's code "
+                      f"verified active in this row ({proof} modules with Liger's forward, rope "
+                      f"`{get[(b, 'hf-liger')].get('rope')}`)."]
+        elif liger and plain and liger < 1.05 * plain:
             lines += ["", f"`hf-liger` ran at the unpatched speed here (batch {b}: {liger:.1f} vs {plain:.1f} tok/s); "
                       "in issue 10's earlier run Liger reached 48.0 tok/s at batch 1 (not in a results file), so "
                       "hf-lite / hf-liger in this file overstates our lead over Liger."]
@@ -164,6 +177,16 @@ def generate_table(doc) -> str:
                          "time of row `1`, are therefore a cuBLAS step like `1-cublas`; only rows measured inside "
                          "generate() (no_grad) ran the skinny GEMM:")
         lines += [f"| `{k}` | {v:.0f} |" for k, v in prof["1"]["gpu_time_us_by_kernel"].items()]
+    elif prof:
+        lines += ["", "One decode step (our runtime, profiled eagerly, timed as a graph replay):", "",
+                  "| step | kernels / step | graph step ms | ms / layer | eager step ms |", "|---|---|---|---|---|"]
+        for b, p in prof.items():
+            lines.append(f"| {b} | {p['kernels_per_step']} | {p['graph_step_ms']:.3f} | {p['graph_ms_per_layer']:.4f} "
+                         f"| {p['eager_step_ms']:.2f} |")
+        for b, p in prof.items():
+            lines += ["", f"GPU time per kernel in one `{b}` step (µs, summed over layers):", "", "| kernel | µs |",
+                      "|---|---|"]
+            lines += [f"| `{k}` | {v:.0f} |" for k, v in p["gpu_time_us_by_kernel"].items()]
     return "\n".join(lines)
 
 
@@ -199,6 +222,9 @@ def write_docs(kind: str, title: str, script: str, plot, table, note: str = "") 
         with open(path) as f:
             doc = json.load(f)
         name = os.path.basename(path)[:-5]
+        if not doc.get("results"):     # e.g. ops-host-*.json: a `bench_ops --only host` run, no table to draw
+            print(f"skipped {os.path.basename(path)}: no results")
+            continue
         plot(doc, os.path.join(DOCS, "img", f"{name}.png"))
         parts += [f"## {doc['meta']['device']} (`{os.path.basename(path)}`)", "", f"![{name}](img/{name}.png)", "",
                   table(doc), ""]
