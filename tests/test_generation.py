@@ -153,6 +153,34 @@ def test_sampling_loop_with_top_k_1_equals_greedy(model):
         assert s.token_ids == g.token_ids == ref[: len(g.token_ids)], f"prompt {p!r}"
 
 
+def test_generate_ids_rows_stop_at_eos_and_repeat_it():
+    """Token level: a row that produced a stop id repeats it (in the on-device greedy loop and in the sampling
+    loop), the other rows go on unchanged, and the loop ends early once every row has stopped. The peaky model:
+    its greedy tokens do not repeat, so a stop id that is ignored shows."""
+    from litekernels.generation import generate_ids
+
+    model = _peaky_model()
+    prompts = [TOK(p)["input_ids"] for p in PROMPTS]
+    free, _, _ = generate_ids(model, prompts, 12)
+    free = free.tolist()
+    # a stop id that row 0 produces first at step t >= 1 and then leaves (so ignoring it would show)
+    t = next(t for t in range(1, 11) if free[0][t] not in free[0][:t] and free[0][t + 1] != free[0][t])
+    stop = free[0][t]
+    stopped_at = [row.index(stop) if stop in row else None for row in free]
+    for kw in ({}, {"temperature": 0.5, "top_k": 1, "seed": 0}):  # greedy loop, host sampling loop
+        got, _, _ = generate_ids(model, prompts, 12, eos_ids=[stop], **kw)
+        got = got.tolist()
+        for row, ref, at in zip(got, free, stopped_at):
+            if at is None:
+                assert row == ref[: len(row)]
+            else:
+                assert row[: at + 1] == ref[: at + 1] and set(row[at:]) == {stop}, (row, ref, kw)
+    # every row stops at once: the host sees it at the next check (every 16 steps) and ends the loop there
+    first = [row[0] for row in free]
+    got, _, _ = generate_ids(model, prompts, 40, eos_ids=sorted(set(first)))
+    assert got.shape[1] == 16 and all(set(row) == {row[0]} for row in got.tolist())
+
+
 def test_ragged_batch_equals_each_prompt_alone(model):
     batch = generate(model, TOK, PROMPTS, 10)
     for p, r in zip(PROMPTS, batch):
