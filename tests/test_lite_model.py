@@ -278,3 +278,31 @@ def test_bundled_model_tokenizer_equals_transformers():
     texts = ["What is the capital of France?", "  leading spaces and\ttabs\n\nnew lines", "émigré café 東京 🙂",
              "<|im_start|>user\nhi<|im_end|>", "code: def f(x):\n    return x**2  # ok", ""]
     _check_tokenizers(lite, hf, texts, CONVERSATIONS + [[{"role": "user", "content": t}] for t in texts if t])
+
+
+def test_patching_still_works_in_a_process_that_built_the_skeleton(converted):
+    """The skeleton defers `import litekernels.patches`' registration with transformers (process-wide); a
+    transformers model patched later in the same process must still get the lite attention and the fused
+    cross-entropy forward (both resolved at patch time then)."""
+    _, folder = converted()
+    code = (
+        "import sys, torch\n"
+        "from litekernels.generation import loading\n"
+        f"lite, _ = loading._load_converted({folder!r}, torch.float32, print, lite=True)\n"
+        "import litekernels.patches as P\n"
+        "assert not any(m.startswith('transformers') for m in sys.modules), 'transformers imported'\n"
+        f"hf, _ = loading._load_converted({folder!r}, torch.float32, print, lite=False)\n"
+        "ids = torch.tensor([[1, 5, 6, 7, 8, 9]])\n"
+        "ref = hf(ids, labels=ids).loss\n"
+        "P.apply_lite_llama(hf)\n"
+        "hf.train()\n"
+        "out = hf(ids, labels=ids)\n"
+        "assert hf.config._attn_implementation == 'lite', hf.config._attn_implementation\n"
+        "assert out.logits is None and torch.allclose(out.loss, ref, rtol=1e-5, atol=1e-6), (out.loss, ref)\n"
+        "print('OK')\n"
+    )
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env,
+                       timeout=300, check=False)
+    assert r.returncode == 0 and r.stdout.strip().endswith("OK"), (r.stdout[-2000:], r.stderr[-3000:])
