@@ -23,7 +23,11 @@ import pytest
 import torch
 
 from litekernels.generation import generate_ids, loading
-from litekernels.generation.lite_model import LiteLlamaForCausalLM, LiteLlamaRotaryEmbedding, lite_config
+from litekernels.generation.lite_model import (
+    LiteLlamaForCausalLM,
+    LiteLlamaRotaryEmbedding,
+    lite_config,
+)
 from litekernels.generation.lite_tokenizer import LiteTokenizer, load_lite_tokenizer
 from litekernels.generation.runtime import LlamaRuntime
 
