@@ -14,7 +14,7 @@ apply_lite_llama) needs the real model: `load_model()` returns it unless asked f
 no biases, rope "default" or "llama3" in the flat `rope_parameters` form transformers 5 writes); for anything
 else it returns None with the reason, and the caller uses transformers.
 
-Usage: model = build_lite_llama(lite_config(json.load(open("config.json"))), state_dict, torch.float32)
+Usage: config, why = lite_config(json.load(open("config.json"))); model = build_lite_llama(config, state, torch.float32)
 """
 
 from __future__ import annotations
