@@ -146,7 +146,9 @@ def _load(args):
     if device == "cpu":
         _cpu_threads(args)
     _say(f"loading {args.model or 'the bundled SmolLM2-135M-Instruct'} on {device} ...")
-    loaded = load_model(args.model, dtype=args.dtype, device=device, progress=_say)
+    # lite_skeleton: a cached converted copy of a Llama GGUF file runs without importing transformers (~3 s less
+    # CPU at start; generation/lite_model.py); the commands here only use litekernels.generation
+    loaded = load_model(args.model, dtype=args.dtype, device=device, progress=_say, lite_skeleton=True)
     _reference_note(device)
     return loaded
 

@@ -19,6 +19,12 @@ from ._triton import HAS_TRITON, triton
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# Set when this process built the transformers-free model of generation/lite_model.py (the CLI's fast start):
+# `import litekernels.patches` (the runtime reads the Architecture table there) then skips its import-time
+# registration with transformers, which would import transformers' model code (seconds of CPU);
+# apply_lite_llama still registers on use.
+DEFER_HF_REGISTRATION = False
 MAX_FUSED_BYTES = 65536  # one row of a row-wise kernel must fit one program's registers
 
 

@@ -19,6 +19,7 @@ import weakref
 
 from litekernels.modules import LiteMLP, LiteRMSNorm
 from litekernels.ops.rope import apply_rope_unchecked
+from litekernels import utils as _utils
 from litekernels.utils import SUPPORTED_DTYPES, backend_name
 
 from . import attention as _attention
@@ -138,6 +139,9 @@ def apply_lite_llama(model=None, *, rms_norm: bool = True, rope: bool = True, sw
         _patch_classes(options)
         return None
     arch = find_architecture(model)
+    if getattr(type(model), "lite_architecture", None) is not None:
+        raise TypeError(f"{type(model).__name__} is lite-llama's transformers-free weight container for the "
+                        "generation runtime; patch transformers' model instead (load_model() returns it)")
     old = getattr(model, "_lite_llama", None)
     if old is not None:
         if old.options == options:
@@ -267,8 +271,10 @@ def _unpatch_classes() -> None:
             setattr(owner, attr, previous)
 
 
-# "lite" is available to from_pretrained(attn_implementation="lite") as soon as this package is imported.
-try:
-    _attention.register()
-except ImportError:  # pragma: no cover - transformers missing
-    pass
+# "lite" is available to from_pretrained(attn_implementation="lite") as soon as this package is imported (unless
+# this process runs the transformers-free model of the CLI: litekernels.utils.DEFER_HF_REGISTRATION).
+if not _utils.DEFER_HF_REGISTRATION:
+    try:
+        _attention.register()
+    except ImportError:  # pragma: no cover - transformers missing
+        pass

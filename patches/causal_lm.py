@@ -24,11 +24,27 @@ import torch
 import torch.nn.functional as F
 
 from litekernels import functional as LF
+from litekernels import utils as _utils
 
-try:  # looked up once here: a failing import inside forward is an exception Dynamo cannot trace
-    from transformers.modeling_utils import slice_logits_to_keep as _hf_slice_logits_to_keep
-except ImportError:  # transformers < 5.2x: LlamaForCausalLM.forward slices inline
-    _hf_slice_logits_to_keep = None
+_hf_slice_logits_to_keep = None
+_hf_slice_resolved = False
+
+
+def _resolve_hf_slice() -> None:
+    """Look transformers' slice_logits_to_keep up once, at import or at patch time, never inside forward (a
+    failing import there is an exception Dynamo cannot trace)."""
+    global _hf_slice_logits_to_keep, _hf_slice_resolved
+    if _hf_slice_resolved:
+        return
+    try:
+        from transformers.modeling_utils import slice_logits_to_keep as _hf_slice_logits_to_keep
+    except ImportError:  # transformers < 5.2x: LlamaForCausalLM.forward slices inline
+        _hf_slice_logits_to_keep = None
+    _hf_slice_resolved = True
+
+
+if not _utils.DEFER_HF_REGISTRATION:  # else at patch time (make_*_forward): see litekernels.utils
+    _resolve_hf_slice()
 
 
 def _slice_logits_to_keep(hidden, logits_to_keep):
@@ -121,6 +137,7 @@ def _by_name(names, args, kwargs) -> dict:
 
 def make_instance_forward(original, model):
     """A forward for one model instance; `original` is the forward it had (a bound method)."""
+    _resolve_hf_slice()
     names = _positional_names(original)
 
     @functools.wraps(original)
@@ -135,6 +152,7 @@ def make_instance_forward(original, model):
 
 def make_class_forward(original):
     """A forward for a ForCausalLM class; `original` is the class's previous forward function."""
+    _resolve_hf_slice()
     names = _positional_names(original)[1:]  # without self
 
     @functools.wraps(original)

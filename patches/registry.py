@@ -70,7 +70,13 @@ def register(arch: Architecture) -> Architecture:
 
 
 def find_architecture(model) -> Architecture:
-    """The Architecture whose pretrained class `model` is an instance of; else TypeError naming them all."""
+    """The Architecture whose pretrained class `model` is an instance of; else TypeError naming them all.
+
+    A class may name its entry itself (`lite_architecture = "llama"`: the transformers-free weight container of
+    litekernels/generation/lite_model.py), which is found without importing any transformers module."""
+    named = getattr(type(model), "lite_architecture", None)
+    if isinstance(named, str) and named in ARCHITECTURES:
+        return ARCHITECTURES[named]
     for arch in ARCHITECTURES.values():
         try:
             base = arch.cls("pretrained_class")

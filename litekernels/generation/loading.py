@@ -205,8 +205,47 @@ def _tokenizer(folder):
     return AutoTokenizer.from_pretrained(folder)
 
 
-def _load_converted(folder, torch_dtype, say):
-    """(model, tokenizer) from a folder that _save_converted wrote: weights memory-mapped, no GGUF parsing."""
+def _load_lite(folder, torch_dtype, say):
+    """(model, tokenizer) from a converted folder without importing transformers: the weight container of
+    lite_model.py over the mapped weights, and lite_tokenizer.py's tokenizer; None when the folder holds something
+    they do not reproduce exactly (another family, another rope type, an unusual file), after saying why."""
+    from .lite_model import LiteGenerationConfig, build_lite_llama, lite_config
+
+    try:
+        with open(os.path.join(folder, "config.json")) as f:
+            config, why = lite_config(json.load(f))
+    except (OSError, ValueError) as e:
+        config, why = None, _one_line(e)
+    weights = os.path.join(folder, "model.safetensors")
+    if config is None or not os.path.isfile(weights):
+        say(f"using transformers' model code ({why or 'no single model.safetensors'})")
+        return None
+    gen = vars(config)
+    try:
+        with open(os.path.join(folder, "generation_config.json")) as f:
+            gen = json.load(f)
+    except (OSError, ValueError):
+        pass
+    say("mapping the weights (no transformers import) ...")
+    state = _mapped_state_dict(weights)
+    model = None if state is None else build_lite_llama(config, state, torch_dtype, LiteGenerationConfig(gen))
+    if model is None:
+        say("using transformers' model code (the weights file is not the plain Llama checkpoint its config describes)")
+        return None
+    say("reading the tokenizer ...")
+    from .lite_tokenizer import load_lite_tokenizer
+
+    tok = load_lite_tokenizer(folder)
+    return model, (tok if tok is not None else _tokenizer(folder))
+
+
+def _load_converted(folder, torch_dtype, say, lite: bool = False):
+    """(model, tokenizer) from a folder that _save_converted wrote: weights memory-mapped, no GGUF parsing.
+    lite: the transformers-free weight container (lite_model.py) where the folder allows it."""
+    if lite:
+        loaded = _load_lite(folder, torch_dtype, say)
+        if loaded is not None:
+            return loaded
     say("importing the model code (transformers) ...")
     from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig
 
@@ -249,11 +288,17 @@ def _save_converted(model, tokenizer, target: str, source: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_model(model: str | None = None, *, dtype="float32", device="cpu", progress=None, use_cache: bool = True):
+def load_model(model: str | None = None, *, dtype="float32", device="cpu", progress=None, use_cache: bool = True,
+               lite_skeleton: bool = False):
     """(model, tokenizer) from a checkpoint directory, a GGUF file, or (None) the bundled SmolLM2-135M.
 
     progress: None, or a function called with one short line per loading stage (the CLI prints them to stderr).
     use_cache: for GGUF files, read/write the converted copy in cache_root() (see the module docstring).
+    lite_skeleton: when the GGUF file's converted copy is already cached and is a plain Llama checkpoint (rope
+    "default" or "llama3"), return lite_model.py's transformers-free weight container and lite_tokenizer.py's
+    tokenizer instead of transformers' classes (what the CLI does: it starts about 3 s sooner on a CPU). That
+    model runs only in litekernels.generation (generate, stream, LlamaRuntime): no forward, no HF generate.
+    Everything else (other families, a first conversion, a checkpoint directory) loads transformers' model.
     Raises FileNotFoundError for a missing path and NotAModelError (a ValueError) for anything else that is not
     a loadable model, each with one line of explanation.
     """
@@ -273,7 +318,7 @@ def load_model(model: str | None = None, *, dtype="float32", device="cpu", progr
             target = converted_dir(path) if use_cache else None
             if target is not None and os.path.isfile(os.path.join(target, _DONE)):
                 say(f"loading {name} from its converted copy in {target} ...")
-                lm, tok = _load_converted(target, torch_dtype, say)
+                lm, tok = _load_converted(target, torch_dtype, say, lite=lite_skeleton)
             else:
                 if target is not None:
                     say(f"converting {name} to safetensors once (about 25 s on a CPU); cached at {target}")
