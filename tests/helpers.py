@@ -153,3 +153,17 @@ class ByteTokenizer:
 
     def decode(self, ids, skip_special_tokens=True):
         return "".join(chr(ord("a") + (i - 3) % 26) for i in ids if i >= 3)
+
+
+def run_fresh_python(code: str, timeout: float = 300):
+    """Run `code` in a fresh interpreter from the repository root, outside the Triton interpreter (what a user's
+    process sees: import-time behaviour, sys.modules); returns the CompletedProcess (text stdout/stderr)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env=env,
+                          timeout=timeout, check=False)

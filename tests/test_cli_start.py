@@ -17,16 +17,14 @@ from __future__ import annotations
 import json
 import os
 import struct
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from litekernels import cli
 from litekernels.generation import loading
+from tests.helpers import run_fresh_python
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPLATE = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }} {% endfor %}"
 
 
@@ -69,10 +67,7 @@ def test_second_run_reads_the_copy_without_parsing_the_gguf_file(cached_gguf):
         "             or m in ('transformers.modeling_gguf_pytorch_utils', 'transformers.models.auto.tokenization_auto'))\n"
         "print('\\n' + json.dumps({'rc': rc, 'bad': bad}))\n"
     )
-    env = dict(os.environ)
-    env.pop("TRITON_INTERPRET", None)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env,
-                       timeout=300, check=False)
+    r = run_fresh_python(code)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out == {"rc": 0, "bad": []}, (out, r.stderr[-3000:])

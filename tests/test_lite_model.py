@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -30,8 +28,8 @@ from litekernels.generation.lite_model import (
 )
 from litekernels.generation.lite_tokenizer import LiteTokenizer, load_lite_tokenizer
 from litekernels.generation.runtime import LlamaRuntime
+from tests.helpers import run_fresh_python
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "hello", "world", "again", "paris", "is", "the",
          "capital", "of", "france", "user", "assistant", "system", "what", "?", ".", "a", "b", "c", "d", "e", "f",
          "g", "h", "i", "j", "k", "l"]
@@ -253,10 +251,7 @@ def test_cli_second_run_imports_no_transformers(converted):
         "bad = sorted(m for m in sys.modules if m == 'transformers' or m.startswith('transformers.'))\n"
         "print('\\n' + json.dumps({'rc': rc, 'transformers_modules': bad}))\n"
     )
-    env = dict(os.environ)
-    env.pop("TRITON_INTERPRET", None)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env,
-                       timeout=300, check=False)
+    r = run_fresh_python(code)
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.strip().splitlines()
     assert json.loads(lines[-1]) == {"rc": 0, "transformers_modules": []}, r.stderr[-3000:]
@@ -306,10 +301,7 @@ def test_patching_still_works_in_a_process_that_built_the_skeleton(converted):
         "assert out.logits is None and torch.allclose(out.loss, ref, rtol=1e-5, atol=1e-6), (out.loss, ref)\n"
         "print('OK')\n"
     )
-    env = dict(os.environ)
-    env.pop("TRITON_INTERPRET", None)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env,
-                       timeout=300, check=False)
+    r = run_fresh_python(code)
     assert r.returncode == 0 and r.stdout.strip().endswith("OK"), (r.stdout[-2000:], r.stderr[-3000:])
 
 
