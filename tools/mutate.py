@@ -297,6 +297,16 @@ MUTATIONS = [
       "dw = d2.t().mm(gate.reshape(-1, gate.shape[-1]))", T + "test_train_memory.py"),
     M("silu_mul_linear_bias_grad_dropped", "litekernels/ops/swiglu.py", "return dg, du, dw, db if ctx.has_bias else None",
       "return dg, du, dw, None", T + "test_train_memory.py", T + "test_patches.py"),
+    # --- the CLI's transformers-free weight container ----------------------------------------------------------
+    M("lite_model_llama3_medium_band", "litekernels/generation/lite_model.py",
+      "is_medium_freq = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)",
+      "is_medium_freq = ~(wavelen < high_freq_wavelen) * (wavelen > low_freq_wavelen)", T + "test_lite_model.py"),
+    M("lite_model_default_rope_half_dim", "litekernels/generation/lite_model.py",
+      "return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float) / dim)), 1.0",
+      "return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float) / (dim - 2))), 1.0", T + "test_lite_model.py"),
+    M("lite_model_untied_head", "litekernels/generation/lite_model.py",
+      "        model.lm_head.weight = model.model.embed_tokens.weight  # one Parameter, as HF ties them",
+      "        pass", T + "test_lite_model.py"),
     M("sampling_top_p_keeps_one_more", "litekernels/generation/sampling.py", "drop = (probs.cumsum(-1) - probs) >= top_p",
       "drop = (probs.cumsum(-1) - 2 * probs) >= top_p", GEN),
 ]
