@@ -49,3 +49,21 @@ def test_measured_default_only_where_measured(monkeypatch):
             assert cfg["max_rows"] == 1 and cfg["gate_up"] == {"unfused": True} and cfg["lm_head"] == {"unfused": True}
             cfg["qkv"]["BLOCK_N"] = 64  # a copy: the table itself is not changed
             assert rt.measured_fused_config()["qkv"]["BLOCK_N"] == 2
+
+
+def test_measured_default_settings_equal_unfused():
+    """The launch settings of the GPU default step (LlamaRuntime.MEASURED_FUSED, 2 output columns per program,
+    multiply-reduce body, hand prefetch, BLOCK_K 1024 > K here) give the unfused step's tokens and logits."""
+    from litekernels.generation import LlamaRuntime
+
+    model = _tiny("llama")
+    prompts = [[5, 6, 7, 8, 9]]  # batch 1: the measured default's max_rows
+    cfg = LlamaRuntime.MEASURED_FUSED[(9, 0)]["config"]
+    cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in cfg.items()}
+    mixed = LlamaRuntime(model, max_batch=1, max_seq_len=32, use_cuda_graph=False, fused_decode=True,
+                         fused_config=cfg)
+    unfused = LlamaRuntime(model, max_batch=1, max_seq_len=32, use_cuda_graph=False, fused_decode=False)
+    t_m, l_m = _greedy(mixed, prompts, 8)
+    t_u, l_u = _greedy(unfused, prompts, 8)
+    assert torch.equal(t_m, t_u), "greedy tokens differ"
+    assert (l_m - l_u).abs().max().item() <= 0.02 * l_u.abs().max().item()
