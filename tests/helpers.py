@@ -167,3 +167,22 @@ def run_fresh_python(code: str, timeout: float = 300):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env=env,
                           timeout=timeout, check=False)
+
+
+def tiny_llama_and_tokenizer(words, chat_template=None, **config):
+    """A random tiny LlamaForCausalLM (eval, seed 0) and a word-level fast tokenizer over `words` (whose first three
+    are <unk>, <s>, </s>); config overrides the LlamaConfig below (vocab_size = len(words))."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    if chat_template is not None:
+        tok.chat_template = chat_template
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+               num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
+    cfg.update(config)
+    return LlamaForCausalLM(LlamaConfig(**cfg)).eval(), tok

@@ -18,6 +18,7 @@ import torch
 
 from litekernels import cli
 from litekernels.generation import loading
+from tests.helpers import tiny_llama_and_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -107,17 +108,7 @@ def test_cache_location_and_key(tmp_path, monkeypatch):
 
 
 def _tiny_pair():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    words = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", "hello", "world"])}
-    raw = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
-    raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=5, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
-    return LlamaForCausalLM(cfg).eval(), tok
+    return tiny_llama_and_tokenizer(["<unk>", "<s>", "</s>", "hello", "world"])
 
 
 @pytest.fixture

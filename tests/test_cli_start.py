@@ -23,25 +23,15 @@ import torch
 
 from litekernels import cli
 from litekernels.generation import loading
-from tests.helpers import run_fresh_python
+from tests.helpers import run_fresh_python, tiny_llama_and_tokenizer
 
 TEMPLATE = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }} {% endfor %}"
 
 
 def _tiny_pair(chat_template=TEMPLATE):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    words = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", "hello", "world", "[user]", "again"])}
-    raw = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
-    raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-    tok.chat_template = chat_template
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=7, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-                      tie_word_embeddings=True)  # tied like SmolLM2
-    return LlamaForCausalLM(cfg).eval(), tok
+    words = ["<unk>", "<s>", "</s>", "hello", "world", "[user]", "again"]
+    return tiny_llama_and_tokenizer(words, chat_template, num_hidden_layers=2, max_position_embeddings=64,
+                                    tie_word_embeddings=True)  # tied like SmolLM2
 
 
 @pytest.fixture
