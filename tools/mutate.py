@@ -280,7 +280,7 @@ MUTATIONS = [
     M("greedy_steps_history_off_by_one", "litekernels/generation/runtime.py",
       "self.hist.scatter_(1, self.step.expand(", "self.hist.scatter_(1, (self.step - 1).expand(", GEN),
     M("greedy_steps_eos_ignored", "litekernels/generation/runtime.py",
-      "self.fin |= (self.tok[:, None] == self.eos[None, :]).any(-1) | (", "self.fin |= (", GEN),
+      "return (tok[:, None] == self.eos[None, :]).any(-1) | (last <= step)", "return last <= step", GEN),
     # --- fused decode kernels, direct launcher, memory-lean MLP backward ---------------------------------------
     M("decode_fused_rope_sign", "litekernels/ops/decode_fused.py", "o1 = tl.where(rot, x1 * c1 - x2 * s1, x1)",
       "o1 = tl.where(rot, x1 * c1 + x2 * s1, x1)", T + "test_decode_fused.py::test_norm_gemv_rope_cache"),

@@ -628,15 +628,7 @@ class LlamaRuntime:
         tokens = torch.zeros(bucket, dtype=torch.long, device=self.device)
         # warm-up and capture write only the last slot, which a sequence overwrites before it attends it
         positions = torch.full((bucket,), self.max_seq_len - 1, dtype=torch.long, device=self.device)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # JIT compilation and autotuning happen here, outside capture
-                self._decode_eager(tokens, positions)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            logits = self._decode_eager(tokens, positions)
+        graph, logits = _cuda_graph(lambda: self._decode_eager(tokens, positions))
         return graph, tokens, positions, logits
 
     @torch.no_grad()
@@ -676,6 +668,21 @@ class LlamaRuntime:
         return self._graphs[key]
 
 
+def _cuda_graph(fn):
+    """(graph, fn's output): fn run twice on a side stream (Triton JIT and autotuning happen there, outside
+    capture), then captured once on the current device."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
 class GreedySteps:
     """Greedy decoding with the loop's bookkeeping on the device, captured with the decode step in one graph.
 
@@ -701,20 +708,9 @@ class GreedySteps:
         self.eos = torch.full((self.MAX_EOS,), -1, dtype=torch.long, device=dev)
         self.step = torch.zeros(1, dtype=torch.long, device=dev)
         self.hist = torch.zeros(bucket, rt.max_seq_len, dtype=torch.long, device=dev)
-        self.graph = None
-        if rt.use_cuda_graph:
-            # warm-up (compilation) and capture: every row parked (finished, last slot), so nothing but that
-            # slot is written; the counters they move are reset by start()
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._body()
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._body()
-            self.graph = graph
+        # warm-up (compilation) and capture: every row parked (finished, last slot), so nothing but that slot is
+        # written; the counters they move are reset by start()
+        self.graph = _cuda_graph(self._body)[0] if rt.use_cuda_graph else None
 
     def _body(self):
         logits = self.rt._decode_eager(self.tok, self.pos)
@@ -722,8 +718,11 @@ class GreedySteps:
         self.tok.copy_(torch.where(self.fin, self.tok, logits.argmax(-1)))
         self.step += 1
         self.hist.scatter_(1, self.step.expand(self.bucket).view(-1, 1), self.tok.view(-1, 1))
-        # (tok == eos).any() rather than torch.isin, which cannot be captured in a CUDA graph
-        self.fin |= (self.tok[:, None] == self.eos[None, :]).any(-1) | (self.last <= self.step)
+        self.fin |= self._stopped(self.tok, self.last, self.step)
+
+    def _stopped(self, tok, last, step):
+        """Rows whose token is a stop id or whose last step is reached (no torch.isin: it cannot be captured)."""
+        return (tok[:, None] == self.eos[None, :]).any(-1) | (last <= step)
 
     def start(self, tok: torch.Tensor, positions: torch.Tensor, last: torch.Tensor, eos_ids) -> None:
         """Load a call: first tokens (B,), their cache slots (B,), each row's last step index (B,), stop ids."""
@@ -743,7 +742,7 @@ class GreedySteps:
         self.step.zero_()
         self.hist[:, 0].copy_(self.tok)
         self.fin.fill_(True)
-        self.fin[:B] = torch.isin(self.tok[:B], self.eos) | (self.last[:B] <= 0)
+        self.fin[:B] = self._stopped(self.tok[:B], self.last[:B], 0)
 
     def advance(self) -> None:
         """One greedy step (one graph replay on CUDA)."""
