@@ -137,6 +137,20 @@ def unit_last(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def rows_of(t: torch.Tensor, n_cols: int):
+    """(tensor indexable as rows of n_cols with unit column stride, its row stride, n_rows): t itself when it is
+    contiguous (no view built: the launchers' hot path), else as_rows(t)."""
+    if n_cols and t.is_contiguous():
+        return t, n_cols, t.numel() // n_cols
+    t2 = as_rows(t)
+    return t2, t2.stride(0), t2.shape[0]
+
+
+def on_same_device(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """a.device == b.device, cheaper on the common path (two CUDA tensors: compares device indices)."""
+    return (a.is_cuda and b.is_cuda and a.get_device() == b.get_device()) or a.device == b.device
+
+
 def as_rows(x: torch.Tensor) -> torch.Tensor:
     """View x as (rows, last_dim) with unit stride in the last dim; copies only when no such view exists."""
     x = unit_last(x)

@@ -23,7 +23,7 @@ import torch
 
 from .. import reference
 from .._triton import tl, triton
-from ..utils import INTERPRET, check_tensor, num_sms, unit_last, use_triton
+from ..utils import INTERPRET, check_tensor, num_sms, on_same_device, unit_last, use_triton
 from ._launch import launch
 from ._tl_common import (LOG2E, _dot, _finish_rows, _online_softmax_step, check_pdl, exact_dot, gpu_arch,
                          merge_config)
@@ -343,8 +343,7 @@ def decode_attention(q, k_cache, v_cache, lengths, *, scale: float | None = None
     B, L = q.shape[0], k_cache.shape[2]
     if not (isinstance(lengths, torch.Tensor) and lengths.dtype in _LENGTH_DTYPES and lengths.dim() == 1
             and lengths.shape[0] == B and q.shape[2] <= L
-            and (lengths.is_cuda and q.is_cuda and lengths.get_device() == q.get_device()
-                 or lengths.device == q.device)):  # the common path passes this compound test
+            and on_same_device(lengths, q)):  # the common path passes this compound test
         check_tensor("lengths", lengths, ndim=1, dtypes=_LENGTH_DTYPES)
         if lengths.shape[0] != B or lengths.device != q.device:
             raise ValueError(f"lengths must have shape ({B},) on {q.device}, got {tuple(lengths.shape)} on "

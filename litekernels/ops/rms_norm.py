@@ -24,7 +24,7 @@ import torch
 from .. import reference
 from .._triton import tl, triton
 from ..utils import (SUPPORTED_DTYPES, as_rows, check_same_device, check_same_dtype, check_same_shape, check_tensor,
-                     num_sms, row_settings, use_triton, tracing)
+                     num_sms, on_same_device, row_settings, rows_of, use_triton, tracing)
 from ._launch import discard_buffer, launch
 
 
@@ -108,26 +108,18 @@ def _fwd_plan(n_rows, n_cols, x_dtype, w_dtype):
     return plan
 
 
-def _rows_of(t, n_cols):
-    """(tensor indexable as rows of n_cols with unit column stride, row stride, n_rows); t itself when dense."""
-    if n_cols and t.is_contiguous():
-        return t, n_cols, t.numel() // n_cols
-    t2 = as_rows(t)
-    return t2, t2.stride(0), t2.shape[0]
-
-
 def rms_norm_fwd(x, weight, eps, residual=None, need_rstd=True):
     """Launch the forward. Returns (y, h, rstd) with y, h shaped like x (h is None without a residual).
     need_rstd=False (no autograd): rstd goes to a discard buffer and None is returned for it."""
     shape = x.shape
     n_cols = shape[-1]
-    x2, sx, n_rows = _rows_of(x, n_cols)
+    x2, sx, n_rows = rows_of(x, n_cols)
     grid, block, rows, warps, y_dtype = _fwd_plan(n_rows, n_cols, x.dtype, weight.dtype)
     device = x.device
     y = torch.empty(shape, dtype=y_dtype, device=device)  # dense: row stride n_cols
     rstd = torch.empty(n_rows, dtype=torch.float32, device=device) if need_rstd else discard_buffer(n_rows, x)
     if residual is not None:
-        r2, sr, _ = _rows_of(residual, n_cols)
+        r2, sr, _ = rows_of(residual, n_cols)
         h = torch.empty(shape, dtype=x.dtype, device=device)
     else:
         r2, sr, h = x2, sx, y  # unused by the kernel (HAS_RESIDUAL=False)
@@ -194,11 +186,10 @@ def _check(x, weight, residual=None):
     # one compound test on the common path; the named checks below run only when it fails
     if (isinstance(x, T) and isinstance(weight, T) and x.dim() > 0 and weight.dim() == 1
             and x.dtype in SUPPORTED_DTYPES and weight.dtype in SUPPORTED_DTYPES and weight.shape[0] == x.shape[-1]
-            and (x.is_cuda and weight.is_cuda and weight.get_device() == x.get_device() or weight.device == x.device)
+            and on_same_device(weight, x)
             and (residual is None
                  or (isinstance(residual, T) and residual.dtype == x.dtype and residual.shape == x.shape
-                     and (residual.is_cuda and x.is_cuda and residual.get_device() == x.get_device()
-                          or residual.device == x.device)))):
+                     and on_same_device(residual, x)))):
         return
     check_tensor("x", x)
     check_tensor("weight", weight, ndim=1)

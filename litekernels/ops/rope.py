@@ -21,7 +21,7 @@ import torch
 
 from .. import reference
 from .._triton import tl, triton
-from ..utils import SUPPORTED_DTYPES, check_same_device, check_tensor, tracing, unit_last, use_triton
+from ..utils import SUPPORTED_DTYPES, check_same_device, check_tensor, on_same_device, tracing, unit_last, use_triton
 from ._launch import launch
 
 
@@ -154,9 +154,7 @@ def _check(q, k, cos, sin):
     if (isinstance(q, T) and isinstance(k, T) and isinstance(cos, T) and isinstance(sin, T)
             and q.dim() == 4 and k.dim() == 4 and q.dtype in SUPPORTED_DTYPES and k.dtype == q.dtype
             and cos.dtype in SUPPORTED_DTYPES and sin.dtype in SUPPORTED_DTYPES
-            and ((q.is_cuda and k.is_cuda and cos.is_cuda and sin.is_cuda and k.get_device() == q.get_device()
-                  and cos.get_device() == q.get_device() and sin.get_device() == q.get_device())
-                 or (k.device == q.device and cos.device == q.device and sin.device == q.device))):
+            and on_same_device(k, q) and on_same_device(cos, q) and on_same_device(sin, q)):
         qs, ks, cs, ss = q.shape, k.shape, cos.shape, sin.shape
         if (ks[0] == qs[0] and ks[2] == qs[2] and ks[3] == qs[3] and qs[3] % 2 == 0
                 and cs[-2:] == qs[2:] and ss[-2:] == qs[2:]

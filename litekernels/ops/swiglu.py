@@ -31,7 +31,7 @@ import torch
 from .. import reference
 from .._triton import tl, triton
 from ..utils import (SUPPORTED_DTYPES, as_rows, check_same_device, check_same_dtype, check_same_shape, check_tensor,
-                     tracing, use_triton)
+                     on_same_device, rows_of, tracing, use_triton)
 from ._launch import launch
 
 BLOCK = 1024
@@ -68,19 +68,11 @@ def _grid(n_rows, n_cols):
     return (n_rows, triton.cdiv(n_cols, BLOCK))
 
 
-def _rows_of(t, n_cols):
-    """(tensor indexable as rows of n_cols with unit column stride, row stride); t itself when dense."""
-    if n_cols and t.is_contiguous():
-        return t, n_cols
-    t2 = as_rows(t)
-    return t2, t2.stride(0)
-
-
 def silu_mul_fwd(gate, up):
     shape = gate.shape
     n_cols = shape[-1]
-    g, sg = _rows_of(gate, n_cols)
-    u, su = _rows_of(up, n_cols)
+    g, sg, _ = rows_of(gate, n_cols)
+    u, su, _ = rows_of(up, n_cols)
     y = torch.empty(shape, dtype=gate.dtype, device=gate.device)  # dense: row stride n_cols
     n = y.numel()
     if n:
@@ -192,7 +184,7 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor, *, inplace_backward: bool = F
     T = torch.Tensor
     if not (isinstance(gate, T) and isinstance(up, T) and gate.dim() > 0 and gate.dtype in SUPPORTED_DTYPES
             and up.dtype == gate.dtype and up.shape == gate.shape
-            and (gate.is_cuda and up.is_cuda and up.get_device() == gate.get_device() or up.device == gate.device)):
+            and on_same_device(up, gate)):
         _check(gate, up)  # the common path passes the compound test above; this names what is wrong
         _check(gate, up)
     if tracing():
