@@ -492,26 +492,38 @@ class LlamaRuntime:
     # ---------------------------------------------------------------------------------------------------------
     def _layers(self, h, attend):
         """The decoder stack; attend(i, qkv (B, T, H + 2*Hkv, D)) does RoPE, the cache write and attention."""
-        H, KV, D = self.n_heads, self.n_kv, self.head_dim
+        H, D = self.n_heads, self.head_dim
         residual = None
         for i, L in enumerate(self.layers):
-            if residual is None:
-                x, residual = LF.rms_norm(h, L.w_in, L.eps_in), h
-            else:
-                x, residual = LF.fused_add_rms_norm(h, residual, L.w_in, L.eps_in)
-            B, T, _ = x.shape
-            qkv = self._proj(x, L.qkv).view(B, T, H + 2 * KV, D)
-            if L.q_norm is not None:  # Qwen3: RMSNorm over head_dim on every q and k head, before RoPE
-                q = LF.rms_norm(qkv[:, :, :H], L.q_norm, L.qk_eps)
-                k = LF.rms_norm(qkv[:, :, H:H + KV], L.k_norm, L.qk_eps)
-                qkv = torch.cat([q, k, qkv[:, :, H + KV:]], dim=2)
+            qkv, residual = self._qkv(h, residual, L)
+            B, T = qkv.shape[:2]
             o = attend(i, qkv)  # (B, H, T, D)
             h = self._linear(o.transpose(1, 2).reshape(B, T, H * D), L.wo, L.bo)
-            x, residual = LF.fused_add_rms_norm(h, residual, L.w_post, L.eps_post)
-            gate, up = self._proj(x, L.gu).split(self.inter, dim=-1)
-            h = self._linear(LF.silu_mul(gate, up), L.wdown, L.bdown)
+            act, residual = self._mlp_act(h, residual, L)
+            h = self._linear(act, L.wdown, L.bdown)
         x, _ = LF.fused_add_rms_norm(h, residual, self.norm_w, self.eps)
         return x
+
+    def _qkv(self, h, residual, L):
+        """Input norm (adding the residual; none before the first layer), the q/k/v projection as (..., H + 2*Hkv,
+        D) and Qwen3's per-head q/k norms. Returns (qkv, residual)."""
+        H, KV, D = self.n_heads, self.n_kv, self.head_dim
+        if residual is None:
+            x, residual = LF.rms_norm(h, L.w_in, L.eps_in), h
+        else:
+            x, residual = LF.fused_add_rms_norm(h, residual, L.w_in, L.eps_in)
+        qkv = self._proj(x, L.qkv).view(*x.shape[:-1], H + 2 * KV, D)
+        if L.q_norm is not None:  # Qwen3: RMSNorm over head_dim on every q and k head, before RoPE
+            q = LF.rms_norm(qkv[..., :H, :], L.q_norm, L.qk_eps)
+            k = LF.rms_norm(qkv[..., H:H + KV, :], L.k_norm, L.qk_eps)
+            qkv = torch.cat([q, k, qkv[..., H + KV:, :]], dim=-2)
+        return qkv, residual
+
+    def _mlp_act(self, a, residual, L):
+        """Post-attention add + norm, the gate/up projection and SiLU*mul. Returns (act, residual)."""
+        x, residual = LF.fused_add_rms_norm(a, residual, L.w_post, L.eps_post)
+        gate, up = self._proj(x, L.gu).split(self.inter, dim=-1)
+        return LF.silu_mul(gate, up), residual
 
     def _logits(self, x):
         return self._linear(x, self.lm_head, self.lm_bias)
@@ -567,15 +579,7 @@ class LlamaRuntime:
                 q, residual = DF.norm_gemv(h, residual, L.w_in, L.eps_in, L.qkv.weight, L.qkv.bias,
                                            epilogue="rope_cache", rope=rope, config=cfg["qkv"])
             else:  # unfused q/k/v: chosen (fused_config {"qkv": {"unfused": True}}), or Qwen3's per-head q/k norms
-                if residual is None:
-                    x, residual = LF.rms_norm(h, L.w_in, L.eps_in), h
-                else:
-                    x, residual = LF.fused_add_rms_norm(h, residual, L.w_in, L.eps_in)
-                qkv = self._linear(x, L.qkv.weight, L.qkv.bias).view(B, H + 2 * KV, D)
-                if L.q_norm is not None:
-                    qn = LF.rms_norm(qkv[:, :H], L.q_norm, L.qk_eps)
-                    kn = LF.rms_norm(qkv[:, H:H + KV], L.k_norm, L.qk_eps)
-                    qkv = torch.cat([qn, kn, qkv[:, H + KV:]], dim=1)
+                qkv, residual = self._qkv(h, residual, L)
                 q = LF.rope_cache_write(qkv, self.cos, self.sin, positions, kc, vc, H, KV)
             if self._attn_cfg is None:
                 o = decode_attention_unchecked(q, kc, vc, lengths, self.scale)  # (B, H, 1, D)
@@ -586,9 +590,7 @@ class LlamaRuntime:
             else:
                 a = DF.gemv(o.view(B, H * D), L.wo, L.bo, config=cfg["o"])
             if "gate_up" in unfused:
-                x, residual = LF.fused_add_rms_norm(a, residual, L.w_post, L.eps_post)
-                gate, up = self._proj(x, L.gu).split(self.inter, dim=-1)
-                act = LF.silu_mul(gate, up)
+                act, residual = self._mlp_act(a, residual, L)
             else:
                 act, residual = DF.norm_gemv(a, residual, L.w_post, L.eps_post, L.gu.weight, L.gu.bias,
                                              epilogue="silu_mul", config=cfg["gate_up"])
