@@ -36,6 +36,7 @@ import argparse
 import copy
 import datetime
 import json
+import statistics
 import time
 
 import torch
@@ -81,10 +82,17 @@ def bench_hf(model, ids, new, impl, static, compile_=False):
         for _ in range(2):
             model.generate(ids, max_new_tokens=new, min_new_tokens=new, **kw)
     model.generate(ids, max_new_tokens=4, min_new_tokens=4, **kw)  # warm-up
-    t_pre, _ = sync_time(lambda: model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw))
-    t_all, out = sync_time(lambda: model.generate(ids, max_new_tokens=new, min_new_tokens=new, **kw))
-    assert out.shape[1] == ids.shape[1] + new
-    return t_pre, t_all - t_pre
+    pre, dec = [], []
+    for _ in range(REPEATS[0]):  # --repeats: the median of several timed generates (host-bound runs vary)
+        t_pre, _ = sync_time(lambda: model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw))
+        t_all, out = sync_time(lambda: model.generate(ids, max_new_tokens=new, min_new_tokens=new, **kw))
+        assert out.shape[1] == ids.shape[1] + new
+        pre.append(t_pre)
+        dec.append(t_all - t_pre)
+    return statistics.median(pre), statistics.median(dec)
+
+
+REPEATS = [1]  # set from --repeats
 
 
 def bench_hf_lite(model, ids, new, static=False, compile_=False):
@@ -243,10 +251,12 @@ def main(argv=None):
     p.add_argument("--profile", default="1,8,1-cublas,1-fused,8-fused,1-fused-pdl",
                    help="decode-step profiles: batch[-cublas|-fused|-fused-pdl] (plain: unfused, skinny GEMM)")
     p.add_argument("--compile-batches", default="1", help="batches at which the static-compile providers run")
+    p.add_argument("--repeats", type=int, default=1, help="timed generates per HF provider (median)")
     p.add_argument("--train", action="store_true", help="add the training-step table (compiles the 1B model)")
     p.add_argument("--train-shape", default="4,2048", help="batch,seq of the training step")
     p.add_argument("--out", default=None, help="results path (default bench/results/generate-<gpu>.json)")
     args = p.parse_args(argv)
+    REPEATS[0] = max(1, args.repeats)
     compile_batches = {int(b) for b in args.compile_batches.split(",") if b}
     from bench.bench_ops import copy_bandwidth
 
@@ -256,7 +266,7 @@ def main(argv=None):
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
             "transformers": __import__("transformers").__version__, "copy_GBps": bw, "weight_bytes": weight_bytes,
             "shape": f"Llama-3.2-1B ({args.layers} layers), bf16 random weights", "prompt": args.prompt,
-            "new_tokens": args.new,
+            "new_tokens": args.new, "repeats": args.repeats,
             "roofline_tok_s_batch1": bw * 1e9 / weight_bytes,
             "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     print(meta, flush=True)

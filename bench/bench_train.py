@@ -114,6 +114,9 @@ def apply_provider(model, provider):
     """Patch `model` for `provider`; returns an undo callable."""
     if provider == "hf":
         return lambda: None
+    if provider == "hf-eager":  # HF's eager attention (softmax in fp32): the loss curve's bf16-noise reference
+        model.set_attn_implementation("eager")
+        return lambda: model.set_attn_implementation("sdpa")
     if provider in ("lite", "lite-sdpa"):
         from litekernels.patches import apply_lite_llama, revert_lite_llama
 
@@ -542,16 +545,21 @@ def main(argv=None):
             print(row, flush=True)
             rows.append(row)
     curve_shape = shapes.get("smoke") or dict(SHAPES["1b"], num_hidden_layers=args.layers_1b)
-    curves = loss_curve(curve_shape, [x for x in ("hf", "lite") if x in providers], args, device) \
-        if args.curve_steps else {}
-    diff = None
+    # hf-eager beside hf: two correct bf16 implementations of the same model, whose curves differ only by
+    # rounding (attention in another order): the noise band that |lite - hf| is judged against
+    curves = loss_curve(curve_shape, [x for x in ("hf", "lite") if x in providers] +
+                        (["hf-eager"] if "hf" in providers else []), args, device) if args.curve_steps else {}
+    diff = noise = None
     if "hf" in curves and "lite" in curves:
         diff = max(abs(a - b) for a, b in zip(curves["hf"], curves["lite"]))
         print(f"loss curve: max |lite - hf| over {args.curve_steps} steps = {diff:.4g}", flush=True)
+    if "hf" in curves and "hf-eager" in curves:
+        noise = max(abs(a - b) for a, b in zip(curves["hf"], curves["hf-eager"]))
+        print(f"loss curve: max |hf-eager - hf| (bf16 noise reference) = {noise:.4g}", flush=True)
     op = None if args.no_op else bench_op(args, device)
     meta["total_s"] = time.perf_counter() - t_start
     doc = {"meta": meta, "results": rows, "ratios": ratios(rows), "loss_curve": curves,
-           "loss_curve_max_abs_diff": diff, "op": op}
+           "loss_curve_max_abs_diff": diff, "loss_curve_noise_hf_eager_vs_hf": noise, "op": op}
     print("ratios (lite / other):", doc["ratios"], flush=True)
     paths = save_results(doc, "train", out=args.out)
     print(table(doc))

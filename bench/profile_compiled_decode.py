@@ -6,7 +6,7 @@ compilation (torch.compile of the decode step, mode="reduce-overhead": Inductor 
 compile caches off. For each provider ("hf-static-compile" unpatched, "hf-lite-static-compile" patched,
 "hf-lite-static-compile-opaque" patched with litekernels.rms_norm kept opaque to Inductor), in this order,
 after a torch._dynamo.reset():
-  * decode tok/s as bench_generate measures it: batch * (new - 1) / (t(generate new) - t(generate 1)), twice;
+  * decode tok/s as bench_generate measures it: batch * (new - 1) / (t(generate new) - t(generate 1)), --repeats times (median);
   * what the compile produced: graph breaks, unique graphs, recompiles, CUDA-graph skips (with the logged
     reasons), Inductor kernels generated, CUDA-graph-tree nodes recorded, and the post-grad graph's op counts
     (aten / litekernels ops, clones, copies, auto_functionalized);
@@ -28,6 +28,7 @@ import datetime
 import json
 import logging
 import os
+import statistics
 import tempfile
 import time
 from collections import Counter
@@ -179,8 +180,10 @@ def _union_us(intervals):
     return total
 
 
-def profile_steps(model, ids, kw, probe, steps, trace_path=None):
-    """Profile a generate of steps + 2 new tokens; per-step numbers for the first `steps` decode calls."""
+def profile_steps(model, ids, kw, probe, steps, new, trace_path=None, skip=8):
+    """Profile a generate of `new` tokens (the compiled length: a shorter generate sizes the static cache anew,
+    which recompiles and re-records the CUDA graphs); per-step numbers for `steps` decode calls after the
+    first `skip` (steady state: every step one replay of the recorded graph)."""
     acts = [torch.profiler.ProfilerActivity.CPU]
     if torch.cuda.is_available():
         acts.append(torch.profiler.ProfilerActivity.CUDA)
@@ -189,7 +192,7 @@ def profile_steps(model, ids, kw, probe, steps, trace_path=None):
     try:
         with torch.profiler.profile(activities=acts) as prof:
             with torch.profiler.record_function("generate"):
-                model.generate(ids, max_new_tokens=steps + 2, min_new_tokens=steps + 2, **kw)
+                model.generate(ids, max_new_tokens=new, min_new_tokens=new, **kw)
             sync()
     finally:
         probe.active = False
@@ -206,8 +209,9 @@ def profile_steps(model, ids, kw, probe, steps, trace_path=None):
     launches = [e for e in events if "GraphLaunch" in e.name]
     kernel_launch_calls = [e for e in events if e.name.startswith("cudaLaunchKernel") or e.name.startswith("cuLaunchKernel")]
     per_step, by_name = [], Counter()
-    n = min(steps, len(ranges))
-    for i in range(n):
+    skip = max(0, min(skip, len(ranges) - steps))
+    n = min(steps, len(ranges) - skip)
+    for i in range(skip, skip + n):
         lo = ranges[i][0]
         hi = ranges[i + 1][0] if i + 1 < len(ranges) else end_all
         ks = [k for k in kernels if lo <= k.time_range.start < hi]
@@ -224,7 +228,8 @@ def profile_steps(model, ids, kw, probe, steps, trace_path=None):
     host = [s["compiled_call_host_us"] for s in per_step if s["compiled_call_host_us"] is not None]
     mean["compiled_call_host_us"] = sum(host) / len(host) if host else None
     top = [{"kernel": k, "us_per_step": v / max(1, n)} for k, v in by_name.most_common(20)]
-    return {"steps": per_step, "mean": mean, "top_kernels": top, "decode_calls_seen": len(ranges)}
+    return {"steps": per_step, "mean": mean, "top_kernels": top, "decode_calls_seen": len(ranges),
+            "skipped_steps": skip}
 
 
 # ------------------------------------------------------------------------------------------------ providers
@@ -283,7 +288,7 @@ def run_provider(model, prov, ids, args, device, logs):
                 runs.append({"prefill_ms": 1e3 * t_pre,
                              "decode_tok_s": ids.shape[0] * (args.new - 1) / max(t_all - t_pre, 1e-9)})
             row["runs"] = runs
-            row["decode_tok_s"] = max(r["decode_tok_s"] for r in runs)
+            row["decode_tok_s"] = statistics.median(r["decode_tok_s"] for r in runs)
             c = torch._dynamo.utils.counters
             row["compile_info"] = {
                 "graph_breaks": sum(c["graph_break"].values()), "graph_break_reasons": dict(c["graph_break"]),
@@ -303,7 +308,7 @@ def run_provider(model, prov, ids, args, device, logs):
                     "auto_functionalized": sum(v for k, v in ops.items() if "auto_functionalized" in k),
                     "top_ops": dict(ops.most_common(25))}
             trace = os.path.join(os.environ["OUT"], f"trace-{prov}.json") if os.environ.get("OUT") else None
-            row["profile"] = profile_steps(model, ids, kw, probe, args.steps, trace)
+            row["profile"] = profile_steps(model, ids, kw, probe, args.steps, args.new, trace)
     except Exception as e:  # noqa: BLE001 - keep the other provider's numbers
         import traceback
 
@@ -343,8 +348,8 @@ def main(argv=None):
     p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--new", type=int, default=128)
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--steps", type=int, default=3, help="decode steps in the profile")
-    p.add_argument("--repeats", type=int, default=2, help="timed generates per provider")
+    p.add_argument("--steps", type=int, default=8, help="decode steps in the profile (steady state)")
+    p.add_argument("--repeats", type=int, default=3, help="timed generates per provider (median)")
     p.add_argument("--providers", default=",".join(PROVIDERS))
     p.add_argument("--out", default=None, help="results path (default bench/results/compiled-decode-<gpu>.json; "
                                                "--cpu: a temporary file)")
