@@ -547,7 +547,9 @@ def main(argv=None):
     curve_shape = shapes.get("smoke") or dict(SHAPES["1b"], num_hidden_layers=args.layers_1b)
     # hf-eager beside hf: two correct bf16 implementations of the same model, whose curves differ only by
     # rounding (attention in another order): the noise band that |lite - hf| is judged against
-    curves = loss_curve(curve_shape, [x for x in ("hf", "lite") if x in providers] +
+    # liger too: a fused linear cross-entropy computes the loss from fp32-accumulated logits (HF rounds them to
+    # bf16 first), a systematic difference it shares with ours
+    curves = loss_curve(curve_shape, [x for x in ("hf", "lite", "liger") if x in providers] +
                         (["hf-eager"] if "hf" in providers else []), args, device) if args.curve_steps else {}
     diff = noise = None
     if "hf" in curves and "lite" in curves:
@@ -556,6 +558,9 @@ def main(argv=None):
     if "hf" in curves and "hf-eager" in curves:
         noise = max(abs(a - b) for a, b in zip(curves["hf"], curves["hf-eager"]))
         print(f"loss curve: max |hf-eager - hf| (bf16 noise reference) = {noise:.4g}", flush=True)
+    if "hf" in curves and "liger" in curves:
+        print(f"loss curve: max |liger - hf| = "
+              f"{max(abs(a - b) for a, b in zip(curves['hf'], curves['liger'])):.4g}", flush=True)
     op = None if args.no_op else bench_op(args, device)
     meta["total_s"] = time.perf_counter() - t_start
     doc = {"meta": meta, "results": rows, "ratios": ratios(rows), "loss_curve": curves,

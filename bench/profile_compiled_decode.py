@@ -233,6 +233,69 @@ def profile_steps(model, ids, kw, probe, steps, new, trace_path=None, skip=8):
 
 
 # ------------------------------------------------------------------------------------------------ providers
+def generate_kwargs(device):
+    kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None, cache_implementation="static")
+    if device == "cpu":  # HF compiles only on accelerators unless told; no CUDA graphs on the CPU
+        from transformers import CompileConfig
+
+        cfg = CompileConfig(mode=None)
+        cfg._compile_all_devices = True
+        kw["compile_config"] = cfg
+    return kw
+
+
+def time_decode(model, ids, new, kw):
+    """(prefill ms, decode tok/s) as bench_generate measures them: t(generate new) - t(generate 1)."""
+    sync()
+    t = time.perf_counter()
+    model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)
+    sync()
+    t_pre = time.perf_counter() - t
+    t = time.perf_counter()
+    out = model.generate(ids, max_new_tokens=new, min_new_tokens=new, **kw)
+    sync()
+    t_all = time.perf_counter() - t
+    assert out.shape[1] == ids.shape[1] + new
+    return {"prefill_ms": 1e3 * t_pre, "decode_tok_s": ids.shape[0] * (new - 1) / max(t_all - t_pre, 1e-9)}
+
+
+def paired_runs(model, ids, args, device):
+    """Unpatched and patched compiled decode timed in alternation: each provider on its own model (the patched
+    one a deep copy with apply_lite_llama), both compiled and recorded first, then --paired rounds of one timed
+    generate each, the order flipped every round. The host speed of the GPU machine drifts between and within
+    runs (the same provider measured 211-393 tok/s in earlier sequential runs), so the ratio is taken per round
+    (both sides under the same conditions) and its median reported."""
+    import copy
+
+    from litekernels.patches import apply_lite_llama
+
+    torch._dynamo.reset()
+    model.set_attn_implementation("sdpa")
+    kw = generate_kwargs(device)
+    models = {"hf-static-compile": model, "hf-lite-static-compile": apply_lite_llama(copy.deepcopy(model))}
+    t0 = time.perf_counter()
+    for m in models.values():
+        for _ in range(2):  # compile, then record the CUDA graphs, at the timed length
+            m.generate(ids, max_new_tokens=args.new, min_new_tokens=args.new, **kw)
+        m.generate(ids, max_new_tokens=4, min_new_tokens=4, **kw)
+    sync()
+    compile_s = time.perf_counter() - t0
+    rounds = []
+    names = list(models)
+    for r in range(args.paired):
+        order = names if r % 2 == 0 else names[::-1]
+        rounds.append({name: time_decode(models[name], ids, args.new, kw)["decode_tok_s"] for name in order})
+        print("paired round", r, {k: round(v, 1) for k, v in rounds[-1].items()}, flush=True)
+    ratios = [x["hf-lite-static-compile"] / x["hf-static-compile"] for x in rounds]
+    out = {"rounds": rounds, "compile_s": compile_s, "ratio_per_round": ratios,
+           "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+           "median_tok_s": {n: statistics.median(x[n] for x in rounds) for n in names},
+           "cudagraph_tree_nodes": cudagraph_tree_nodes() if device == "cuda" else None}
+    del models
+    torch._dynamo.reset()
+    return out
+
+
 def run_provider(model, prov, ids, args, device, logs):
     from litekernels.patches import apply_lite_llama, revert_lite_llama
 
@@ -257,13 +320,7 @@ def run_provider(model, prov, ids, args, device, logs):
         apply_lite_llama(model)
     if opaque is not None:
         opaque.__enter__()
-    kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None, cache_implementation="static")
-    if device == "cpu":  # HF compiles only on accelerators unless told; no CUDA graphs on the CPU
-        from transformers import CompileConfig
-
-        cfg = CompileConfig(mode=None)
-        cfg._compile_all_devices = True
-        kw["compile_config"] = cfg
+    kw = generate_kwargs(device)
     row = {"provider": prov, "batch": ids.shape[0]}
     t_start = time.perf_counter()
     try:
@@ -273,20 +330,7 @@ def run_provider(model, prov, ids, args, device, logs):
             sync()
             row["compile_s"] = time.perf_counter() - t_start
             model.generate(ids, max_new_tokens=4, min_new_tokens=4, **kw)
-            runs = []
-            for _ in range(args.repeats):
-                sync()
-                t = time.perf_counter()
-                model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)
-                sync()
-                t_pre = time.perf_counter() - t
-                t = time.perf_counter()
-                out = model.generate(ids, max_new_tokens=args.new, min_new_tokens=args.new, **kw)
-                sync()
-                t_all = time.perf_counter() - t
-                assert out.shape[1] == ids.shape[1] + args.new
-                runs.append({"prefill_ms": 1e3 * t_pre,
-                             "decode_tok_s": ids.shape[0] * (args.new - 1) / max(t_all - t_pre, 1e-9)})
+            runs = [time_decode(model, ids, args.new, kw) for _ in range(args.repeats)]
             row["runs"] = runs
             row["decode_tok_s"] = statistics.median(r["decode_tok_s"] for r in runs)
             c = torch._dynamo.utils.counters
@@ -350,7 +394,9 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--steps", type=int, default=8, help="decode steps in the profile (steady state)")
     p.add_argument("--repeats", type=int, default=3, help="timed generates per provider (median)")
-    p.add_argument("--providers", default=",".join(PROVIDERS))
+    p.add_argument("--providers", default=",".join(PROVIDERS), help="sequential runs with profiles ('' for none)")
+    p.add_argument("--paired", type=int, default=0,
+                   help="rounds of unpatched/patched timed in alternation, each on its own model (0: off)")
     p.add_argument("--out", default=None, help="results path (default bench/results/compiled-decode-<gpu>.json; "
                                                "--cpu: a temporary file)")
     args = p.parse_args(argv)
@@ -410,6 +456,12 @@ def main(argv=None):
         print(f"hf-lite-static-compile-opaque / hf-static-compile = "
               f"{by['hf-lite-static-compile-opaque'] / by['hf-static-compile']:.2f}x", flush=True)
     doc = {"meta": meta, "results": rows, "ratio_patched_over_unpatched": ratio}
+    if args.paired:
+        doc["paired"] = paired_runs(model, ids, args, device)
+        p = doc["paired"]
+        print(f"paired ({args.paired} rounds): hf-lite-static-compile / hf-static-compile median "
+              f"{p['ratio_median']:.2f}x (min {p['ratio_min']:.2f}, max {p['ratio_max']:.2f}); median tok/s "
+              f"{ {k: round(v, 1) for k, v in p['median_tok_s'].items()} }", flush=True)
     save_results(doc, "compiled-decode", out=args.out)
     print(json.dumps({r["provider"]: r.get("compile_info") for r in rows}, indent=1, default=str)[:4000])
 

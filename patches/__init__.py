@@ -44,7 +44,13 @@ _mlp_forward = LiteMLP.forward
 # RoPE: the attention forward looks the module-level function up on each call. We put a dispatcher there once;
 # it runs our kernel while a patched attention module is executing (thread-local depth) or when the classes
 # are patched, and the original otherwise.
-_rope_scope = threading.local()
+class _RopeScope(threading.local):
+    def __init__(self):  # runs once per thread: `depth` is always there, so torch.compile's guard on it is a
+        self.depth = 0  # value check, not "has this thread's dict the key yet" (that flipped the first time
+        # any patched model ran, and recompiled every unpatched model compiled before it)
+
+
+_rope_scope = _RopeScope()
 _rope_dispatchers: dict[str, "_RopeDispatch"] = {}
 
 
@@ -56,7 +62,7 @@ class _RopeDispatch:
 
     def __call__(self, q, k, cos, sin, *args, **kwargs):
         unsqueeze_dim = args[0] if args else kwargs.get("unsqueeze_dim", 1)
-        active = self.class_patched or getattr(_rope_scope, "depth", 0) > 0
+        active = self.class_patched or _rope_scope.depth > 0
         if active and unsqueeze_dim == 1 and q.dim() == 4 and q.dtype in SUPPORTED_DTYPES:
             # HF's attention made these (q, k (B,H|Hkv,T,D) of one dtype, cos/sin (B|1,T,D)): no re-checks per call
             return apply_rope_unchecked(q, k, cos, sin)
@@ -82,7 +88,7 @@ def _release_rope_dispatch(arch: Architecture) -> None:
 
 def _with_rope(inner):
     def forward(*args, **kwargs):
-        _rope_scope.depth = getattr(_rope_scope, "depth", 0) + 1
+        _rope_scope.depth += 1
         try:
             return inner(*args, **kwargs)
         finally:

@@ -136,6 +136,38 @@ def test_hf_static_cache_compiled_generate_matches_uncompiled():
     assert torch.equal(compiled, eager)
 
 
+def test_running_a_patched_model_does_not_recompile_a_compiled_unpatched_one():
+    """The RoPE dispatcher reads a thread-local depth; Dynamo guards on it when it traces an unpatched model.
+    That guard must not flip when a patched model first runs on the thread (it did: "no attribute yet" ->
+    "attribute 0", one recompile of every unpatched compiled model). A fresh thread starts from a fresh
+    thread-local, as a new serving thread would."""
+    import copy
+    import threading
+
+    base = tiny_model(layers=1).eval()
+    patched = apply_lite_llama(copy.deepcopy(base))
+    ids, mask = _batch(T=5)
+    torch._dynamo.reset()
+    compiled = torch.compile(base, backend="eager", fullgraph=True)
+    errors = []
+
+    def body():
+        try:
+            with torch.no_grad():
+                compiled(ids, attention_mask=mask)
+                patched(ids, attention_mask=mask)
+                with torch._dynamo.config.patch(error_on_recompile=True):
+                    compiled(ids, attention_mask=mask)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join()
+    torch._dynamo.reset()
+    assert not errors, repr(errors[0])[:500]
+
+
 def test_static_cache_prefill_without_mask_reads_only_the_written_keys():
     """No padding: HF passes no mask for a static-cache prefill (top-left causal over a mostly empty buffer)."""
     model = tiny_model().eval()
