@@ -136,8 +136,10 @@ def bench_hf_liger(model, ids, new):
         torch.cuda.empty_cache()
 
 
-def bench_train(layers, batch, seq, steps=5):
-    """Forward+backward of the LM loss at batch x seq: unpatched and patched, eager and torch.compile'd."""
+def bench_train(layers, batch, seq, steps=5, profile=False):
+    """Forward+backward of the LM loss at batch x seq: unpatched and patched, eager and torch.compile'd. With
+    `profile`, also one profiled step (+ fused AdamW) per provider: GPU ms per kernel category and the top
+    kernels (bench_train's categories), to show where compiled and eager differ."""
     rows = []
     model = build(layers)
     model.train()
@@ -153,7 +155,7 @@ def bench_train(layers, batch, seq, steps=5):
             fn = torch.compile(model, fullgraph=True) if compiled else model
 
             def step(fn=fn):
-                loss = fn(ids, labels=ids, use_cache=False).loss
+                loss = fn(input_ids=ids, labels=ids, use_cache=False).loss  # as kernel_profile calls it
                 loss.backward()
                 model.zero_grad(set_to_none=True)
                 return loss
@@ -166,9 +168,18 @@ def bench_train(layers, batch, seq, steps=5):
                 row = {"provider": name, "batch": batch, "seq": seq, "step_ms": 1e3 * t / steps,
                        "tokens_per_s": batch * seq * steps / t, "first_step_s": t_compile,
                        "peak_GB": torch.cuda.max_memory_allocated() / 1e9}
+                if profile:
+                    from bench.bench_train import kernel_profile
+
+                    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+                    row["profile"] = kernel_profile(fn, opt, ids, "cuda")
+                    del opt
             except Exception as e:  # noqa: BLE001 - keep the other providers
                 row = {"provider": name, "batch": batch, "seq": seq, "error": repr(e)[:300]}
-            print(row, flush=True)
+            print({k: v for k, v in row.items() if k != "profile"}, flush=True)
+            if "profile" in row:
+                print("   ms by category:", {k: round(v, 2) for k, v in row["profile"].get("categories_ms", {}).items()},
+                      flush=True)
             rows.append(row)
             torch._dynamo.reset()
             torch.cuda.empty_cache()
@@ -253,6 +264,7 @@ def main(argv=None):
     p.add_argument("--compile-batches", default="1", help="batches at which the static-compile providers run")
     p.add_argument("--repeats", type=int, default=1, help="timed generates per HF provider (median)")
     p.add_argument("--train", action="store_true", help="add the training-step table (compiles the 1B model)")
+    p.add_argument("--train-profile", action="store_true", help="a kernel-category profile per training provider")
     p.add_argument("--train-shape", default="4,2048", help="batch,seq of the training step")
     p.add_argument("--out", default=None, help="results path (default bench/results/generate-<gpu>.json)")
     args = p.parse_args(argv)
@@ -306,7 +318,10 @@ def main(argv=None):
             except Exception as e:  # noqa: BLE001 - keep the other providers
                 row = {"batch": B, "provider": prov, "error": repr(e)[:300]}
             row["wall_s"] = time.perf_counter() - t_start  # the provider's whole cost here (warm-ups, compiles)
-            print(row, flush=True)
+            print({k: v for k, v in row.items() if k != "profile"}, flush=True)
+            if "profile" in row:
+                print("   ms by category:", {k: round(v, 2) for k, v in row["profile"].get("categories_ms", {}).items()},
+                      flush=True)
             rows.append(row)
             torch._dynamo.reset()  # compiled providers: free their graphs before the next one
             torch.cuda.empty_cache()
@@ -336,7 +351,7 @@ def main(argv=None):
         tb, ts = (int(v) for v in args.train_shape.split(","))
         del model
         torch.cuda.empty_cache()
-        doc["train_step"] = bench_train(args.layers, tb, ts)
+        doc["train_step"] = bench_train(args.layers, tb, ts, profile=args.train_profile)
     save_results(doc, "generate", out=args.out)
 
 
