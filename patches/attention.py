@@ -1,15 +1,19 @@
 """The transformers attention function "lite": prefill through flash_attention, one-token decode through
 flash-decoding, anything else to Hugging Face's own eager attention.
 
-Registered with `AttentionInterface` and, under the same name, `AttentionMaskInterface` (with HF's sdpa mask
-builder, which runs once per forward, not per layer). Without the mask registration `create_causal_mask`
-returns None for an unknown name and left padding or static-cache decode silently give wrong tokens (see
-shared/notes). What arrives here as `attention_mask`:
+Registered with `AttentionInterface` and, under the same name, `AttentionMaskInterface` (`lite_mask`: HF's
+sdpa mask builder, except for causal attention over exactly the query positions, see there; it runs once per
+forward, not per layer). Without the mask registration `create_causal_mask` returns None for an unknown name
+and left padding or static-cache decode silently give wrong tokens (see shared/notes). What arrives here as
+`attention_mask`:
   * None       -> HF's sdpa contract: causal, top-left aligned (HF skips the mask only when Tq == Tk, when the
                   cache holds nothing before these queries, or for one query with every key valid), so for
                   Tq > 1 only the first Tq keys matter (a static cache's unwritten tail is never read);
   * bool 4-D   -> True = attend; passed to the kernel as a tensor argument (still combined with bottom-right
-                  causal, which every causal mask HF builds implies, so the kernel can skip blocks);
+                  causal, which every causal mask HF builds implies, so the kernel can skip blocks); a
+                  (B, 1, Tq, Tk) view with stride 0 over queries is lite_mask's key-padding row, which the
+                  kernel reads as one vector per key tile (the KEY_MASK path) and which means "causal AND
+                  these keys";
   * int 4-D    -> nonzero = attend;
   * float 4-D  -> an additive bias (only a user-supplied 4-D mask is one; our mask builder gives bool): HF's
                   eager attention, never approximated. Looking at its values to detect a 0/-inf mask would be a
@@ -59,6 +63,40 @@ def _full_lengths(batch: int, keys: int, device) -> torch.Tensor:
     return lengths
 
 
+def _is_key_row(mask) -> bool:
+    """lite_mask's padding-only mask: (B, 1, Tq, Tk) with stride 0 over queries (causality left implied)."""
+    return mask is not None and mask.dim() == 4 and mask.shape[2] > 1 and mask.stride(2) == 0
+
+
+def lite_mask(*args, **kwargs):
+    """The "lite" AttentionMaskInterface entry: HF's `sdpa_mask`, except when the mask would be plain causal
+    attention over exactly the query positions (no cache before them: Tq == Tk, kv offset 0, HF's causal mask
+    function, no local window) combined with a 2-D padding mask. Then it returns
+      * None when there is no padding mask (causal; HF's own builder skips the mask only outside
+        torch.compile on the transformers/torch versions we support, and under compile materializes a
+        (B, 1, T, T) mask that sends every tile of every layer through the kernels' general masked path),
+      * None in eager mode when the padding mask is all ones (HF does the same host check),
+      * else the padding row as a (B, 1, Tq, Tk) view with stride 0 over queries: the kernels read it as a
+        vector per key tile (KEY_MASK) and apply causality themselves; no (B, T, T) tensor is built.
+    Everything else (decode against a cache, sliding windows, packed sequences, bidirectional masks) is
+    sdpa_mask's."""
+    from transformers.masking_utils import causal_mask_function, sdpa_mask
+
+    a = kwargs  # create_causal_mask passes everything by keyword (names differ across transformers 5.x)
+    if not args and a.get("mask_function") is causal_mask_function and a.get("local_size") is None \
+            and a.get("allow_is_causal_skip", True) and a.get("kv_offset", 0) == 0:
+        kv = a.get("kv_length")
+        q = a.get("q_length")
+        if q is None and a.get("cache_position") is not None:  # transformers < 5.2x: positions, not a length
+            q = a["cache_position"].shape[0]
+        pad = a.get("attention_mask")
+        if isinstance(kv, int) and q == kv and (pad is None or (pad.dim() == 2 and pad.shape[-1] == kv)):
+            if pad is None or (not tracing() and bool(pad.all())):
+                return None
+            return pad.bool()[:, None, None, :].expand(pad.shape[0], 1, q, kv)
+    return sdpa_mask(*args, **kwargs)
+
+
 def lite_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
                            sliding_window=None, softcap=None, **kwargs):
     """AttentionInterface contract: q (B,H,Tq,D), k/v (B,Hkv,Tk,D) -> ((B,Tq,H,D), None)."""
@@ -72,6 +110,10 @@ def lite_attention_forward(module, query, key, value, attention_mask, dropout: f
             or (attention_mask is not None and mask is None) or query.dtype != key.dtype
             or query.dtype not in SUPPORTED_DTYPES or query.shape[-1] > MAX_HEAD_DIM):
         from transformers.models.llama.modeling_llama import eager_attention_forward
+        if _is_key_row(attention_mask):  # lite_mask's padding row: HF eager needs the causal part spelled out
+            Tq, Tk = query.shape[2], key.shape[2]
+            causal = torch.ones(Tq, Tk, dtype=torch.bool, device=query.device).tril(Tk - Tq)
+            attention_mask = attention_mask & causal
         if attention_mask is not None and attention_mask.dtype == torch.bool:
             # HF eager attention adds the mask to the scores: a bool mask (our registered sdpa mask builder)
             # must become additive first, or it is silently added as 0/1 (wrong sliding-window/padding logits)
@@ -111,12 +153,12 @@ def register() -> str:
     global _registered
     if not _registered:
         from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+        from transformers.masking_utils import AttentionMaskInterface
 
         from litekernels.library import register_inductor_decompositions
 
         AttentionInterface.register(NAME, lite_attention_forward)
-        AttentionMaskInterface.register(NAME, sdpa_mask)
+        AttentionMaskInterface.register(NAME, lite_mask)
         register_inductor_decompositions()  # decode-sized RMSNorm fuses with the residual add under Inductor
         _registered = True
     return NAME

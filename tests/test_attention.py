@@ -63,6 +63,25 @@ def test_flash_attention_left_padding_mask():
     check_op(*_attn(True, mask), [q, k, v], name="left padding")
 
 
+@pytest.mark.parametrize("dtype, D, T, S, causal", [
+    (torch.float32, 64, T_LONG, T_LONG, True), (torch.bfloat16, 80, 23, 23, False),
+    (torch.float32, 32, 6, 40, True)], ids=["fp32-long-causal", "bf16-d80-full", "fp32-cached-prefix"])
+def test_flash_attention_key_mask_fast_path(dtype, D, T, S, causal):
+    """A padding mask given as one row of key flags per batch (stride 0 over heads and queries, what the
+    patched model's mask builder hands the kernel) takes the KEY_MASK path, which applies it to every tile
+    and leaves causal attention's unmasked tiles unmasked: the diagonal, the tiles before it, a cached prefix
+    (Tq < Tk, bottom-right causal) and fully masked rows (batch 2's first queries see only padding)."""
+    B, H, HKV = 3, 4, 1
+    valid = torch.ones(B, S, dtype=torch.bool, device=DEVICE)
+    valid[1, : S // 3] = False
+    valid[2, : S - T + min(T - 1, 20)] = False  # with causal, batch 2's first queries have no key at all
+    valid[0, S // 2] = False  # a hole in the middle (not padding HF builds, but a key mask all the same)
+    mask = valid[:, None, None, :].expand(B, 1, T, S)
+    q = rand(B, H, T, D, dtype=dtype, requires_grad=True)
+    k, v = (rand(B, HKV, S, D, dtype=dtype, requires_grad=True) for _ in range(2))
+    check_op(*_attn(causal, mask), [q, k, v], name=f"key mask causal={causal}")
+
+
 @pytest.mark.parametrize("dtype, shape, causal", [(torch.float32, "per-query", True),
                                                    (torch.bfloat16, "per-head-query", False)],
                          ids=["fp32-per-query-causal", "bf16-per-head-query-full"])

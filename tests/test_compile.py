@@ -136,6 +136,32 @@ def test_hf_static_cache_compiled_generate_matches_uncompiled():
     assert torch.equal(compiled, eager)
 
 
+def test_compiled_prefill_gets_no_mask_or_a_key_row_not_a_square_mask():
+    """Under torch.compile HF materializes a (B, 1, T, T) causal mask even without padding (its skip reads mask
+    values), which sends every tile through the kernels' general masked path (2.5-3.6x slower attention in
+    the compiled 1B training step, bench/results/train-compile-profile-H200.json). lite_mask gives the
+    kernel None without padding and, with padding, the padding row viewed with stride 0 over queries."""
+    model = tiny_model(layers=1)
+    apply_lite_llama(model, fused_linear_cross_entropy=False)
+    masks = []
+
+    def backend(gm, example_inputs):
+        for n in gm.graph.nodes:
+            if n.op == "call_function" and "flash_attention" in str(n.target):
+                masks.append(n.args[3] if len(n.args) > 3 else n.kwargs.get("attn_mask"))
+        return gm.forward
+
+    ids, mask = _batch()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    compiled(ids, labels=ids)
+    assert masks and masks[-1] is None
+    compiled(ids, attention_mask=mask, labels=ids)
+    val = masks[-1].meta["example_value"]
+    assert val.shape == (ids.shape[0], 1, ids.shape[1], ids.shape[1]) and val.stride(2) == 0, val.stride()
+    torch._dynamo.reset()
+
+
 def test_running_a_patched_model_does_not_recompile_a_compiled_unpatched_one():
     """The RoPE dispatcher reads a thread-local depth; Dynamo guards on it when it traces an unpatched model.
     That guard must not flip when a patched model first runs on the thread (it did: "no attribute yet" ->

@@ -194,3 +194,39 @@ def test_lite_attention_function_with_additive_and_bias_masks():
         out, _ = lite_attention_forward(module, q, k, v, bias, scaling=D ** -0.5)
         want, _ = eager_attention_forward(module, q, k, v, bias, scaling=D ** -0.5)
         torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+
+
+@requires_kernels()
+def test_lite_mask_key_row_on_the_kernel_and_the_eager_fallback():
+    """lite_mask (the "lite" mask builder) hands prefill a padding row viewed with stride 0 over queries, meaning
+    "causal AND these keys": the kernel path and HF's eager fallback (here forced by a softcap, which Llama's eager
+    attention ignores) must both give what HF's own sdpa mask gives."""
+    import types
+
+    from transformers.masking_utils import causal_mask_function, sdpa_mask
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    from litekernels.patches.attention import lite_attention_forward, lite_mask
+
+    B, H, HKV, T, D = 2, 4, 2, 11, 32
+    pad = torch.ones(B, T, dtype=torch.bool, device=DEVICE)
+    pad[1, :4] = False
+    names = {"q_length", "cache_position"} & set(__import__("inspect").signature(sdpa_mask).parameters)
+    qarg = {"q_length": T} if "q_length" in names else {"cache_position": torch.arange(T, device=DEVICE)}
+    kw = dict(batch_size=B, kv_length=T, kv_offset=0, mask_function=causal_mask_function, attention_mask=pad,
+              allow_is_causal_skip=True, device=DEVICE, **qarg)
+    row = lite_mask(**kw)
+    assert row.shape == (B, 1, T, T) and row.stride(2) == 0
+    assert lite_mask(**{**kw, "attention_mask": torch.ones_like(pad)}) is None  # eager, no padding: causal
+    full = sdpa_mask(**{**kw, "allow_is_causal_skip": False})
+    assert torch.equal(full[0], (row & torch.ones(T, T, dtype=torch.bool, device=DEVICE).tril())[0])
+    module = types.SimpleNamespace(is_causal=True, training=False, num_key_value_groups=2)
+    q, k, v = torch.randn(B, H, T, D, device=DEVICE), torch.randn(B, HKV, T, D, device=DEVICE), torch.randn(B, HKV, T, D, device=DEVICE)
+    additive = torch.zeros(full.shape, device=DEVICE).masked_fill(~full, torch.finfo(torch.float32).min)
+    with torch.no_grad():
+        want, _ = eager_attention_forward(module, q, k, v, additive, scaling=D ** -0.5)
+        kernel, _ = lite_attention_forward(module, q, k, v, row, scaling=D ** -0.5)
+        fallback, _ = lite_attention_forward(module, q, k, v, row, scaling=D ** -0.5, softcap=50.0)
+    ok = full.any(-1)[:, 0, :, None, None]  # (B, T, 1, 1): rows with a key (HF fills empty rows differently)
+    torch.testing.assert_close(fallback, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(kernel * ok, want * ok, atol=1e-5, rtol=1e-5)

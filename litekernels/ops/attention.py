@@ -52,15 +52,20 @@ def _query_tile(H, GROUP, Tq, BLOCK_M: tl.constexpr, REVERSE: tl.constexpr):
 @triton.jit
 def _fwd_tile(acc, m_i, l_i, q, kt, v, n, offs_m, MASK, mask_base, stride_mn, Tk, OFFSET, qk_scale,
               MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, IEEE: tl.constexpr,
-              LAZY: tl.constexpr):
+              LAZY: tl.constexpr, KEY_MASK: tl.constexpr):
     """Scores of one key tile (keys n), masked when MASKED, folded into the running (acc, max, sum); LAZY: the
-    thresholded rescale of _online_softmax_step_lazy."""
+    thresholded rescale of _online_softmax_step_lazy. KEY_MASK: the mask is one row of key flags shared by
+    every query (a padding mask): a vector per tile, applied to every tile, so the unmasked range stays
+    unmasked by causality."""
     s = _dot(q, kt, IEEE) * qk_scale
+    if KEY_MASK:
+        km = tl.load(MASK + mask_base + n * stride_mn, mask=n < Tk, other=0)
+        s = tl.where(km[None, :] != 0, s, float("-inf"))
     if MASKED:
         valid = n[None, :] < Tk
         if CAUSAL:
             valid = valid & (n[None, :] <= offs_m[:, None] + OFFSET)
-        if HAS_MASK:
+        if HAS_MASK and not KEY_MASK:
             mk = tl.load(MASK + mask_base + n[None, :] * stride_mn, mask=valid, other=0)
             valid = valid & (mk != 0)
         s = tl.where(valid, s, float("-inf"))
@@ -91,7 +96,7 @@ def _attn_fwd_inner(acc, m_i, l_i, q, K, V, MASK, k_desc, v_desc, k_base, v_base
                     stride_mn, offs_m, offs_n, offs_d, lo, hi, Tk, D, OFFSET, qk_scale,
                     MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr, BLOCK_PTR: tl.constexpr,
-                    TMA: tl.constexpr, WS: tl.constexpr, LAZY: tl.constexpr):
+                    TMA: tl.constexpr, WS: tl.constexpr, LAZY: tl.constexpr, KEY_MASK: tl.constexpr):
     """Keys [lo, hi) in BLOCK_N tiles. MASKED: apply the key-range, causal and boolean masks (the diagonal band);
     else every key of the range is visible. BLOCK_PTR: load K and V through tl.make_block_ptr (bounds checked
     by the block pointer) instead of pointer arithmetic; TMA: through tensor descriptors; WS: the loop is
@@ -102,7 +107,7 @@ def _attn_fwd_inner(acc, m_i, l_i, q, K, V, MASK, k_desc, v_desc, k_base, v_base
             kt, v = _load_kv(K, V, k_desc, v_desc, k_base, v_base, start_n, n, offs_d, stride_kn, stride_vn, Tk, D,
                              TMA)
             acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, kt, v, n, offs_m, MASK, mask_base, stride_mn, Tk, OFFSET,
-                                      qk_scale, MASKED, CAUSAL, HAS_MASK, IEEE, LAZY)
+                                      qk_scale, MASKED, CAUSAL, HAS_MASK, IEEE, LAZY, KEY_MASK)
     elif BLOCK_PTR:
         kt_ptr = tl.make_block_ptr(K + k_base, shape=(D, Tk), strides=(1, stride_kn), offsets=(0, lo),
                                    block_shape=(BLOCK_D, BLOCK_N), order=(0, 1))
@@ -113,7 +118,7 @@ def _attn_fwd_inner(acc, m_i, l_i, q, K, V, MASK, k_desc, v_desc, k_base, v_base
             kt = tl.load(kt_ptr, boundary_check=(0, 1), padding_option="zero")
             v = tl.load(v_ptr, boundary_check=(0, 1), padding_option="zero")
             acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, kt, v, n, offs_m, MASK, mask_base, stride_mn, Tk, OFFSET,
-                                      qk_scale, MASKED, CAUSAL, HAS_MASK, IEEE, LAZY)
+                                      qk_scale, MASKED, CAUSAL, HAS_MASK, IEEE, LAZY, KEY_MASK)
             kt_ptr = tl.advance(kt_ptr, (0, BLOCK_N))
             v_ptr = tl.advance(v_ptr, (BLOCK_N, 0))
     else:
@@ -122,7 +127,7 @@ def _attn_fwd_inner(acc, m_i, l_i, q, K, V, MASK, k_desc, v_desc, k_base, v_base
             kt, v = _load_kv(K, V, k_desc, v_desc, k_base, v_base, start_n, n, offs_d, stride_kn, stride_vn, Tk, D,
                              TMA)
             acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, kt, v, n, offs_m, MASK, mask_base, stride_mn, Tk, OFFSET,
-                                      qk_scale, MASKED, CAUSAL, HAS_MASK, IEEE, LAZY)
+                                      qk_scale, MASKED, CAUSAL, HAS_MASK, IEEE, LAZY, KEY_MASK)
     return acc, m_i, l_i
 
 
@@ -133,7 +138,8 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, MASK,
                      H, GROUP, Tq, Tk, D, qk_scale,
                      CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_D: tl.constexpr, IEEE: tl.constexpr, REVERSE: tl.constexpr, BLOCK_PTR: tl.constexpr,
-                     TMA: tl.constexpr = False, WS: tl.constexpr = False, LAZY: tl.constexpr = False):
+                     TMA: tl.constexpr = False, WS: tl.constexpr = False, LAZY: tl.constexpr = False,
+                     KEY_MASK: tl.constexpr = False):
     pid_bh, b, h, kvh, m_start = _query_tile(H, GROUP, Tq, BLOCK_M, REVERSE)
     OFFSET = Tk - Tq
     offs_m = m_start + tl.arange(0, BLOCK_M)
@@ -143,7 +149,10 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, MASK,
                 mask=(offs_m[:, None] < Tq) & (offs_d[None, :] < D), other=0.0)
     k_base = b * sk_b + kvh * sk_h
     v_base = b * sv_b + kvh * sv_h
-    mask_base = b * smk_b + h * smk_h + offs_m[:, None] * smk_m
+    if KEY_MASK:  # one row of key flags per batch
+        mask_base = b * smk_b
+    else:
+        mask_base = b * smk_b + h * smk_h + offs_m[:, None] * smk_m
     k_desc = K  # placeholders unless TMA (never used then)
     v_desc = V
     if TMA:
@@ -163,15 +172,15 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, MASK,
     else:
         hi = Tk
         full_hi = Tk // BLOCK_N * BLOCK_N
-    if HAS_MASK:
+    if HAS_MASK and not KEY_MASK:  # an arbitrary mask: every tile is masked (a key mask applies to all anyway)
         full_hi = 0
     full_hi = tl.maximum(full_hi, 0)
     acc, m_i, l_i = _attn_fwd_inner(acc, m_i, l_i, q, K, V, MASK, k_desc, v_desc, k_base, v_base, mask_base,
                                     sk_n, sv_n, smk_n, offs_m, offs_n, offs_d, 0, full_hi, Tk, D, OFFSET, qk_scale,
-                                    False, CAUSAL, HAS_MASK, BLOCK_N, BLOCK_D, IEEE, BLOCK_PTR, TMA, WS, LAZY)
+                                    False, CAUSAL, HAS_MASK, BLOCK_N, BLOCK_D, IEEE, BLOCK_PTR, TMA, WS, LAZY, KEY_MASK)
     acc, m_i, l_i = _attn_fwd_inner(acc, m_i, l_i, q, K, V, MASK, k_desc, v_desc, k_base, v_base, mask_base,
                                     sk_n, sv_n, smk_n, offs_m, offs_n, offs_d, full_hi, hi, Tk, D, OFFSET, qk_scale,
-                                    True, CAUSAL, HAS_MASK, BLOCK_N, BLOCK_D, IEEE, BLOCK_PTR, TMA, WS, LAZY)
+                                    True, CAUSAL, HAS_MASK, BLOCK_N, BLOCK_D, IEEE, BLOCK_PTR, TMA, WS, LAZY, KEY_MASK)
     # an empty row stores lse = +inf, so the backward's exp2(s - lse) is 0 there
     out, lse = _finish_rows(acc, m_i, l_i, float("inf"))
     row_ok = offs_m < Tq
@@ -198,13 +207,17 @@ def _attn_bwd_delta_kernel(O, DO, DELTA, so_b, so_h, so_m, sdo_b, sdo_h, sdo_m, 
 
 @triton.jit
 def _scores_bwd(q, kt, lse, offs_m, n, MASK, mask_base, stride_mn, Tq, Tk, OFFSET, qk_scale,
-                CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, IEEE: tl.constexpr):
-    """p (BLOCK_M, BLOCK_N) of the forward, recomputed from q, k and the saved lse; invalid entries are 0."""
+                CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, IEEE: tl.constexpr, KEY_MASK: tl.constexpr):
+    """p (BLOCK_M, BLOCK_N) of the forward, recomputed from q, k and the saved lse; invalid entries are 0.
+    KEY_MASK: mask_base is the batch's row of key flags (a vector load), else the tile's (rows, keys) base."""
     s = _dot(q, kt, IEEE) * qk_scale
     valid = (n[None, :] < Tk) & (offs_m[:, None] < Tq)
     if CAUSAL:
         valid = valid & (n[None, :] <= offs_m[:, None] + OFFSET)
-    if HAS_MASK:
+    if KEY_MASK:
+        km = tl.load(MASK + mask_base + n * stride_mn, mask=n < Tk, other=0)
+        valid = valid & (km[None, :] != 0)
+    elif HAS_MASK:
         mk = tl.load(MASK + mask_base + n[None, :] * stride_mn, mask=valid, other=0)
         valid = valid & (mk != 0)
     return tl.where(valid, tl.math.exp2(s - lse[:, None]), 0.0)
@@ -216,7 +229,8 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, MASK,
                           sdk_b, sdk_h, sdk_n, sdv_b, sdv_h, sdv_n, smk_b, smk_h, smk_m, smk_n,
                           H, HKV, GROUP, Tq, Tk, D, scale, qk_scale,
                           CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr,
-                          BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr):
+                          BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr,
+                          KEY_MASK: tl.constexpr = False):
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     b = pid_bh // HKV
@@ -246,8 +260,12 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, MASK,
                          other=0.0)
             lse = tl.load(LSE + (b * H + h) * Tq + offs_m, mask=offs_m < Tq, other=float("inf"))
             delta = tl.load(DELTA + (b * H + h) * Tq + offs_m, mask=offs_m < Tq, other=0.0)
-            p = _scores_bwd(q, kt, lse, offs_m, n, MASK, b * smk_b + h * smk_h + offs_m[:, None] * smk_m, smk_n,
-                            Tq, Tk, OFFSET, qk_scale, CAUSAL, HAS_MASK, IEEE)
+            if KEY_MASK:
+                mask_base = b * smk_b
+            else:
+                mask_base = b * smk_b + h * smk_h + offs_m[:, None] * smk_m
+            p = _scores_bwd(q, kt, lse, offs_m, n, MASK, mask_base, smk_n, Tq, Tk, OFFSET, qk_scale, CAUSAL, HAS_MASK,
+                            IEEE, KEY_MASK)
             dv += _dot(tl.trans(p.to(do.dtype)), do, IEEE)
             ds = p * (_dot(do, vt, IEEE) - delta[:, None])
             dk += _dot(tl.trans(ds.to(q.dtype)), q, IEEE)
@@ -263,7 +281,7 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, MASK,
                         sdq_b, sdq_h, sdq_m, smk_b, smk_h, smk_m, smk_n,
                         H, GROUP, Tq, Tk, D, scale, qk_scale,
                         CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_D: tl.constexpr, IEEE: tl.constexpr):
+                        BLOCK_D: tl.constexpr, IEEE: tl.constexpr, KEY_MASK: tl.constexpr = False):
     pid_bh, b, h, kvh, m_start = _query_tile(H, GROUP, Tq, BLOCK_M, False)
     OFFSET = Tk - Tq
     offs_m = m_start + tl.arange(0, BLOCK_M)
@@ -278,14 +296,17 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, MASK,
     hi = Tk
     if CAUSAL:
         hi = tl.maximum(tl.minimum(Tk, m_start + BLOCK_M + OFFSET), 0)
-    mask_base = b * smk_b + h * smk_h + offs_m[:, None] * smk_m
+    if KEY_MASK:
+        mask_base = b * smk_b
+    else:
+        mask_base = b * smk_b + h * smk_h + offs_m[:, None] * smk_m
     for start_n in range(0, hi, BLOCK_N):
         n = start_n + offs_nb
         kv_mask = (n[:, None] < Tk) & (offs_d[None, :] < D)
         k = tl.load(K + b * sk_b + kvh * sk_h + n[:, None] * sk_n + offs_d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(V + b * sv_b + kvh * sv_h + n[:, None] * sv_n + offs_d[None, :], mask=kv_mask, other=0.0)
         p = _scores_bwd(q, tl.trans(k), lse, offs_m, n, MASK, mask_base, smk_n, Tq, Tk, OFFSET, qk_scale,
-                        CAUSAL, HAS_MASK, IEEE)
+                        CAUSAL, HAS_MASK, IEEE, KEY_MASK)
         ds = p * (_dot(do, tl.trans(v), IEEE) - delta[:, None])
         dq += _dot(ds.to(k.dtype), k, IEEE)
     tl.store(DQ + b * sdq_b + h * sdq_h + offs_m[:, None] * sdq_m + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
@@ -445,6 +466,14 @@ def _mask_args(attn_mask, B, H, Tq, Tk):
     return m, tuple(m.stride())
 
 
+def _key_mask(mask, ms) -> bool:
+    """True when the (B, H, Tq, Tk) mask view is one row of key flags per batch element (stride 0 over heads
+    and queries, e.g. a (B, 1, 1, Tk) padding mask or its expand): the kernels then load a vector per key tile
+    and keep causal attention's unmasked tiles unmasked. A materialized (B, 1, Tq, Tk) mask, even one whose
+    rows happen to be equal, takes the general path."""
+    return mask is not None and ms[1] == 0 and ms[2] == 0
+
+
 def attention_fwd(q, k, v, causal, scale, attn_mask=None, config=None, need_lse=True, like_inputs=False):
     """Launch the forward; config: None (the table for this GPU), a tuple (BLOCK_M, BLOCK_N, num_warps,
     num_stages) or a dict of those plus the variant flags FWD_FLAGS (REVERSE heavy-first query blocks,
@@ -467,7 +496,8 @@ def attention_fwd(q, k, v, causal, scale, attn_mask=None, config=None, need_lse=
     launch(_attn_fwd_kernel, (triton.cdiv(Tq, c["BLOCK_M"]), B * H), q, k, v, o, lse, mask if mask is not None else q,
            sq[0], sq[1], sq[2], sk[0], sk[1], sk[2], sv[0], sv[1], sv[2], so[0], so[1], so[2],
            *ms, H, H // HKV, Tq, Tk, D, scale * LOG2E,
-           CAUSAL=causal, HAS_MASK=mask is not None, BLOCK_D=_block_d(D), IEEE=exact_dot(q.dtype), **c)
+           CAUSAL=causal, HAS_MASK=mask is not None, KEY_MASK=_key_mask(mask, ms), BLOCK_D=_block_d(D),
+           IEEE=exact_dot(q.dtype), **c)
     return o, (lse if need_lse else None)
 
 
@@ -495,7 +525,8 @@ def attention_bwd(do, q, k, v, o, lse, causal, scale, attn_mask=None, config=Non
     dv = torch.empty_like(v, memory_format=fmt)
     mask, ms = _mask_args(attn_mask, B, H, Tq, Tk)
     c = _settings(bwd_config, D, q.dtype, q.device, config)
-    common = dict(CAUSAL=causal, HAS_MASK=mask is not None, BLOCK_D=BD, IEEE=exact_dot(q.dtype), **c)
+    common = dict(CAUSAL=causal, HAS_MASK=mask is not None, KEY_MASK=_key_mask(mask, ms), BLOCK_D=BD,
+                  IEEE=exact_dot(q.dtype), **c)
     BM, BN = c["BLOCK_M"], c["BLOCK_N"]
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2))
