@@ -473,7 +473,11 @@ class PlanCache:
         try:
             if torch.is_grad_enabled() and any(getattr(a, "requires_grad", False) for a in args):
                 return None
-            return self.get(self.key_of(*args))
+            key = self.key_of(*args)
+            tied = self.tied_to
+            if tied is not None and tied[0][tied[1]] is not self.source:
+                return None  # the checked path's `get` drops the stale plans
+            return self.plans.get(key)
         except (AttributeError, TypeError, RuntimeError):  # not a tensor, unhashable, no strides (sparse)
             return None
 
