@@ -297,11 +297,7 @@ def test_prepared_launch_goes_direct_only_for_what_was_compiled(fake_env):
     assert len(k.jit_calls) == 1 and not k.run_calls
     p(x, y)
     assert k.run_calls == [(3, 2, 1, 1000, "F", "P", None, None, None, x.data_ptr(), y.data_ptr(), 17, 16)]
-    p(x[1:], y)  # X misaligned: compiled for an aligned X, so Triton's path (which compiles the other one)
-    assert len(k.jit_calls) == 2 and len(k.run_calls) == 1
-    fake_env["index"] = 1  # another current device
-    p(x, y)
-    fake_env["index"], fake_env["idle"] = 0, False  # a launch hook
+    fake_env["idle"] = False  # a launch hook
     p(x, y)
     fake_env["idle"] = True
     k.pre_run_hooks.append(lambda *a, **kw: None)
@@ -312,21 +308,33 @@ def test_prepared_launch_goes_direct_only_for_what_was_compiled(fake_env):
         p(x, y)
     finally:
         L.set_fast_launch(True)
-    assert len(k.jit_calls) == 6 and len(k.run_calls) == 1
+    assert len(k.jit_calls) == 4 and len(k.run_calls) == 1
     p(x, y)
     assert len(k.run_calls) == 2
+    fake_env["index"] = 1  # another current device: Triton's path, then direct for that device
+    p(x, y)
+    assert len(k.jit_calls) == 5
+    p(x, y)
+    assert len(k.run_calls) == 3 and k.run_calls[-1][3] == 1001
 
 
-def test_prepared_launch_compiled_for_misaligned_takes_aligned_too(fake_env):
-    """Code compiled without the alignment assumption is right for any pointer; the reverse is not."""
+def test_prepared_launch_follows_the_alignment(fake_env):
+    """A pointer aligned differently from the last resolved call never reaches that call's compiled code."""
     k = FakeJIT()
     x, y = torch.zeros(64), torch.zeros(64)
     p = L.PreparedLaunch(k, (1,), (5,), dict(BLOCK=16))
-    p(x[1:], y)
-    p(x[1:], y)
     p(x, y)
-    assert len(k.jit_calls) == 1 and len(k.run_calls) == 2
-    assert k.run_calls[1][9] == x.data_ptr()
+    p(x, y)
+    assert len(k.jit_calls) == 1 and len(k.run_calls) == 1
+    p(x[1:], y)  # misaligned X: another specialization, compiled through Triton's path
+    assert len(k.jit_calls) == 2 and len(k.run_calls) == 1
+    p(x[1:], y)  # now direct, with the misaligned one
+    assert len(k.run_calls) == 2 and k.run_calls[-1][9] == x[1:].data_ptr()
+    p(x, y)  # aligned again: launch's own cache has that specialization (direct there), then followed here
+    assert len(k.jit_calls) == 2 and len(k.run_calls) == 3
+    p(x, y)
+    assert len(k.run_calls) == 4 and p.direct[5] == (15, 15) and p.direct[6] == ()
+    assert len(L._states[id(k)].cache) == 2
 
 
 def test_prepared_launch_rechecks_triton_globals(fake_env):

@@ -478,8 +478,8 @@ class PlanCache:
             if tied is not None and tied[0][tied[1]] is not self.source:
                 return None  # the checked path's `get` drops the stale plans
             return self.plans.get(key)
-        except (AttributeError, TypeError, RuntimeError):  # not a tensor, unhashable, no strides (sparse)
-            return None
+        except (AttributeError, TypeError, RuntimeError, ValueError):
+            return None  # not a tensor (or a tracer's proxy), unhashable, no strides (sparse): the checked path
 
     def get(self, key):
         tied = self.tied_to
@@ -524,25 +524,30 @@ class PreparedLaunch:
 
     The kernel's tensor parameters must come first in its signature (all of ours do). The first call (and any
     call the direct path must not take) goes through `launch`; once that has compiled and remembered the
-    specialization, later calls call its launcher directly (module docstring)."""
+    specialization, later calls with the same device and the same alignment of every tensor call its launcher
+    directly (module docstring); a call with another one goes through `launch` and is followed from then on."""
     __slots__ = ("kernel", "grid", "scalars", "kw", "direct")
 
     def __init__(self, kernel, grid: tuple, scalars: tuple, kw: dict):
         self.kernel, self.grid, self.scalars, self.kw = kernel, grid, scalars, kw
-        # (device, launcher, grid as 3 ints, fixed args, args after the pointers, alignment masks, globals)
+        # (device, launcher, grid as 3 ints, fixed args, args after the pointers, alignment masks, misaligned
+        # positions, globals read at compile time), for the last specialization this launch was resolved to
         self.direct = None
 
     def __call__(self, *tensors):
         d = self.direct
-        if d is not None and _on and _hooks_idle() and not self.kernel.pre_run_hooks:
-            device, fn, grid3, fixed, back, masks, globals_used = d
+        follow = d is None
+        if not follow and _on and _hooks_idle() and not self.kernel.pre_run_hooks:
+            device, fn, grid3, fixed, back, masks, unaligned, globals_used = d
             ptrs = list(map(_data_ptr, tensors))
-            if (_get_device() == device and not any(map(_and, ptrs, masks))
-                    and (not globals_used or _globals_unchanged(globals_used))):
+            # the specialization compiled for this launch: same device, same 16-byte alignment of every tensor
+            follow = (_get_device() != device or any(map(_and, ptrs, masks))
+                      or (unaligned and not all(ptrs[i] & 15 for i in unaligned)))
+            if not follow and (not globals_used or _globals_unchanged(globals_used)):
                 fn(*grid3, _get_stream(device), *fixed, *ptrs, *back)
                 return
         launch(self.kernel, self.grid, *tensors, *self.scalars, **self.kw)
-        if d is None and _on:
+        if follow and _on:  # first call, or another device or alignment: go direct for this one from now on
             self._resolve(tensors)
 
     def _resolve(self, tensors):
@@ -552,11 +557,16 @@ class PreparedLaunch:
             return
         device = _get_device()
         sk = spec_key(device, (*tensors, *self.scalars), self.kw)
-        entry = state.cache.get(sk[0]) if sk is not None else None
+        try:
+            entry = state.cache.get(sk[0]) if sk is not None else None
+        except TypeError:  # an unhashable constexpr value: `launch` never remembers those
+            return
         if entry is None:
             return
         fn, fixed, tail = entry
         g = self.grid
         grid3 = (g[0], g[1] if len(g) > 1 else 1, g[2] if len(g) > 2 else 1)
-        masks = tuple(0 if t.data_ptr() & 15 else 15 for t in tensors)
-        self.direct = (device, fn, grid3, fixed, (*self.scalars, *tail), masks, state.globals_used)
+        ptrs = [t.data_ptr() for t in tensors]
+        masks = tuple(0 if p & 15 else 15 for p in ptrs)  # aligned ones must stay aligned
+        unaligned = tuple(i for i, p in enumerate(ptrs) if p & 15)  # and these misaligned (another kernel)
+        self.direct = (device, fn, grid3, fixed, (*self.scalars, *tail), masks, unaligned, state.globals_used)
