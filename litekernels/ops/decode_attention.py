@@ -298,11 +298,12 @@ class _Call:
         _check(q, k_cache, v_cache, lengths, key_mask)  # a plan exists only for valid inputs
         B, H, Tq, D = q.shape
         L = k_cache.shape[2]
-        pkey = (B, H, k_cache.shape[1], L, D, Tq, q.dtype, q.device, key_mask is not None, config_key(config), splits)
+        has_mask = key_mask is not None
+        pkey = (B, H, k_cache.shape[1], L, D, Tq, q.dtype, q.device, has_mask, _config_key(config), splits)
         p = self.p = _plans.get(pkey)
         if p is None:
-            p = self.p = _plans[pkey] = _make_plan(B, H, k_cache.shape[1], L, D, Tq, q.dtype, q.device,
-                                                   key_mask is not None, config, splits)
+            p = self.p = _plans[pkey] = _make_plan(B, H, k_cache.shape[1], L, D, Tq, q.dtype, q.device, has_mask,
+                                                   config, splits)
         self.reuse = reuse_scratch
         self.o_shape = (B, H, Tq, D)
         self.o_like = q.is_contiguous()  # then empty_like(q) is a dense o, with less argument parsing
