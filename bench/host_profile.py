@@ -1,6 +1,7 @@
 """Where the host time of one public op call goes (GPU machine): cProfile of N back-to-back calls per op on tiny
-inputs, the top functions by own time, next to the cost of a bare Triton launch of a trivial kernel with as many
-arguments. Complements `bench_ops --only host` (which reports only the per-call total).
+inputs, the top functions by own time, next to the floors: a bare Triton launch of a trivial kernel, the same launch
+through litekernels' `launch` and through a `PreparedLaunch` (what a planned public call uses), torch.add and
+torch.empty_like. Complements `bench_ops --only host` (which reports only the per-call total).
 
     python -m bench.host_profile [--calls 300] [--out PATH]
 """
@@ -62,20 +63,25 @@ def main():
     p.add_argument("--out", default=None)
     args = p.parse_args()
     from bench.host_cases import host_inputs, op_calls
-    from litekernels.ops._launch import fast_launch_enabled, launch
+    from litekernels.ops import _launch
+    from litekernels.ops._launch import PreparedLaunch, fast_launch_enabled, launch
 
     t = host_inputs("cuda")
     x, r = t["x"], t["r"]
     y = torch.empty_like(x)
+    prepared = PreparedLaunch(_noop_kernel, (1,), (16, 1, 2, 3, 4, 5, 6, 7, 8), dict(BLOCK=16))
     cases = {
         "triton_noop_launch": lambda: _noop_kernel[(1,)](x, y, 16, 1, 2, 3, 4, 5, 6, 7, 8, BLOCK=16),
         # the same launch through litekernels' direct path (ops/_launch.py; Triton's path where it is off)
         "litekernels_launch_noop": lambda: launch(_noop_kernel, (1,), x, y, 16, 1, 2, 3, 4, 5, 6, 7, 8, BLOCK=16),
+        # the same launch as a planned public call makes it (all but the tensors fixed in advance)
+        "litekernels_prepared_noop": lambda: prepared(x, y),
         "torch_add": lambda: torch.add(x, r),
+        "torch_empty_like": lambda: torch.empty_like(x),
         **op_calls(t),
     }
     out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-           "fast_launch": fast_launch_enabled(), "ops": {}}
+           "fast_launch": fast_launch_enabled(), "prepared_calls": _launch._plans_on, "ops": {}}
     with torch.no_grad():
         for name, fn in cases.items():
             us = per_call_us(fn, args.calls)

@@ -3,7 +3,9 @@
 Runs every public op on small CPU tensors with the Triton path forced on (`use_triton` patched to True) and the
 kernel launch itself replaced by a no-op, so what is timed is our Python: checks, settings, allocations, the
 autograd decision, and (with litekernels/ops/_launch.py present) the direct-launch dispatch up to the C launcher
-call, which a stand-in takes. Without ops/_launch.py (an older checkout) `kernel[grid]` is the no-op: Triton's
+call, which a stand-in takes. With prepared calls (PlanCache in ops/_launch.py), a repeated call is the plan
+lookup, the output allocation and the PreparedLaunch dispatch; CPU tensors get no cached discard buffer (the GPU
+reuses one), so rms_norm and flash_attention pay one more small allocation here than there. Without ops/_launch.py (an older checkout) `kernel[grid]` is the no-op: Triton's
 own dispatch is then NOT counted, so a before/after comparison favours "before".
 Timed under torch.no_grad, median of --repeats batches of --calls back-to-back calls; the machine's load average
 is recorded (other processes share the cores). Reference points on the same CPU: torch.add and torch.empty.
@@ -98,6 +100,7 @@ def main():
     cases = {
         "torch_add (reference)": lambda: torch.add(t["x"], t["r"]),
         "torch_empty (reference)": lambda: torch.empty((4, 2048), dtype=bf),
+        "torch_empty_like (reference)": lambda: torch.empty_like(t["x"]),
         **op_calls(t),
     }
     load_before = os.getloadavg()
@@ -112,7 +115,8 @@ def main():
     import litekernels
     meta = {"device": "CPU", "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "torch": torch.__version__, "python": platform.python_version(), "litekernels": litekernels.__file__,
-            "mode": mode, "loadavg_before": load_before, "loadavg_after": load_after,
+            "mode": mode, "prepared_calls": getattr(importlib.import_module("litekernels.ops._launch"), "_plans_on", None),
+            "loadavg_before": load_before, "loadavg_after": load_after,
             "calls": args.calls, "repeats": args.repeats,
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     doc = {"meta": meta, "ops": rows}

@@ -146,6 +146,12 @@ def rows_of(t: torch.Tensor, n_cols: int):
     return t2, t2.stride(0), t2.shape[0]
 
 
+def rows_view(t: torch.Tensor, n_cols: int) -> torch.Tensor:
+    """t itself when rows_of(t, n_cols) needs no copy (its rows view has t's data pointer), else a dense copy:
+    what a launcher passes so that its kernel reads t's own memory."""
+    return t if rows_of(t, n_cols)[0].data_ptr() == t.data_ptr() else t.contiguous()
+
+
 def on_same_device(a: torch.Tensor, b: torch.Tensor) -> bool:
     """a.device == b.device, cheaper on the common path (two CUDA tensors: compares device indices)."""
     return (a.is_cuda and b.is_cuda and a.get_device() == b.get_device()) or a.device == b.device

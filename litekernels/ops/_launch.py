@@ -21,7 +21,18 @@ Any other version, the interpreter (TRITON_INTERPRET=1), ROCm builds, machines w
 not plain @triton.jit functions, arguments of other types, and calls made while a launch hook (a profiler such
 as proton), a pre-run hook or a stage-inspection hook is set take the normal `kernel[grid]` path.
 
-Switch: LITEKERNELS_FAST_LAUNCH=0 in the environment (read at import) or `set_fast_launch(False)`.
+Prepared calls (`PreparedLaunch`, `PlanCache`): a public op keeps, per set of input facts (shapes, strides, dtypes,
+devices and scalar arguments: its "plan key"), a plan holding what depends only on them - checks passed, grid,
+strides, constexprs and one `PreparedLaunch` per kernel. A repeated call without autograd builds the key, finds
+the plan and runs it: allocate the outputs, call the compiled kernel's launcher with the tensors' data pointers.
+A plan exists only for keys whose inputs passed the op's full checks, so a hit needs none. Plans hold no tensors
+(outputs are fresh each call; scratch follows `discard_buffer`'s rules). A PreparedLaunch takes the direct path
+only under `launch`'s conditions (switch on, no hooks, the current device it was compiled for) and while every
+tensor that was 16-byte aligned when it was compiled still is; otherwise it calls `launch` (same results).
+
+Switches: LITEKERNELS_FAST_LAUNCH=0 in the environment (read at import) turns off both the direct path and the
+plan lookup in front of the public ops' checks (the launchers still use their plans: same results); at run time
+`set_fast_launch(False)` and `set_prepared_calls(False)` turn off one each.
 Caveat: Triton settings that change compilation at run time (TRITON_DEBUG and the like, read by Triton on each
 call) are not part of the key; after changing one, call `clear_launch_cache()`.
 """
@@ -35,7 +46,7 @@ import os
 import torch
 
 from .._triton import HAS_TRITON, triton
-from ..utils import INTERPRET
+from ..utils import INTERPRET, tracing
 
 # Triton versions whose launch path was read (see the module docstring), and how each passes arguments to the
 # launcher: "nonconstexpr" (3.0-3.2: the values of the non-constexpr parameters) or "all" (3.3+: every
@@ -76,6 +87,7 @@ def _setup():
 _SETUP = _setup()
 _ENV_ON = os.environ.get("LITEKERNELS_FAST_LAUNCH", "1") != "0"
 _on = _SETUP is not None and _ENV_ON
+_plans_on = _ENV_ON  # public calls look their plan up before the checks (also under the interpreter)
 _states: dict = {}  # id(kernel) -> _KernelState
 
 
@@ -93,11 +105,21 @@ def set_fast_launch(enabled: bool) -> bool:
     return previous
 
 
+def set_prepared_calls(enabled: bool) -> bool:
+    """Turn the public ops' plan lookup (before their checks) on or off at run time; returns the previous state."""
+    global _plans_on
+    previous = _plans_on
+    _plans_on = bool(enabled)
+    return previous
+
+
 def clear_launch_cache() -> None:
     """Forget every remembered compiled kernel (the next call of each specialization goes through Triton) and
-    the discard buffers."""
+    the discard buffers and every op's plans."""
     _states.clear()
     _discard.clear()
+    for cache in _plan_caches:
+        cache.plans.clear()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -386,6 +408,18 @@ _discard: dict = {}
 _capturing = getattr(torch._C, "_cuda_isCurrentStreamCapturing", None)
 
 
+def stream_key(device: torch.device):
+    """A key for per-stream reuse of a buffer on `device`: its current stream's id on the GPU, "cpu" off it, None
+    while that stream captures a CUDA graph (then nothing may be reused or cached)."""
+    if device.type != "cuda":
+        return "cpu"
+    if _get_stream is None or _capturing is None:  # an older torch: the public (slower) calls
+        return None if torch.cuda.is_current_stream_capturing() else torch.cuda.current_stream(device).cuda_stream
+    if _capturing():
+        return None
+    return _get_stream(device.index if device.index is not None else _get_device())
+
+
 def discard_buffer(numel: int, like: torch.Tensor) -> torch.Tensor:
     """An fp32 buffer of at least `numel` elements on like's device, for a kernel output the caller ignores.
 
@@ -401,3 +435,138 @@ def discard_buffer(numel: int, like: torch.Tensor) -> torch.Tensor:
     if buf is None or buf.numel() < numel:
         buf = _discard[key] = torch.empty(max(numel, 4096), dtype=torch.float32, device=like.device)
     return buf
+
+
+# ---------------------------------------------------------------------------------------------------------
+# prepared calls: what depends only on the inputs' facts, computed once per op and key (module docstring)
+# ---------------------------------------------------------------------------------------------------------
+MAX_PLANS = 1024  # an op's plans are cleared when they grow past this (many shapes: not a host-bound workload)
+_plan_caches: list = []
+_and = operator.and_
+_data_ptr = torch.Tensor.data_ptr
+
+
+def _globals_unchanged(globals_used) -> bool:
+    """The globals a kernel read when it was compiled still have those values (else Triton raises: let it)."""
+    return all(globals_dict.get(name, _MISSING) == value for (name, _), (value, globals_dict) in globals_used)
+
+
+class PlanCache:
+    """One op's plans: key (built by `key_of` from the public call's arguments) -> plan (any callable object).
+
+    `lookup` is the public function's first step: the plan for these arguments, or None when the call must take
+    the checked path (prepared calls off, a tracer or dispatch mode active, an input needing autograd, arguments
+    that are not tensors or not hashable, or no plan yet). The launcher `put`s a plan after the full checks
+    passed, so only valid keys have one; a key therefore holds every fact the op's checks read.
+    tied_to=(module globals, name): the plans were derived from that module-level cache of settings; when the
+    name is rebound (a test swapping the settings), they are dropped."""
+    __slots__ = ("plans", "key_of", "tied_to", "source")
+
+    def __init__(self, key_of, tied_to=None):
+        self.plans, self.key_of, self.tied_to = {}, key_of, tied_to
+        self.source = tied_to[0][tied_to[1]] if tied_to else None
+        _plan_caches.append(self)
+
+    def lookup(self, *args):
+        if not _plans_on or tracing():
+            return None
+        try:
+            if torch.is_grad_enabled() and any(getattr(a, "requires_grad", False) for a in args):
+                return None
+            key = self.key_of(*args)
+            tied = self.tied_to
+            if tied is not None and tied[0][tied[1]] is not self.source:
+                return None  # the checked path's `get` drops the stale plans
+            return self.plans.get(key)
+        except (AttributeError, TypeError, RuntimeError, ValueError):
+            return None  # not a tensor (or a tracer's proxy), unhashable, no strides (sparse): the checked path
+
+    def get(self, key):
+        tied = self.tied_to
+        if tied is not None and tied[0][tied[1]] is not self.source:
+            self.plans.clear()
+            self.source = tied[0][tied[1]]
+        return self.plans.get(key)
+
+    def put(self, key, plan):
+        if len(self.plans) >= MAX_PLANS:
+            self.plans.clear()
+        self.plans[key] = plan
+        return plan
+
+
+def config_key(config):
+    """A hashable form of a launcher's config= (None, a tuple/list of settings, or a dict)."""
+    if config is None:
+        return None
+    if isinstance(config, (tuple, list)):
+        return tuple(config)
+    return tuple(sorted(config.items()))
+
+
+def contiguous_strides(shape) -> tuple:
+    """The strides torch.empty(shape) gets."""
+    strides, acc = [], 1
+    for n in reversed(tuple(shape)):
+        strides.append(acc)
+        acc *= max(n, 1)
+    return tuple(reversed(strides))
+
+
+def empty_like_if(like: bool, t: torch.Tensor, shape, dtype) -> torch.Tensor:
+    """torch.empty(shape, dtype=dtype, device=t.device); `like` (precomputed: t dense contiguous with that
+    shape and dtype) takes torch.empty_like(t), the same tensor with less argument parsing."""
+    return torch.empty_like(t) if like else torch.empty(shape, dtype=dtype, device=t.device)
+
+
+class PreparedLaunch:
+    """`launch(kernel, grid, *tensors, *scalars, **kw)` with all but the tensors fixed; called with the tensors.
+
+    The kernel's tensor parameters must come first in its signature (all of ours do). The first call (and any
+    call the direct path must not take) goes through `launch`; once that has compiled and remembered the
+    specialization, later calls with the same device and the same alignment of every tensor call its launcher
+    directly (module docstring); a call with another one goes through `launch` and is followed from then on."""
+    __slots__ = ("kernel", "grid", "scalars", "kw", "direct")
+
+    def __init__(self, kernel, grid: tuple, scalars: tuple, kw: dict):
+        self.kernel, self.grid, self.scalars, self.kw = kernel, grid, scalars, kw
+        # (device, launcher, grid as 3 ints, fixed args, args after the pointers, alignment masks, misaligned
+        # positions, globals read at compile time), for the last specialization this launch was resolved to
+        self.direct = None
+
+    def __call__(self, *tensors):
+        d = self.direct
+        follow = d is None
+        if not follow and _on and _hooks_idle() and not self.kernel.pre_run_hooks:
+            device, fn, grid3, fixed, back, masks, unaligned, globals_used = d
+            ptrs = list(map(_data_ptr, tensors))
+            # the specialization compiled for this launch: same device, same 16-byte alignment of every tensor
+            follow = (_get_device() != device or any(map(_and, ptrs, masks))
+                      or (unaligned and not all(ptrs[i] & 15 for i in unaligned)))
+            if not follow and (not globals_used or _globals_unchanged(globals_used)):
+                fn(*grid3, _get_stream(device), *fixed, *ptrs, *back)
+                return
+        launch(self.kernel, self.grid, *tensors, *self.scalars, **self.kw)
+        if follow and _on:  # first call, or another device or alignment: go direct for this one from now on
+            self._resolve(tensors)
+
+    def _resolve(self, tensors):
+        """Find what `launch` remembered for this specialization (nothing when it went through Triton only)."""
+        state = _states.get(id(self.kernel))
+        if state is None or type(self.grid) is not tuple:
+            return
+        device = _get_device()
+        sk = spec_key(device, (*tensors, *self.scalars), self.kw)
+        try:
+            entry = state.cache.get(sk[0]) if sk is not None else None
+        except TypeError:  # an unhashable constexpr value: `launch` never remembers those
+            return
+        if entry is None:
+            return
+        fn, fixed, tail = entry
+        g = self.grid
+        grid3 = (g[0], g[1] if len(g) > 1 else 1, g[2] if len(g) > 2 else 1)
+        ptrs = [t.data_ptr() for t in tensors]
+        masks = tuple(0 if p & 15 else 15 for p in ptrs)  # aligned ones must stay aligned
+        unaligned = tuple(i for i, p in enumerate(ptrs) if p & 15)  # and these misaligned (another kernel)
+        self.direct = (device, fn, grid3, fixed, (*self.scalars, *tail), masks, unaligned, state.globals_used)

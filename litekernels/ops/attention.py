@@ -29,7 +29,7 @@ import torch
 from .. import reference
 from .._triton import tl, triton
 from ..utils import INTERPRET, check_same_device, check_tensor, unit_last, use_triton
-from ._launch import discard_buffer, launch
+from ._launch import PlanCache, PreparedLaunch, config_key, contiguous_strides, discard_buffer, launch
 from ._tl_common import (LOG2E, _dot, _finish_rows, _online_softmax_step, _online_softmax_step_lazy, exact_dot,
                           gpu_arch)
 
@@ -474,6 +474,56 @@ def _key_mask(mask, ms) -> bool:
     return mask is not None and ms[1] == 0 and ms[2] == 0
 
 
+def _fwd_key(q, k, v, causal, scale, attn_mask=None, config=None, like_inputs=False):
+    """The plan key of a forward: every fact of the inputs and arguments that the checks, the settings and the
+    launch read (scale None: the public default, computed as the public function does)."""
+    m = attn_mask
+    return (q.shape, q.stride(), q.dtype, q.device, k.shape, k.stride(), k.dtype, k.device,
+            v.shape, v.stride(), v.dtype, v.device,
+            None if m is None else (m.shape, m.stride(), m.dtype, m.device),
+            causal, default_scale(q.shape[-1]) if scale is None else scale, config_key(config), like_inputs)
+
+
+def default_scale(head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim)
+
+
+_FWD_PLANS = PlanCache(_fwd_key, tied_to=(globals(), "_settings_cache"))
+
+
+class _FwdPlan:
+    """The forward launch for inputs of one plan key (q, k, v with unit last stride, attn_mask None or bool)."""
+    __slots__ = ("o_shape", "o_like", "lse_shape", "lse_numel", "tma", "launch")
+
+    def __init__(self, q, k, v, causal, scale, attn_mask, config, like_inputs):
+        check_attention_inputs(q, k, v, attn_mask)  # a plan exists only for valid inputs
+        B, H, Tq, D = q.shape
+        HKV, Tk = k.shape[1], k.shape[2]
+        self.o_shape, self.lse_shape, self.lse_numel = (B, H, Tq, D), (B, H, Tq), B * H * Tq
+        self.o_like = like_inputs or q.is_contiguous()  # then empty_like(q) is o (dense), with less parsing
+        so = torch.empty_like(q).stride() if self.o_like else contiguous_strides(self.o_shape)
+        _, ms = _mask_args(attn_mask, B, H, Tq, Tk)
+        c = _settings(fwd_config, D, q.dtype, q.device, config)
+        self.tma = bool(c["TMA"])
+        sq, sk, sv = q.stride(), k.stride(), v.stride()
+        self.launch = PreparedLaunch(
+            _attn_fwd_kernel, (triton.cdiv(Tq, c["BLOCK_M"]), B * H),
+            (sq[0], sq[1], sq[2], sk[0], sk[1], sk[2], sv[0], sv[1], sv[2], so[0], so[1], so[2],
+             *ms, H, H // HKV, Tq, Tk, D, scale * LOG2E),
+            dict(CAUSAL=causal, HAS_MASK=attn_mask is not None, KEY_MASK=_key_mask(attn_mask, ms),
+                 BLOCK_D=_block_d(D), IEEE=exact_dot(q.dtype), **c))
+
+    def __call__(self, q, k, v, attn_mask, need_lse):
+        o = torch.empty_like(q) if self.o_like else torch.empty(self.o_shape, dtype=q.dtype, device=q.device)
+        lse = (torch.empty(self.lse_shape, dtype=torch.float32, device=q.device) if need_lse
+               else discard_buffer(self.lse_numel, q))
+        if self.tma:
+            _prepare_tma(q, k, v)
+        # the mask is read as bytes: its uint8 view (same memory; the strides of its broadcast are in the plan)
+        self.launch(q, k, v, o, lse, q if attn_mask is None else attn_mask.view(torch.uint8))
+        return o, (lse if need_lse else None)
+
+
 def attention_fwd(q, k, v, causal, scale, attn_mask=None, config=None, need_lse=True, like_inputs=False):
     """Launch the forward; config: None (the table for this GPU), a tuple (BLOCK_M, BLOCK_N, num_warps,
     num_stages) or a dict of those plus the variant flags FWD_FLAGS (REVERSE heavy-first query blocks,
@@ -483,22 +533,11 @@ def attention_fwd(q, k, v, causal, scale, attn_mask=None, config=None, need_lse=
     HF's q, a (B, Tq, H, D) buffer seen transposed, o.transpose(1, 2) is then already contiguous, so the
     caller's reshape for o_proj is a view and autograd keeps one copy of o, not two (o_proj saves its input)."""
     q, k, v = unit_last(q), unit_last(k), unit_last(v)
-    B, H, Tq, D = q.shape
-    HKV, Tk = k.shape[1], k.shape[2]
-    device = q.device
-    o = torch.empty_like(q) if like_inputs else torch.empty((B, H, Tq, D), dtype=q.dtype, device=device)
-    lse = torch.empty((B, H, Tq), dtype=torch.float32, device=device) if need_lse else discard_buffer(B * H * Tq, q)
-    mask, ms = _mask_args(attn_mask, B, H, Tq, Tk)
-    c = _settings(fwd_config, D, q.dtype, device, config)
-    if c["TMA"]:
-        _prepare_tma(q, k, v)
-    sq, sk, sv, so = q.stride(), k.stride(), v.stride(), o.stride()
-    launch(_attn_fwd_kernel, (triton.cdiv(Tq, c["BLOCK_M"]), B * H), q, k, v, o, lse, mask if mask is not None else q,
-           sq[0], sq[1], sq[2], sk[0], sk[1], sk[2], sv[0], sv[1], sv[2], so[0], so[1], so[2],
-           *ms, H, H // HKV, Tq, Tk, D, scale * LOG2E,
-           CAUSAL=causal, HAS_MASK=mask is not None, KEY_MASK=_key_mask(mask, ms), BLOCK_D=_block_d(D),
-           IEEE=exact_dot(q.dtype), **c)
-    return o, (lse if need_lse else None)
+    if attn_mask is not None and attn_mask.dtype != torch.bool:
+        attn_mask = attn_mask != 0
+    key = _fwd_key(q, k, v, causal, scale, attn_mask, config, like_inputs)
+    plan = _FWD_PLANS.get(key) or _FWD_PLANS.put(key, _FwdPlan(q, k, v, causal, scale, attn_mask, config, like_inputs))
+    return plan(q, k, v, attn_mask, need_lse)
 
 
 @functools.lru_cache(maxsize=None)
@@ -603,16 +642,26 @@ def flash_attention(q, k, v, *, causal: bool = True, scale: float | None = None,
     causal: bottom-right aligned (a prefix of Tk - Tq cached keys is visible to all queries).
     attn_mask: optional bool tensor broadcastable to (B,H,Tq,Tk), True = attend (e.g. (B,1,1,Tk) key padding).
     """
+    plan = _FWD_PLANS.lookup(q, k, v, causal, scale, attn_mask)  # a repeated call without autograd
+    if plan is not None:
+        return plan(q, k, v, attn_mask, False)[0]
     check_attention_inputs(q, k, v, attn_mask)
     if attn_mask is not None and attn_mask.dtype != torch.bool:
         raise TypeError(f"attn_mask must be a bool tensor (True = attend), got {attn_mask.dtype}")
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    return flash_attention_unchecked(q, k, v, bool(causal), scale, attn_mask)
+    scale = default_scale(q.shape[-1]) if scale is None else float(scale)
+    return _flash_attention(q, k, v, bool(causal), scale, attn_mask)
 
 
 def flash_attention_unchecked(q, k, v, causal: bool, scale: float, attn_mask=None):
     """`flash_attention` after its checks (bool causal, float scale): for callers whose inputs are valid by
     construction (the HF attention function). Traced code gets the registered op (litekernels/library.py)."""
+    plan = _FWD_PLANS.lookup(q, k, v, causal, scale, attn_mask)
+    if plan is not None:
+        return plan(q, k, v, attn_mask, False)[0]
+    return _flash_attention(q, k, v, causal, scale, attn_mask)
+
+
+def _flash_attention(q, k, v, causal: bool, scale: float, attn_mask=None):
     if tracing():
         return torch.ops.litekernels.flash_attention(q, k, v, attn_mask, causal, scale)[0]
     if not use_triton(q):

@@ -24,7 +24,7 @@ import torch
 from .. import reference
 from .._triton import tl, triton
 from ..utils import INTERPRET, check_tensor, num_sms, on_same_device, unit_last, use_triton
-from ._launch import launch
+from ._launch import PlanCache, PreparedLaunch, config_key, contiguous_strides, stream_key
 from ._tl_common import (LOG2E, _dot, _finish_rows, _online_softmax_step, check_pdl, exact_dot, gpu_arch,
                          merge_config)
 from .attention import check_attention_inputs
@@ -219,13 +219,7 @@ class _Plan:
 _plans: dict = {}
 
 
-def _config_key(config):
-    if config is None:
-        return None
-    if isinstance(config, (tuple, list)):  # (BLOCK_N, num_warps, num_stages), the older sweep format
-        return tuple(config)
-    return tuple(sorted(config.items()))
-
+_config_key = config_key  # (BLOCK_N, num_warps, num_stages) tuples: the older sweep format
 
 def _make_plan(B, H, HKV, L, D, Tq, dtype, device, has_mask, config, splits) -> _Plan:
     c = decode_config(D, gpu_arch(device), dtype.itemsize)
@@ -263,34 +257,75 @@ def _make_plan(B, H, HKV, L, D, Tq, dtype, device, has_mask, config, splits) -> 
     return p
 
 
-def _current_stream_id(device):
-    """An id of the current stream of a CUDA device (None on the CPU), cheap enough for every call."""
-    if device.type != "cuda":
-        return None
-    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-    if raw is not None:
-        return raw(device.index if device.index is not None else torch.cuda.current_device())
-    return torch.cuda.current_stream(device).cuda_stream
-
-
 def _scratch(p: _Plan, device, reuse: bool = True):
     """(o_part, lse_part, counter) for this launch. Reused per (plan, stream): launches on one stream run in
     order, so the next call's writes cannot overtake this call's reads. Two streams get separate buffers; calls
     made while a CUDA graph is being captured get fresh buffers from the graph's pool (never cached), so a
     replay never shares scratch with eager calls. NOT safe: the same plan used concurrently from two threads
     on one stream (calls are then not ordered) - use separate streams."""
-    capturing = not reuse or (device.type == "cuda" and torch.cuda.is_current_stream_capturing())
-    key = None if capturing else _current_stream_id(device)
-    buf = None if capturing else p.scratch.get(key)
+    key = stream_key(device) if reuse else None
+    buf = None if key is None else p.scratch.get(key)
     if buf is None:
         buf = (torch.empty(p.part_shape, dtype=torch.float32, device=device),
                torch.empty(p.lse_shape, dtype=torch.float32, device=device),
                # the fused combine's arrival counters must start at zero; unfused, the slot is unused (no memset)
                torch.zeros(p.counter_len, dtype=torch.int32, device=device) if p.fused
                else torch.empty(1, dtype=torch.int32, device=device))
-        if not capturing:
+        if key is not None:
             p.scratch[key] = buf
     return buf
+
+
+def _call_key(q, k_cache, v_cache, lengths, scale, key_mask=None, splits=None, config=None, reuse_scratch=True):
+    """The key of a prepared call: every fact of the inputs and arguments that the checks, the plan and the
+    launches read (scale None: the public default)."""
+    m = key_mask
+    return (q.shape, q.stride(), q.dtype, q.device, k_cache.shape, k_cache.stride(), k_cache.dtype, k_cache.device,
+            v_cache.shape, v_cache.stride(), v_cache.dtype, v_cache.device,
+            lengths.shape, lengths.stride(), lengths.dtype, lengths.device,
+            None if m is None else (m.shape, m.stride(), m.dtype, m.device),
+            1.0 / math.sqrt(q.shape[-1]) if scale is None else scale, splits, config_key(config), reuse_scratch)
+
+
+_CALLS = PlanCache(_call_key, tied_to=(globals(), "_plans"))
+
+
+class _Call:
+    """The two launches (split, combine) of a decode call for inputs of one key, over its shape plan `p`."""
+    __slots__ = ("p", "o_shape", "o_like", "reuse", "split", "combine")
+
+    def __init__(self, q, k_cache, v_cache, lengths, scale, key_mask, splits, config, reuse_scratch):
+        _check(q, k_cache, v_cache, lengths, key_mask)  # a plan exists only for valid inputs
+        B, H, Tq, D = q.shape
+        L = k_cache.shape[2]
+        has_mask = key_mask is not None
+        pkey = (B, H, k_cache.shape[1], L, D, Tq, q.dtype, q.device, has_mask, _config_key(config), splits)
+        p = self.p = _plans.get(pkey)
+        if p is None:
+            p = self.p = _plans[pkey] = _make_plan(B, H, k_cache.shape[1], L, D, Tq, q.dtype, q.device, has_mask,
+                                                   config, splits)
+        self.reuse = reuse_scratch
+        self.o_shape = (B, H, Tq, D)
+        self.o_like = q.is_contiguous()  # then empty_like(q) is a dense o, with less argument parsing
+        so = torch.empty_like(q).stride() if self.o_like else contiguous_strides(self.o_shape)
+        skm = key_mask.stride(0) if key_mask is not None else 0
+        sq, sk, sv = q.stride(), k_cache.stride(), v_cache.stride()
+        self.split = PreparedLaunch(
+            _decode_split_kernel, p.grid,
+            (sq[0], sq[1], sq[2], sk[0], sk[1], sk[2], sv[0], sv[1], sv[2], skm, so[0], so[1], so[2],
+             p.HKV, p.GROUP, Tq, D, scale * LOG2E, p.splits), p.consts)
+        self.combine = None if p.fused else PreparedLaunch(
+            _decode_combine_kernel, p.cgrid, (so[0], so[1], so[2], H, Tq, D, p.splits, B * H * Tq), p.cconsts)
+
+    def __call__(self, q, k_cache, v_cache, lengths, key_mask):
+        p = self.p
+        o_part, lse_part, counter = _scratch(p, q.device, self.reuse)
+        o = torch.empty_like(q) if self.o_like else torch.empty(self.o_shape, dtype=q.dtype, device=q.device)
+        km = lengths if key_mask is None else key_mask.view(torch.uint8)  # KEYMASK unused without a mask
+        self.split(q, k_cache, v_cache, lengths, km, o_part, lse_part, o, counter)
+        if self.combine is not None:
+            self.combine(o_part, lse_part, o)
+        return o
 
 
 def decode_attention_fwd(q, k_cache, v_cache, lengths, scale, key_mask=None, splits=None, config=None,
@@ -301,44 +336,17 @@ def decode_attention_fwd(q, k_cache, v_cache, lengths, scale, key_mask=None, spl
     COMBINE_WARPS, PDL: see DECODE_DEFAULTS). reuse_scratch=False: fresh scratch for this call (the registered
     op, whose memory torch.compile's CUDA-graph trees manage: a cached buffer allocated in their pool during
     warm-up would outlive it)."""
-    if q.stride(-1) != 1:
-        q = q.contiguous()
-    B, H, Tq, D = q.shape
-    L = k_cache.shape[2]
-    has_mask = key_mask is not None
-    key = (B, H, k_cache.shape[1], L, D, Tq, q.dtype, q.device, has_mask, _config_key(config), splits)
-    p = _plans.get(key)
-    if p is None:
-        p = _plans[key] = _make_plan(B, H, k_cache.shape[1], L, D, Tq, q.dtype, q.device, has_mask, config, splits)
-    o_part, lse_part, counter = _scratch(p, q.device, reuse_scratch)
-    o = torch.empty((B, H, Tq, D), dtype=q.dtype, device=q.device)
-    if has_mask:
-        km, skm = key_mask.view(torch.uint8), key_mask.stride(0)
-    else:
-        km, skm = lengths, 0
-    sq, sk, sv, so = q.stride(), k_cache.stride(), v_cache.stride(), o.stride()
-    launch(_decode_split_kernel, p.grid,
-           q, k_cache, v_cache, lengths, km, o_part, lse_part, o, counter,
-           sq[0], sq[1], sq[2], sk[0], sk[1], sk[2], sv[0], sv[1], sv[2], skm, so[0], so[1], so[2],
-           p.HKV, p.GROUP, Tq, D, scale * LOG2E, p.splits, **p.consts)
-    if not p.fused:
-        launch(_decode_combine_kernel, p.cgrid, o_part, lse_part, o, so[0], so[1], so[2], H, Tq, D, p.splits,
-               B * H * Tq, **p.cconsts)
-    return o
+    q, lengths = unit_last(q), unit_last(lengths)  # the kernel reads lengths[b] with unit stride
+    if key_mask is not None:
+        key_mask = unit_last(key_mask)
+    key = _call_key(q, k_cache, v_cache, lengths, scale, key_mask, splits, config, reuse_scratch)
+    call = _CALLS.get(key) or _CALLS.put(key, _Call(q, k_cache, v_cache, lengths, scale, key_mask, splits, config,
+                                                    reuse_scratch))
+    return call(q, k_cache, v_cache, lengths, key_mask)
 
 
-from ..utils import tracing  # kept next to its one user, the public function (a local edit)
-
-
-_LENGTH_DTYPES = (torch.int32, torch.int64)
-
-
-def decode_attention(q, k_cache, v_cache, lengths, *, scale: float | None = None, key_mask=None):
-    """Attention of the Tq newest tokens per sequence over a static cache; returns (B,H,Tq,D). Inference only.
-
-    lengths: (B,) int tensor on the cache's device; entries [0, lengths[b]) are valid and include the new tokens.
-    key_mask: optional bool (B, L); False skips a slot (e.g. the left padding of a shorter prompt).
-    """
+def _check(q, k_cache, v_cache, lengths, key_mask=None):
+    """The checks of a public call (on the Triton path): attention shapes, lengths, key_mask, cache layout."""
     check_attention_inputs(q, k_cache, v_cache, key_mask)
     B, L = q.shape[0], k_cache.shape[2]
     if not (isinstance(lengths, torch.Tensor) and lengths.dtype in _LENGTH_DTYPES and lengths.dim() == 1
@@ -354,16 +362,42 @@ def decode_attention(q, k_cache, v_cache, lengths, *, scale: float | None = None
         check_tensor("key_mask", key_mask, ndim=2, dtypes=(torch.bool,))
         if tuple(key_mask.shape) != (B, L):
             raise ValueError(f"key_mask must have shape ({B}, {L}), got {tuple(key_mask.shape)}")
-        key_mask = unit_last(key_mask)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if use_triton(q) and (k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1):
         raise ValueError("k_cache and v_cache need unit stride in head_dim (a static cache is allocated that way)")
-    return decode_attention_unchecked(q, k_cache, v_cache, lengths, scale, key_mask)
+
+
+from ..utils import tracing  # kept next to its one user, the public function (a local edit)
+
+
+_LENGTH_DTYPES = (torch.int32, torch.int64)
+
+
+def decode_attention(q, k_cache, v_cache, lengths, *, scale: float | None = None, key_mask=None):
+    """Attention of the Tq newest tokens per sequence over a static cache; returns (B,H,Tq,D). Inference only.
+
+    lengths: (B,) int tensor on the cache's device; entries [0, lengths[b]) are valid and include the new tokens.
+    key_mask: optional bool (B, L); False skips a slot (e.g. the left padding of a shorter prompt).
+    """
+    plan = _CALLS.lookup(q, k_cache, v_cache, lengths, scale, key_mask)  # a repeated call: checks already passed
+    if plan is not None:
+        return plan(q, k_cache, v_cache, lengths, key_mask)
+    _check(q, k_cache, v_cache, lengths, key_mask)
+    if key_mask is not None:
+        key_mask = unit_last(key_mask)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    return _decode_attention(q, k_cache, v_cache, lengths, scale, key_mask)
 
 
 def decode_attention_unchecked(q, k_cache, v_cache, lengths, scale: float, key_mask=None):
     """`decode_attention` after its checks (float scale, unit-stride caches and key_mask): for callers whose
     inputs are valid by construction (the HF attention function). Traced code gets the registered op."""
+    plan = _CALLS.lookup(q, k_cache, v_cache, lengths, scale, key_mask)
+    if plan is not None:
+        return plan(q, k_cache, v_cache, lengths, key_mask)
+    return _decode_attention(q, k_cache, v_cache, lengths, scale, key_mask)
+
+
+def _decode_attention(q, k_cache, v_cache, lengths, scale: float, key_mask=None):
     if tracing():
         return torch.ops.litekernels.decode_attention(q, k_cache, v_cache, lengths, key_mask, scale)
     if not use_triton(q):
@@ -374,3 +408,4 @@ def decode_attention_unchecked(q, k_cache, v_cache, lengths, scale: float, key_m
 def clear_decode_cache() -> None:
     """Drop the cached launch plans and their scratch buffers (they hold device memory per shape and stream)."""
     _plans.clear()
+    _CALLS.plans.clear()

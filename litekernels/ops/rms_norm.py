@@ -24,8 +24,8 @@ import torch
 from .. import reference
 from .._triton import tl, triton
 from ..utils import (SUPPORTED_DTYPES, as_rows, check_same_device, check_same_dtype, check_same_shape, check_tensor,
-                     num_sms, on_same_device, row_settings, rows_of, use_triton, tracing)
-from ._launch import discard_buffer, launch
+                     num_sms, on_same_device, row_settings, rows_of, rows_view, tracing, unit_last, use_triton)
+from ._launch import PlanCache, PreparedLaunch, discard_buffer, empty_like_if, launch
 
 
 @triton.jit
@@ -91,47 +91,69 @@ def fwd_rows_per_program(block: int, n_rows: int) -> int:
     return max(1, min(rows, triton.next_power_of_2(max(n_rows, 1))))
 
 
-_FWD_PLANS: dict = {}  # (n_rows, n_cols, x dtype, weight dtype) -> (grid, BLOCK, ROWS, num_warps, y dtype)
+def _fwd_key(x, weight, eps, residual=None):
+    """The plan key of a forward: every fact of the inputs that the checks, the settings and the launch read."""
+    k = (x.shape, x.stride(), x.dtype, x.device, weight.shape, weight.stride(), weight.dtype, weight.device, eps)
+    if residual is None:
+        return k
+    return (*k, residual.shape, residual.stride(), residual.dtype, residual.device)
 
 
-def _fwd_plan(n_rows, n_cols, x_dtype, w_dtype):
-    key = (n_rows, n_cols, x_dtype, w_dtype)
-    plan = _FWD_PLANS.get(key)
-    if plan is None:
-        block, warps = row_settings(n_cols, x_dtype.itemsize)
+_FWD_PLANS = PlanCache(_fwd_key)
+
+
+class _FwdPlan:
+    """One forward launch for inputs of one plan key (x and residual usable as rows without a copy, weight with
+    unit stride): y/h allocation and the prepared launch."""
+    __slots__ = ("shape", "y_dtype", "n_rows", "like_x", "y_like_x", "launch")
+
+    def __init__(self, x, weight, eps, residual):
+        _check(x, weight, residual)  # a plan exists only for valid inputs: its key proves a later call's checks
+        shape = self.shape = tuple(x.shape)
+        n_cols = shape[-1]
+        _, sx, n_rows = rows_of(x, n_cols)
+        sr = rows_of(residual, n_cols)[1] if residual is not None else sx
+        block, warps = row_settings(n_cols, x.dtype.itemsize)
         rows = fwd_rows_per_program(block, n_rows)
         warps = 4 if block <= 4096 else warps
-        if len(_FWD_PLANS) > 4096:
-            _FWD_PLANS.clear()
-        plan = _FWD_PLANS[key] = ((triton.cdiv(n_rows, rows),), block, rows, warps,
-                                  torch.promote_types(w_dtype, x_dtype))
-    return plan
+        self.y_dtype = torch.promote_types(weight.dtype, x.dtype)
+        self.n_rows = n_rows
+        self.like_x = x.is_contiguous()  # empty_like(x) is then dense (row stride n_cols), like torch.empty
+        self.y_like_x = self.like_x and self.y_dtype == x.dtype
+        self.launch = PreparedLaunch(_rms_norm_fwd_kernel, (triton.cdiv(n_rows, rows),),
+                                     (sx, sr, n_cols, n_cols, n_rows, n_cols, eps),
+                                     dict(BLOCK=block, ROWS=rows, HAS_RESIDUAL=residual is not None, num_warps=warps))
+
+    def __call__(self, x, weight, residual, need_rstd):
+        y = empty_like_if(self.y_like_x, x, self.shape, self.y_dtype)
+        rstd = (torch.empty(self.n_rows, dtype=torch.float32, device=x.device) if need_rstd
+                else discard_buffer(self.n_rows, x))
+        if residual is not None:
+            h = empty_like_if(self.like_x, x, self.shape, x.dtype)
+            if self.n_rows:
+                self.launch(x, residual, weight, y, h, rstd)
+            return y, h, (rstd if need_rstd else None)
+        if self.n_rows:
+            self.launch(x, x, weight, y, y, rstd)  # R and H unused (HAS_RESIDUAL=False)
+        return y, None, (rstd if need_rstd else None)
 
 
 def rms_norm_fwd(x, weight, eps, residual=None, need_rstd=True):
     """Launch the forward. Returns (y, h, rstd) with y, h shaped like x (h is None without a residual).
     need_rstd=False (no autograd): rstd goes to a discard buffer and None is returned for it."""
-    shape = x.shape
-    n_cols = shape[-1]
-    x2, sx, n_rows = rows_of(x, n_cols)
-    grid, block, rows, warps, y_dtype = _fwd_plan(n_rows, n_cols, x.dtype, weight.dtype)
-    device = x.device
-    y = torch.empty(shape, dtype=y_dtype, device=device)  # dense: row stride n_cols
-    rstd = torch.empty(n_rows, dtype=torch.float32, device=device) if need_rstd else discard_buffer(n_rows, x)
+    n_cols = x.shape[-1]
+    x, weight = rows_view(x, n_cols), unit_last(weight)
     if residual is not None:
-        r2, sr, _ = rows_of(residual, n_cols)
-        h = torch.empty(shape, dtype=x.dtype, device=device)
-    else:
-        r2, sr, h = x2, sx, y  # unused by the kernel (HAS_RESIDUAL=False)
-    if n_rows:
-        launch(_rms_norm_fwd_kernel, grid, x2, r2, weight, y, h, rstd, sx, sr, n_cols, n_cols, n_rows, n_cols, eps,
-               BLOCK=block, ROWS=rows, HAS_RESIDUAL=residual is not None, num_warps=warps)
-    return y, (h if residual is not None else None), (rstd if need_rstd else None)
+        residual = rows_view(residual, n_cols)
+    key = _fwd_key(x, weight, eps, residual)
+    plan = _FWD_PLANS.get(key) or _FWD_PLANS.put(key, _FwdPlan(x, weight, eps, residual))
+    return plan(x, weight, residual, need_rstd)
 
 
 def rms_norm_bwd(dy, x, weight, rstd, dh=None):
     """Launch the backward. x is the normalised input (h for the fused op). Returns (dx, dweight)."""
     shape = x.shape
+    weight = unit_last(weight)  # the kernel reads weight with unit stride
     x2, dy2 = as_rows(x), as_rows(dy)
     n_rows, n_cols = x2.shape
     block, _ = row_settings(n_cols, max(x.element_size(), dy.element_size()))
@@ -206,6 +228,9 @@ def _check(x, weight, residual=None):
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """RMSNorm over the last dimension, HF LlamaRMSNorm semantics. Differentiable in x and weight."""
+    plan = _FWD_PLANS.lookup(x, weight, eps)  # a repeated call without autograd: checks already passed
+    if plan is not None:
+        return plan(x, weight, None, False)[0]
     _check(x, weight)
     if tracing():
         return torch.ops.litekernels.rms_norm(x, weight, float(eps))[0]
@@ -218,6 +243,10 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
 
 def fused_add_rms_norm(x, residual, weight, eps: float = 1e-6):
     """h = x + residual; returns (rms_norm(h), h) in one pass. Differentiable in x, residual and weight."""
+    plan = _FWD_PLANS.lookup(x, weight, eps, residual)  # a repeated call without autograd: checks already passed
+    if plan is not None:
+        y, h, _ = plan(x, weight, residual, False)
+        return y, h
     _check(x, weight, residual)
     if tracing():
         y, h, _ = torch.ops.litekernels.fused_add_rms_norm(x, residual, weight, float(eps))

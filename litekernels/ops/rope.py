@@ -22,7 +22,7 @@ import torch
 from .. import reference
 from .._triton import tl, triton
 from ..utils import SUPPORTED_DTYPES, check_same_device, check_tensor, on_same_device, tracing, unit_last, use_triton
-from ._launch import launch
+from ._launch import PlanCache, PreparedLaunch, launch
 
 
 @triton.jit
@@ -103,22 +103,47 @@ def _cos_strides(c, B):
     return c, (st[0] if c.shape[0] == B else 0), st[1]
 
 
+def _fwd_key(q, k, cos, sin, backward=False):
+    """The plan key of a launch: every fact of the inputs that the checks, the settings and the launch read."""
+    return (q.shape, q.stride(), q.dtype, q.device, k.shape, k.stride(), k.dtype, k.device,
+            cos.shape, cos.stride(), cos.dtype, cos.device, sin.shape, sin.stride(), sin.dtype, sin.device, backward)
+
+
+_FWD_PLANS = PlanCache(_fwd_key)
+
+
+class _RopePlan:
+    """The launch for q, k, cos, sin of one plan key (all with unit last stride)."""
+    __slots__ = ("launch",)
+
+    def __init__(self, q, k, cos, sin, backward):
+        _check(q, k, cos, sin)  # a plan exists only for valid inputs: its key proves a later call's checks
+        B, HQ, T, D = q.shape
+        HK = k.shape[1]
+        _, scb, sct = _cos_strides(cos, B)
+        _, ssb, sst = _cos_strides(sin, B)
+        half, block_hq, block_hk, block_d, warps = _settings(HQ, HK, D)
+        sq, sk = q.stride(), k.stride()
+        sqo, sko = torch.empty_like(q).stride(), torch.empty_like(k).stride()  # what __call__'s outputs get
+        self.launch = None if not B * T else PreparedLaunch(
+            _rope_kernel, (B * T,),
+            (sq[0], sq[1], sq[2], sk[0], sk[1], sk[2], sqo[0], sqo[1], sqo[2], sko[0], sko[1], sko[2],
+             scb, sct, ssb, sst, T, HQ, HK),
+            dict(HALF=half, BLOCK_HQ=block_hq, BLOCK_HK=block_hk, BLOCK_D=block_d, BACKWARD=backward, num_warps=warps))
+
+    def __call__(self, q, k, cos, sin):
+        qo, ko = torch.empty_like(q), torch.empty_like(k)  # same strides as the inputs (dense views stay dense)
+        if self.launch is not None:
+            self.launch(q, k, qo, ko, cos, sin)
+        return qo, ko
+
+
 def rope_fwd(q, k, cos, sin, backward=False):
     """Rotate q (B,H,T,D) and k (B,Hkv,T,D); `backward=True` applies the transpose (used for gradients)."""
-    q, k = unit_last(q), unit_last(k)
-    B, HQ, T, D = q.shape
-    HK = k.shape[1]
-    cos, scb, sct = _cos_strides(cos, B)
-    sin, ssb, sst = _cos_strides(sin, B)
-    qo, ko = torch.empty_like(q), torch.empty_like(k)  # same strides as the inputs (dense views stay dense)
-    if B * T:
-        half, block_hq, block_hk, block_d, warps = _settings(HQ, HK, D)
-        sq, sk, sqo, sko = q.stride(), k.stride(), qo.stride(), ko.stride()
-        launch(_rope_kernel, (B * T,),
-               q, k, qo, ko, cos, sin, sq[0], sq[1], sq[2], sk[0], sk[1], sk[2], sqo[0], sqo[1], sqo[2],
-               sko[0], sko[1], sko[2], scb, sct, ssb, sst, T, HQ, HK,
-               HALF=half, BLOCK_HQ=block_hq, BLOCK_HK=block_hk, BLOCK_D=block_d, BACKWARD=backward, num_warps=warps)
-    return qo, ko
+    q, k, cos, sin = unit_last(q), unit_last(k), unit_last(cos), unit_last(sin)
+    key = _fwd_key(q, k, cos, sin, backward)
+    plan = _FWD_PLANS.get(key) or _FWD_PLANS.put(key, _RopePlan(q, k, cos, sin, backward))
+    return plan(q, k, cos, sin)
 
 
 _SETTINGS: dict = {}
@@ -183,12 +208,22 @@ def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.T
 
     Outputs have q's dtype and layout. Differentiable in q and k.
     """
+    plan = _FWD_PLANS.lookup(q, k, cos, sin)  # a repeated call without autograd: checks already passed
+    if plan is not None:
+        return plan(q, k, cos, sin)
     _check(q, k, cos, sin)
-    return apply_rope_unchecked(q, k, cos, sin)
+    return _apply_rope(q, k, cos, sin)
 
 
 def apply_rope_unchecked(q, k, cos, sin):
     """`apply_rope` without the input checks, for callers whose tensors are valid by construction (the HF patch)."""
+    plan = _FWD_PLANS.lookup(q, k, cos, sin)
+    if plan is not None:
+        return plan(q, k, cos, sin)
+    return _apply_rope(q, k, cos, sin)
+
+
+def _apply_rope(q, k, cos, sin):
     if tracing():
         return tuple(torch.ops.litekernels.apply_rope(q, k, cos, sin))
     if not use_triton(q):

@@ -31,8 +31,8 @@ import torch
 from .. import reference
 from .._triton import tl, triton
 from ..utils import (SUPPORTED_DTYPES, as_rows, check_same_device, check_same_dtype, check_same_shape, check_tensor,
-                     on_same_device, rows_of, tracing, use_triton)
-from ._launch import launch
+                     on_same_device, rows_of, rows_view, tracing, use_triton)
+from ._launch import PlanCache, PreparedLaunch, empty_like_if, launch
 
 BLOCK = 1024
 
@@ -68,17 +68,43 @@ def _grid(n_rows, n_cols):
     return (n_rows, triton.cdiv(n_cols, BLOCK))
 
 
+def _fwd_key(gate, up):
+    """The plan key of a forward: every fact of the inputs that the checks, the settings and the launch read."""
+    return (gate.shape, gate.stride(), gate.dtype, gate.device, up.shape, up.stride(), up.dtype, up.device)
+
+
+_FWD_PLANS = PlanCache(_fwd_key)
+
+
+class _FwdPlan:
+    """The forward launch for gate and up of one plan key (both usable as rows without a copy)."""
+    __slots__ = ("shape", "dtype", "like", "launch")
+
+    def __init__(self, gate, up):
+        _check(gate, up)  # a plan exists only for valid inputs: its key proves a later call's checks
+        shape = self.shape = tuple(gate.shape)
+        n_cols = shape[-1]
+        _, sg, n_rows = rows_of(gate, n_cols)
+        su = rows_of(up, n_cols)[1]
+        self.dtype = gate.dtype
+        self.like = gate.is_contiguous()  # empty_like(gate) is then dense (row stride n_cols), like torch.empty
+        grid = (n_rows, (n_cols + BLOCK - 1) // BLOCK)
+        self.launch = (PreparedLaunch(_silu_mul_fwd_kernel, grid, (sg, su, n_cols, n_cols),
+                                      dict(BLOCK=BLOCK, num_warps=4)) if n_rows * n_cols else None)
+
+    def __call__(self, gate, up):
+        y = empty_like_if(self.like, gate, self.shape, self.dtype)
+        if self.launch is not None:
+            self.launch(gate, up, y)
+        return y
+
+
 def silu_mul_fwd(gate, up):
-    shape = gate.shape
-    n_cols = shape[-1]
-    g, sg, _ = rows_of(gate, n_cols)
-    u, su, _ = rows_of(up, n_cols)
-    y = torch.empty(shape, dtype=gate.dtype, device=gate.device)  # dense: row stride n_cols
-    n = y.numel()
-    if n:
-        launch(_silu_mul_fwd_kernel, (n // n_cols, (n_cols + BLOCK - 1) // BLOCK), g, u, y, sg, su, n_cols, n_cols,
-               BLOCK=BLOCK, num_warps=4)
-    return y
+    n_cols = gate.shape[-1]
+    gate, up = rows_view(gate, n_cols), rows_view(up, n_cols)
+    key = _fwd_key(gate, up)
+    plan = _FWD_PLANS.get(key) or _FWD_PLANS.put(key, _FwdPlan(gate, up))
+    return plan(gate, up)
 
 
 def silu_mul_bwd(dy, gate, up, inplace=False):
@@ -181,12 +207,14 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor, *, inplace_backward: bool = F
 
     inplace_backward: the backward writes the gradients over gate's and up's storage (less memory); only for
     callers that do not use gate and up after this call (see the module docstring)."""
+    plan = _FWD_PLANS.lookup(gate, up)  # a repeated call without autograd: checks already passed
+    if plan is not None:
+        return plan(gate, up)
     T = torch.Tensor
     if not (isinstance(gate, T) and isinstance(up, T) and gate.dim() > 0 and gate.dtype in SUPPORTED_DTYPES
             and up.dtype == gate.dtype and up.shape == gate.shape
             and on_same_device(up, gate)):
         _check(gate, up)  # the common path passes the compound test above; this names what is wrong
-        _check(gate, up)
     if tracing():
         return torch.ops.litekernels.silu_mul(gate, up)
     if not use_triton(gate):

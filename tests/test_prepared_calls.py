@@ -1,0 +1,385 @@
+"""Prepared calls (litekernels/ops/_launch.py: PlanCache, PreparedLaunch): a repeated public call reuses the plan
+of its input facts and skips the checks; it must never reuse the wrong one.
+
+Each op is called, without autograd, on a sequence of inputs that differ from the previous ones in one fact only
+(16-byte alignment: a view at offset 1 element; strides; dtype; shape; device index where there are two GPUs),
+twice each (the second call takes the plan), and every result is compared with the PyTorch reference.
+Easy mistakes guarded against: a key that misses a fact the launch reads (strides, dtype, a scalar argument such
+as eps or scale), a plan stored for input that fails the checks (a later call would skip the error), a plan taken
+while autograd or a tracer needs the slow path, the direct launch used for a pointer whose alignment differs from
+the one its kernel was compiled for, and plans that outlive the settings they were derived from.
+"""
+
+import types
+
+import pytest
+import torch
+
+import litekernels.ops._launch as L
+from litekernels import apply_rope, decode_attention, flash_attention, fused_add_rms_norm, reference, rms_norm, silu_mul
+from litekernels.ops import attention as A
+from litekernels.ops import decode_attention as DA
+from litekernels.ops import rms_norm as RN
+from tests.conftest import HAS_CUDA, requires_kernels
+
+BF16 = torch.bfloat16
+TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), BF16: dict(atol=2e-2, rtol=2e-2), torch.float16: dict(atol=2e-3,
+                                                                                                         rtol=2e-3)}
+
+
+def _offset(t, k=1):
+    """The same values as t, in a tensor whose data pointer is k elements past a fresh allocation (misaligned)."""
+    flat = torch.empty(t.numel() + k, dtype=t.dtype, device=t.device)
+    out = flat[k:].view(t.shape)
+    out.copy_(t)
+    return out
+
+
+def _strided(t):
+    """The same values as t, with a row stride twice the row length (a non-contiguous view)."""
+    wide = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
+    out = wide[..., : t.shape[-1]]
+    out.copy_(t)
+    return out
+
+
+def _close(got, want):
+    got = got if isinstance(got, (tuple, list)) else (got,)
+    want = want if isinstance(want, (tuple, list)) else (want,)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        torch.testing.assert_close(g.float(), w.float(), **TOL[g.dtype])
+
+
+def _variants(make, device):
+    """(name, inputs) pairs: an fp32 base; one input at a time misaligned, then strided; bf16; another shape; the
+    base again."""
+    base = make(torch.float32, 0, device)
+    out = [("base", base)]
+    for i, t in enumerate(base):
+        if t.is_floating_point():
+            out.append((f"input {i} offset 1", [*base[:i], _offset(t), *base[i + 1:]]))
+            if t.dim() > 1:
+                out.append((f"input {i} strided", [*base[:i], _strided(t), *base[i + 1:]]))
+    return out + [("bf16", make(BF16, 0, device)), ("other shape", make(torch.float32, 1, device)), ("base again", base)]
+
+
+def _rms(dtype, bigger, d):
+    return [torch.randn(3 + bigger, 40, dtype=dtype, device=d), torch.randn(40, dtype=dtype, device=d)]
+
+
+def _fused(dtype, bigger, d):
+    return [torch.randn(2, 3 + bigger, 24, dtype=dtype, device=d), torch.randn(2, 3 + bigger, 24, dtype=dtype,
+                                                                              device=d),
+            torch.randn(24, dtype=dtype, device=d)]
+
+
+def _silu(dtype, bigger, d):
+    return [torch.randn(3, 50 + bigger, dtype=dtype, device=d), torch.randn(3, 50 + bigger, dtype=dtype, device=d)]
+
+
+def _rope(dtype, bigger, d):
+    T = 5 + bigger
+    return [torch.randn(2, 4, T, 8, dtype=dtype, device=d), torch.randn(2, 2, T, 8, dtype=dtype, device=d),
+            torch.randn(1, T, 8, dtype=dtype, device=d), torch.randn(1, T, 8, dtype=dtype, device=d)]
+
+
+def _attn(dtype, bigger, d):
+    return [torch.randn(1, 4, 9 + bigger, 16, dtype=dtype, device=d),
+            torch.randn(1, 2, 9 + bigger, 16, dtype=dtype, device=d),
+            torch.randn(1, 2, 9 + bigger, 16, dtype=dtype, device=d)]
+
+
+def _decode(dtype, bigger, d):
+    return [torch.randn(2, 4, 1, 16, dtype=dtype, device=d), torch.randn(2, 2, 24 + bigger, 16, dtype=dtype, device=d),
+            torch.randn(2, 2, 24 + bigger, 16, dtype=dtype, device=d),
+            torch.tensor([5, 24 + bigger], dtype=torch.int32, device=d)]
+
+
+OPS = {
+    "rms_norm": (_rms, lambda x, w: rms_norm(x, w, 1e-5), lambda x, w: reference.rms_norm(x, w, 1e-5)),
+    "fused_add_rms_norm": (_fused, lambda x, r, w: fused_add_rms_norm(x, r, w, 1e-5),
+                           lambda x, r, w: reference.fused_add_rms_norm(x, r, w, 1e-5)),
+    "silu_mul": (_silu, silu_mul, reference.silu_mul),
+    "apply_rope": (_rope, apply_rope, reference.apply_rope),
+    "flash_attention": (_attn, lambda q, k, v: flash_attention(q, k, v, causal=True),
+                        lambda q, k, v: reference.attention(q, k, v, causal=True)),
+    "decode_attention": (_decode, decode_attention, reference.decode_attention),
+}
+
+
+def _ref(ref, inputs):
+    """The reference in float64 (the op's dtype after), on contiguous copies."""
+    out = ref(*[t.double().contiguous() if t.is_floating_point() else t for t in inputs])
+    dtype = inputs[0].dtype
+    return tuple(o.to(dtype) for o in out) if isinstance(out, tuple) else out.to(dtype)
+
+
+def _dev():
+    return "cuda" if HAS_CUDA else "cpu"
+
+
+@requires_kernels()
+@pytest.mark.parametrize("op", list(OPS))
+def test_inputs_differing_in_one_fact_never_share_a_wrong_plan(op):
+    make, call, ref = OPS[op]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, inputs in _variants(make, _dev()):
+            want = _ref(ref, inputs)
+            for _ in range(2):  # the second call takes the plan the first one made
+                try:
+                    _close(call(*inputs), want)
+                except AssertionError as e:
+                    raise AssertionError(f"{op}, {name}: {e}") from None
+
+
+@requires_kernels()
+def test_a_repeated_call_skips_the_checks_and_a_changed_one_does_not(monkeypatch):
+    calls = []
+    real = RN._check
+    monkeypatch.setattr(RN, "_check", lambda *a: calls.append(1) or real(*a))
+    L.clear_launch_cache()  # no plan yet
+    x, w = torch.randn(3, 40, device=_dev()), torch.randn(40, device=_dev())
+    with torch.no_grad():
+        rms_norm(x, w, 1e-5)
+        n = len(calls)
+        assert n >= 1
+        rms_norm(x, w, 1e-5)
+        assert len(calls) == n, "the second call did not take the plan"
+        _close(rms_norm(x, w, 1e-4), reference.rms_norm(x.double(), w.double(), 1e-4).float())  # eps is keyed
+        assert len(calls) > n
+    x.requires_grad_(True)
+    n = len(calls)
+    y = rms_norm(x, w, 1e-5)  # autograd needed: the checked path and an autograd node
+    assert len(calls) > n and y.requires_grad
+
+
+@requires_kernels()
+def test_bad_input_raises_every_time_even_after_a_good_call():
+    d = _dev()
+    x, w = torch.randn(3, 8, device=d), torch.randn(8, device=d)
+    q, kc = torch.randn(2, 4, 1, 16, device=d), torch.randn(2, 2, 24, 16, device=d)
+    n = torch.tensor([5, 24], dtype=torch.int32, device=d)
+    with torch.no_grad():
+        rms_norm(x, w)
+        decode_attention(q, kc, kc, n)
+        for _ in range(2):
+            with pytest.raises(ValueError, match="weight has 7 elements"):
+                rms_norm(x, torch.randn(7, device=d))
+            with pytest.raises(TypeError, match="residual"):
+                fused_add_rms_norm(x, x.half(), w)
+            with pytest.raises(ValueError, match="lengths must have shape"):
+                decode_attention(q, kc, kc, n[:1])
+            with pytest.raises(TypeError, match="attn_mask must be a bool"):
+                flash_attention(q, kc, kc, attn_mask=torch.ones(24, device=d))
+            with pytest.raises(TypeError, match="must be a torch.Tensor"):
+                rms_norm(x.tolist(), w)
+
+
+@requires_kernels()
+def test_strided_weight_and_lengths_are_read_right():
+    """The kernels read weight and lengths with unit stride: strided ones are copied first (wrong before)."""
+    d = _dev()
+    x, w = torch.randn(3, 40, device=d), torch.randn(80, device=d)[::2]
+    with torch.no_grad():
+        for _ in range(2):
+            _close(rms_norm(x, w, 1e-5), reference.rms_norm(x.double(), w.double(), 1e-5).float())
+        q, kc, vc = torch.randn(2, 4, 1, 16, device=d), torch.randn(2, 2, 24, 16, device=d), torch.randn(2, 2, 24, 16,
+                                                                                                           device=d)
+        n = torch.tensor([5, 0, 24, 0], dtype=torch.int64, device=d)[::2]
+        for _ in range(2):
+            _close(decode_attention(q, kc, vc, n), reference.decode_attention(q, kc, vc, n.contiguous()))
+
+
+@requires_kernels()
+def test_no_plan_is_taken_while_tracing():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Seen(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types_, args=(), kwargs=None):
+            self.ops.append(func)
+            return func(*args, **(kwargs or {}))
+
+    x, w = torch.randn(3, 40, device=_dev()), torch.randn(40, device=_dev())
+    with torch.no_grad():
+        rms_norm(x, w)
+        rms_norm(x, w)
+        assert RN._FWD_PLANS.lookup(x, w, 1e-6) is not None
+        with Seen() as mode:
+            assert RN._FWD_PLANS.lookup(x, w, 1e-6) is None
+            y = rms_norm(x, w)  # the registered op, which the mode sees
+        assert any("litekernels" in str(f) for f in mode.ops)
+    _close(y, reference.rms_norm(x.double(), w.double(), 1e-6).float())
+    assert RN._FWD_PLANS.lookup("not a tensor", w, 1e-6) is None
+
+
+@requires_kernels()
+def test_plans_follow_the_settings_they_came_from(monkeypatch):
+    d = _dev()
+    q, k = torch.randn(1, 2, 5, 16, device=d), torch.randn(1, 1, 5, 16, device=d)
+    with torch.no_grad():
+        flash_attention(q, k, k)
+        flash_attention(q, k, k)
+        assert A._FWD_PLANS.lookup(q, k, k, True, None, None) is not None
+        monkeypatch.setattr(A, "_settings_cache", {})  # what tests/test_gpu_tiles.py does
+        assert A._FWD_PLANS.lookup(q, k, k, True, None, None) is None
+        qd, n = q[:, :, :1], torch.tensor([5], device=d)
+        decode_attention(qd, k, k, n)
+        assert DA._CALLS.lookup(qd, k, k, n, None, None) is not None
+        monkeypatch.setattr(DA, "_plans", {})
+        assert DA._CALLS.lookup(qd, k, k, n, None, None) is None
+        L.clear_launch_cache()
+        assert not RN._FWD_PLANS.plans
+
+
+def test_switch_turns_the_lookup_off(monkeypatch):
+    monkeypatch.setattr(L, "_plans_on", True)
+    cache = L.PlanCache(lambda x: (x.shape, x.dtype))
+    x = torch.zeros(3)
+    cache.put(cache.key_of(x), "plan")
+    with torch.no_grad():
+        assert cache.lookup(x) == "plan"
+        assert L.set_prepared_calls(False) is True
+        try:
+            assert cache.lookup(x) is None
+        finally:
+            L.set_prepared_calls(True)
+        assert cache.lookup(torch.zeros(3, dtype=torch.float64)) is None
+    assert cache.lookup(x.requires_grad_(True)) is None  # autograd needed
+    L._plan_caches.remove(cache)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# PreparedLaunch against a stand-in JIT function (no GPU needed)
+# ---------------------------------------------------------------------------------------------------------
+class FakeJIT:
+    """Stands in for a @triton.jit kernel (X, Y, n, BLOCK constexpr): records Triton launches and direct ones."""
+
+    def __init__(self):
+        self.params = [types.SimpleNamespace(name=n, is_constexpr=c) for n, c in
+                       (("X", False), ("Y", False), ("n", False), ("BLOCK", True))]
+
+        def fn(X, Y, n, BLOCK):
+            pass
+        self.fn = fn
+        self.pre_run_hooks = []
+        self.used_global_vals = {}
+        self.jit_calls, self.run_calls = [], []
+        self.compiled = types.SimpleNamespace(function="F", packed_metadata="P",
+                                              run=lambda *a: self.run_calls.append(a))
+
+    def __getitem__(self, grid):
+        return lambda *args, **kw: self.jit_calls.append((grid, args, kw)) or self.compiled
+
+
+@pytest.fixture
+def fake_env(monkeypatch):
+    monkeypatch.setattr(L, "_SETUP", ("all", "chain", None, FakeJIT))
+    monkeypatch.setattr(L, "_on", True)
+    device = {"index": 0, "idle": True}
+    monkeypatch.setattr(L, "_get_device", lambda: device["index"])
+    monkeypatch.setattr(L, "_get_stream", lambda index: 1000 + index)
+    monkeypatch.setattr(L, "_hooks_idle", lambda: device["idle"])
+    monkeypatch.setattr(L, "_states", {})
+    return device
+
+
+def test_prepared_launch_goes_direct_only_for_what_was_compiled(fake_env):
+    k = FakeJIT()
+    x, y = torch.zeros(64), torch.zeros(64)
+    p = L.PreparedLaunch(k, (3, 2), (17,), dict(BLOCK=16))
+    p(x, y)
+    assert len(k.jit_calls) == 1 and not k.run_calls
+    p(x, y)
+    assert k.run_calls == [(3, 2, 1, 1000, "F", "P", None, None, None, x.data_ptr(), y.data_ptr(), 17, 16)]
+    fake_env["idle"] = False  # a launch hook
+    p(x, y)
+    fake_env["idle"] = True
+    k.pre_run_hooks.append(lambda *a, **kw: None)
+    p(x, y)
+    k.pre_run_hooks.clear()
+    L.set_fast_launch(False)
+    try:
+        p(x, y)
+    finally:
+        L.set_fast_launch(True)
+    assert len(k.jit_calls) == 4 and len(k.run_calls) == 1
+    p(x, y)
+    assert len(k.run_calls) == 2
+    fake_env["index"] = 1  # another current device: Triton's path, then direct for that device
+    p(x, y)
+    assert len(k.jit_calls) == 5
+    p(x, y)
+    assert len(k.run_calls) == 3 and k.run_calls[-1][3] == 1001
+
+
+def test_prepared_launch_follows_the_alignment(fake_env):
+    """A pointer aligned differently from the last resolved call never reaches that call's compiled code."""
+    k = FakeJIT()
+    x, y = torch.zeros(64), torch.zeros(64)
+    p = L.PreparedLaunch(k, (1,), (5,), dict(BLOCK=16))
+    p(x, y)
+    p(x, y)
+    assert len(k.jit_calls) == 1 and len(k.run_calls) == 1
+    p(x[1:], y)  # misaligned X: another specialization, compiled through Triton's path
+    assert len(k.jit_calls) == 2 and len(k.run_calls) == 1
+    p(x[1:], y)  # now direct, with the misaligned one
+    assert len(k.run_calls) == 2 and k.run_calls[-1][9] == x[1:].data_ptr()
+    p(x, y)  # aligned again: launch's own cache has that specialization (direct there), then followed here
+    assert len(k.jit_calls) == 2 and len(k.run_calls) == 3
+    p(x, y)
+    assert len(k.run_calls) == 4 and p.direct[5] == (15, 15) and p.direct[6] == ()
+    assert len(L._states[id(k)].cache) == 2
+
+
+def test_prepared_launch_rechecks_triton_globals(fake_env):
+    k = FakeJIT()
+    g = {"SCALE": 1}
+    k.used_global_vals = {("SCALE", id(g)): (1, g)}
+    x = torch.zeros(32)
+    p = L.PreparedLaunch(k, (1,), (5,), dict(BLOCK=16))
+    p(x, x)
+    p(x, x)
+    g["SCALE"] = 2
+    p(x, x)
+    assert len(k.jit_calls) == 2 and len(k.run_calls) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GPU: alignment and device specializations are real there
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("op", list(OPS))
+def test_gpu_aligned_and_misaligned_calls_in_both_orders(op):
+    """Same shapes and strides, only the 16-byte alignment differs: one plan, two compiled specializations."""
+    make, call, ref = OPS[op]
+    torch.manual_seed(1)
+    L.clear_launch_cache()
+    with torch.no_grad():
+        base = make(BF16, 0, "cuda")
+        mis = [_offset(t) if t.is_floating_point() else t for t in base]
+        assert any(t.data_ptr() % 16 for t in mis)
+        for order in ((base, mis), (mis, base)):
+            L.clear_launch_cache()
+            for inputs in (*order, *order):
+                _close(call(*inputs), _ref(ref, inputs))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize("op", list(OPS))
+def test_gpu_same_facts_on_another_device(op):
+    make, call, ref = OPS[op]
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for index in (0, 1, 0, 1):
+            with torch.cuda.device(index):
+                inputs = make(BF16, 0, f"cuda:{index}")
+                got = call(*inputs)
+                assert got[0].device.index == index if isinstance(got, tuple) else got.device.index == index
+                _close(got, _ref(ref, inputs))
