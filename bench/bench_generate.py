@@ -136,7 +136,7 @@ def bench_hf_liger(model, ids, new):
         torch.cuda.empty_cache()
 
 
-def bench_train(layers, batch, seq, steps=5, profile=False):
+def bench_train(layers, batch, seq, steps=5, profile=False, providers=None):
     """Forward+backward of the LM loss at batch x seq: unpatched and patched, eager and torch.compile'd. With
     `profile`, also one profiled step (+ fused AdamW) per provider: GPU ms per kernel category and the top
     kernels (bench_train's categories), to show where compiled and eager differ."""
@@ -152,6 +152,8 @@ def bench_train(layers, batch, seq, steps=5, profile=False):
             apply_lite_llama(model)
         for compiled in (False, True):
             name = ("lite" if patched else "hf-sdpa") + ("-compile" if compiled else "")
+            if providers and name not in providers:
+                continue
             fn = torch.compile(model, fullgraph=True) if compiled else model
 
             def step(fn=fn):
@@ -264,6 +266,7 @@ def main(argv=None):
     p.add_argument("--compile-batches", default="1", help="batches at which the static-compile providers run")
     p.add_argument("--repeats", type=int, default=1, help="timed generates per HF provider (median)")
     p.add_argument("--train", action="store_true", help="add the training-step table (compiles the 1B model)")
+    p.add_argument("--train-providers", default="hf-sdpa,hf-sdpa-compile,lite,lite-compile")
     p.add_argument("--train-profile", action="store_true", help="a kernel-category profile per training provider")
     p.add_argument("--train-shape", default="4,2048", help="batch,seq of the training step")
     p.add_argument("--out", default=None, help="results path (default bench/results/generate-<gpu>.json)")
@@ -351,7 +354,8 @@ def main(argv=None):
         tb, ts = (int(v) for v in args.train_shape.split(","))
         del model
         torch.cuda.empty_cache()
-        doc["train_step"] = bench_train(args.layers, tb, ts, profile=args.train_profile)
+        doc["train_step"] = bench_train(args.layers, tb, ts, profile=args.train_profile,
+                                        providers=args.train_providers.split(","))
     save_results(doc, "generate", out=args.out)
 
 
