@@ -230,3 +230,24 @@ def test_lite_mask_key_row_on_the_kernel_and_the_eager_fallback():
     ok = full.any(-1)[:, 0, :, None, None]  # (B, T, 1, 1): rows with a key (HF fills empty rows differently)
     torch.testing.assert_close(fallback, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(kernel * ok, want * ok, atol=1e-5, rtol=1e-5)
+
+
+def test_chunked_prefill_into_a_static_cache_without_mask():
+    """Two prefill chunks into a static cache, no attention mask: the second chunk's queries must see the first
+    chunk's keys and not the cache's unwritten tail (the "lite" mask builder may hand over None only when the
+    queries are all the keys; here Tq < Tk = max_cache_len)."""
+    from transformers import StaticCache
+
+    model = LlamaForCausalLM(tiny_config()).to(DEVICE).eval()
+    ids = torch.randint(1, 256, (1, 13), device=DEVICE)
+
+    def chunked(m):
+        cache = StaticCache(config=m.config, max_cache_len=32)
+        with torch.no_grad():
+            m(ids[:, :8], past_key_values=cache, cache_position=torch.arange(8, device=DEVICE), use_cache=True)
+            return m(ids[:, 8:], past_key_values=cache, cache_position=torch.arange(8, 13, device=DEVICE),
+                     use_cache=True).logits
+
+    want = chunked(model)
+    apply_lite_llama(model)
+    torch.testing.assert_close(chunked(model), want, atol=2e-4, rtol=2e-4)
