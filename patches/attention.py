@@ -83,8 +83,10 @@ def lite_mask(*args, **kwargs):
     from transformers.masking_utils import causal_mask_function, sdpa_mask
 
     a = kwargs  # create_causal_mask passes everything by keyword (names differ across transformers 5.x)
+    q_offset = a.get("q_offset", 0)  # a tensor for static caches (not readable under compile): not ours then
     if not args and a.get("mask_function") is causal_mask_function and a.get("local_size") is None \
-            and a.get("allow_is_causal_skip", True) and a.get("kv_offset", 0) == 0:
+            and a.get("allow_is_causal_skip", True) and a.get("kv_offset", 0) == 0 \
+            and isinstance(q_offset, int) and q_offset == 0:
         kv = a.get("kv_length")
         q = a.get("q_length")
         if q is None and a.get("cache_position") is not None:  # transformers < 5.2x: positions, not a length
@@ -103,6 +105,10 @@ def lite_attention_forward(module, query, key, value, attention_mask, dropout: f
     mask = attention_mask
     if mask is not None and mask.dtype != torch.bool:
         mask = None if mask.is_floating_point() else mask != 0
+    # HF's sdpa integration reads the call's is_causal before the module's (CLIP's text model: module False, call
+    # True); a key row (lite_mask's) means "causal AND these keys" only for a causal call
+    causal = kwargs.get("is_causal")
+    causal = getattr(module, "is_causal", True) if causal is None else bool(causal)
     # a window no shorter than the keys never cuts (query i sees keys j > i - window): Mistral passes its
     # config's window (4096 by default) on every call, so only a window that matters goes to HF eager
     windowed = sliding_window is not None and key.shape[2] > sliding_window
@@ -110,10 +116,9 @@ def lite_attention_forward(module, query, key, value, attention_mask, dropout: f
             or (attention_mask is not None and mask is None) or query.dtype != key.dtype
             or query.dtype not in SUPPORTED_DTYPES or query.shape[-1] > MAX_HEAD_DIM):
         from transformers.models.llama.modeling_llama import eager_attention_forward
-        if _is_key_row(attention_mask):  # lite_mask's padding row: HF eager needs the causal part spelled out
+        if causal and _is_key_row(attention_mask):  # a padding row: HF eager needs causality spelled out
             Tq, Tk = query.shape[2], key.shape[2]
-            causal = torch.ones(Tq, Tk, dtype=torch.bool, device=query.device).tril(Tk - Tq)
-            attention_mask = attention_mask & causal
+            attention_mask = attention_mask & torch.ones(Tq, Tk, dtype=torch.bool, device=query.device).tril(Tk - Tq)
         if attention_mask is not None and attention_mask.dtype == torch.bool:
             # HF eager attention adds the mask to the scores: a bool mask (our registered sdpa mask builder)
             # must become additive first, or it is silently added as 0/1 (wrong sliding-window/padding logits)
@@ -138,7 +143,6 @@ def lite_attention_forward(module, query, key, value, attention_mask, dropout: f
             lengths = _full_lengths(B, Tk, query.device)
         out = decode_attention_unchecked(query, key, value, lengths, scale, key_mask)
     else:
-        causal = getattr(module, "is_causal", True)
         if mask is None and causal and Tk > Tq > 1:  # top-left causal: later keys are never visible
             key, value = key[:, :, :Tq], value[:, :, :Tq]
         out = flash_attention_unchecked(query, key, value, bool(causal), scale, mask)

@@ -251,3 +251,34 @@ def test_chunked_prefill_into_a_static_cache_without_mask():
     want = chunked(model)
     apply_lite_llama(model)
     torch.testing.assert_close(chunked(model), want, atol=2e-4, rtol=2e-4)
+
+
+@requires_kernels()
+def test_lite_attention_reads_the_calls_is_causal_and_keeps_paths_consistent():
+    """HF passes is_causal per call (CLIP's text model: module False, call True); the kernel path and the eager
+    fallback must both follow it, for a padding row given as a stride-0 view too."""
+    import types
+
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    from litekernels.patches.attention import lite_attention_forward
+
+    B, H, HKV, T, D = 2, 4, 2, 9, 32
+    pad = torch.ones(B, T, dtype=torch.bool, device=DEVICE)
+    pad[1, -3:] = False  # right padding: every query keeps a key, causal or not
+    row = pad[:, None, None, :].expand(B, 1, T, T)
+    q, k, v = torch.randn(B, H, T, D, device=DEVICE), torch.randn(B, HKV, T, D, device=DEVICE), torch.randn(B, HKV, T, D, device=DEVICE)
+    module = types.SimpleNamespace(is_causal=False, training=False, num_key_value_groups=2)
+
+    def eager(mask):
+        add = torch.zeros(mask.shape, device=DEVICE).masked_fill(~mask, torch.finfo(torch.float32).min)
+        return eager_attention_forward(module, q, k, v, add, scaling=D ** -0.5)[0]
+
+    causal = row & torch.ones(T, T, dtype=torch.bool, device=DEVICE).tril()
+    with torch.no_grad():
+        for is_causal, want in ((True, eager(causal)), (None, eager(row.contiguous()))):
+            kw = {} if is_causal is None else {"is_causal": is_causal}
+            kernel, _ = lite_attention_forward(module, q, k, v, row, scaling=D ** -0.5, **kw)
+            fallback, _ = lite_attention_forward(module, q, k, v, row, scaling=D ** -0.5, softcap=50.0, **kw)
+            torch.testing.assert_close(kernel, want, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(fallback, want, atol=1e-5, rtol=1e-5)

@@ -466,12 +466,12 @@ def _mask_args(attn_mask, B, H, Tq, Tk):
     return m, tuple(m.stride())
 
 
-def _key_mask(mask, ms) -> bool:
-    """True when the (B, H, Tq, Tk) mask view is one row of key flags per batch element (stride 0 over heads
-    and queries, e.g. a (B, 1, 1, Tk) padding mask or its expand): the kernels then load a vector per key tile
-    and keep causal attention's unmasked tiles unmasked. A materialized (B, 1, Tq, Tk) mask, even one whose
-    rows happen to be equal, takes the general path."""
-    return mask is not None and ms[1] == 0 and ms[2] == 0
+def _key_mask(mask, ms, H: int, Tq: int) -> bool:
+    """True when the (B, H, Tq, Tk) mask view (strides ms) is one row of key flags per batch element: stride 0
+    (or size 1) over heads and queries, e.g. a (B, 1, 1, Tk) padding mask or its expand. The kernels then load
+    a vector per key tile and keep causal attention's unmasked tiles unmasked. A materialized (B, 1, Tq, Tk)
+    mask, even one whose rows happen to be equal, takes the general path."""
+    return mask is not None and (ms[1] == 0 or H == 1) and (ms[2] == 0 or Tq == 1)
 
 
 def _fwd_key(q, k, v, causal, scale, attn_mask=None, config=None, like_inputs=False):
@@ -510,7 +510,7 @@ class _FwdPlan:
             _attn_fwd_kernel, (triton.cdiv(Tq, c["BLOCK_M"]), B * H),
             (sq[0], sq[1], sq[2], sk[0], sk[1], sk[2], sv[0], sv[1], sv[2], so[0], so[1], so[2],
              *ms, H, H // HKV, Tq, Tk, D, scale * LOG2E),
-            dict(CAUSAL=causal, HAS_MASK=attn_mask is not None, KEY_MASK=_key_mask(attn_mask, ms),
+            dict(CAUSAL=causal, HAS_MASK=attn_mask is not None, KEY_MASK=_key_mask(attn_mask, ms, H, Tq),
                  BLOCK_D=_block_d(D), IEEE=exact_dot(q.dtype), **c))
 
     def __call__(self, q, k, v, attn_mask, need_lse):
@@ -564,7 +564,7 @@ def attention_bwd(do, q, k, v, o, lse, causal, scale, attn_mask=None, config=Non
     dv = torch.empty_like(v, memory_format=fmt)
     mask, ms = _mask_args(attn_mask, B, H, Tq, Tk)
     c = _settings(bwd_config, D, q.dtype, q.device, config)
-    common = dict(CAUSAL=causal, HAS_MASK=mask is not None, KEY_MASK=_key_mask(mask, ms), BLOCK_D=BD,
+    common = dict(CAUSAL=causal, HAS_MASK=mask is not None, KEY_MASK=_key_mask(mask, ms, H, Tq), BLOCK_D=BD,
                   IEEE=exact_dot(q.dtype), **c)
     BM, BN = c["BLOCK_M"], c["BLOCK_N"]
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
