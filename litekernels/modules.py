@@ -7,7 +7,7 @@ from torch import nn
 
 from . import functional as LF
 from .ops.swiglu import silu_mul_linear
-from .utils import tracing
+from .utils import autocast_dtype, tracing
 
 
 def _local(t):
@@ -52,7 +52,8 @@ class LiteMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_proj(x), self.up_proj(x)
         down = self.down_proj
-        if not tracing() and gate.requires_grad and _plain_linear(down) and not _autocast(gate):
+        if not tracing() and gate.requires_grad and _plain_linear(down) \
+                and autocast_dtype(gate.device.type) is None:  # autocast: nn.Linear's dtype would differ
             return silu_mul_linear(gate, up, _local(down.weight), None if down.bias is None else _local(down.bias))
         return down(LF.silu_mul(gate, up, inplace_backward=True))
 
@@ -70,11 +71,3 @@ def _global_module_hooks() -> bool:
     g = torch.nn.modules.module
     return any(getattr(g, name, None) for name in ("_global_forward_hooks", "_global_forward_pre_hooks",
                                                    "_global_backward_hooks", "_global_backward_pre_hooks"))
-
-
-def _autocast(t) -> bool:
-    """Autocast would change the dtype nn.Linear computes in; the fused path then steps aside."""
-    try:
-        return torch.is_autocast_enabled(t.device.type)
-    except TypeError:  # torch < 2.4: no device argument
-        return torch.is_autocast_enabled() if t.is_cuda else torch.is_autocast_cpu_enabled()

@@ -55,6 +55,19 @@ def tracing() -> bool:
     return torch.compiler.is_compiling() or (_dispatch_modes is not None and _dispatch_modes() > 0)
 
 
+def autocast_dtype(device_type: str):
+    """The dtype autocast computes matmuls in on this device type, or None when autocast is off there."""
+    try:
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+    except (TypeError, AttributeError):  # torch < 2.4: no device_type argument, per-device getters
+        if device_type == "cuda" and torch.is_autocast_enabled():
+            return torch.get_autocast_gpu_dtype()
+        if device_type == "cpu" and torch.is_autocast_cpu_enabled():
+            return torch.get_autocast_cpu_dtype()
+    return None
+
+
 def backend_name(device: torch.device | str | None = None) -> str:
     """'triton' (compiled), 'triton-interpreter' or 'reference', for `device` (default: CUDA if present)."""
     if device is None:

@@ -59,16 +59,6 @@ def _cache_field(obj_or_cls) -> str:
     return "cache" if "cache" in getattr(obj_or_cls, "__dataclass_fields__", {}) else "past_key_values"
 
 
-def _autocast_dtype(device_type: str):
-    try:
-        if torch.is_autocast_enabled(device_type):
-            return torch.get_autocast_dtype(device_type)
-    except TypeError:  # torch < 2.4: no device_type argument
-        if device_type == "cuda" and torch.is_autocast_enabled():
-            return torch.get_autocast_gpu_dtype()
-    return None
-
-
 def _uses_fused_path(model, kwargs) -> bool:
     if not model.training or (kwargs.get("labels") is None and kwargs.get("shift_labels") is None):
         return False
@@ -92,7 +82,7 @@ def fused_causal_lm_forward(model, kwargs: dict):
     hidden = _slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
     head = model.get_output_embeddings()
     weight, bias = head.weight, head.bias
-    cast = _autocast_dtype(hidden.device.type)
+    cast = _utils.autocast_dtype(hidden.device.type)
     if cast is not None:
         hidden, weight = hidden.to(cast), weight.to(cast)
         bias = None if bias is None else bias.to(cast)

@@ -282,3 +282,14 @@ def test_lite_attention_reads_the_calls_is_causal_and_keeps_paths_consistent():
             fallback, _ = lite_attention_forward(module, q, k, v, row, scaling=D ** -0.5, softcap=50.0, **kw)
             torch.testing.assert_close(kernel, want, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(fallback, want, atol=1e-5, rtol=1e-5)
+
+
+def test_autocast_dtype_reports_the_active_autocast():
+    """utils.autocast_dtype decides whether LiteMLP's fused SiLU*mul+down and the fused cross-entropy step aside
+    (autocast changes the dtype nn.Linear computes in)."""
+    from litekernels.utils import autocast_dtype
+
+    assert autocast_dtype("cpu") is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert autocast_dtype("cpu") == torch.bfloat16
+    assert autocast_dtype("cpu") is None
