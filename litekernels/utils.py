@@ -162,7 +162,8 @@ def rows_of(t: torch.Tensor, n_cols: int):
 def rows_view(t: torch.Tensor, n_cols: int) -> torch.Tensor:
     """t itself when rows_of(t, n_cols) needs no copy (its rows view has t's data pointer), else a dense copy:
     what a launcher passes so that its kernel reads t's own memory."""
-    return t if rows_of(t, n_cols)[0].data_ptr() == t.data_ptr() else t.contiguous()
+    t2 = rows_of(t, n_cols)[0]
+    return t if t2.data_ptr() == t.data_ptr() else t2.view(t.shape)
 
 
 def on_same_device(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -239,8 +239,8 @@ MUTATIONS = [
       "    st = _state(model)\n    with st.lock:\n        # greedy: the whole step",
       "    st = _state(model)\n    with __import__('contextlib').nullcontext():\n        # greedy: the whole step", SAFE),
     # --- flash-decoding launch plans, attention backward preprocess -----------------------------------------
-    M("decode_plan_key_ignores_mask", OPS + "decode_attention.py", "q.dtype, q.device, has_mask, _config_key(config), splits)",
-      "q.dtype, q.device, _config_key(config), splits)", DEC, ATTV, why="a plan built without a key mask reused for a masked call"),
+    M("decode_plan_key_ignores_mask", OPS + "decode_attention.py", "q.dtype, q.device, has_mask, config_key(config), splits)",
+      "q.dtype, q.device, config_key(config), splits)", DEC, ATTV, why="a plan built without a key mask reused for a masked call"),
     M("decode_plan_key_ignores_tq", OPS + "decode_attention.py", "key = (B, H, k_cache.shape[1], L, D, Tq, q.dtype",
       "key = (B, H, k_cache.shape[1], L, D, q.dtype", DEC, ATTV),
     M("attn_bwd_delta_uses_o_twice", OPS + "attention.py", "delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)",

@@ -427,10 +427,10 @@ def discard_buffer(numel: int, like: torch.Tensor) -> torch.Tensor:
     old memory is only handed to later work on that stream; never cached while a CUDA graph is captured (the
     graph gets its own from its pool), nor off the GPU. Concurrent writers (two threads on one stream) race
     only on values nobody reads."""
-    if not like.is_cuda or numel > DISCARD_MAX_ELEMENTS or _capturing is None or _get_stream is None or _capturing():
+    stream = stream_key(like.device) if like.is_cuda and numel <= DISCARD_MAX_ELEMENTS else None
+    if stream is None:  # off the GPU, large, or capturing
         return torch.empty(numel, dtype=torch.float32, device=like.device)
-    index = like.get_device()
-    key = (index, _get_stream(index))
+    key = (like.get_device(), stream)  # raw stream 0 (the default stream) has one id on every device
     buf = _discard.get(key)
     if buf is None or buf.numel() < numel:
         buf = _discard[key] = torch.empty(max(numel, 4096), dtype=torch.float32, device=like.device)
@@ -494,6 +494,11 @@ class PlanCache:
         self.plans[key] = plan
         return plan
 
+    def get_or_build(self, key, build, *args):
+        """The plan for key, built as build(*args) (which runs the op's checks) on a miss."""
+        plan = self.get(key)
+        return plan if plan is not None else self.put(key, build(*args))
+
 
 def config_key(config):
     """A hashable form of a launcher's config= (None, a tuple/list of settings, or a dict)."""
@@ -514,9 +519,15 @@ def contiguous_strides(shape) -> tuple:
 
 
 def empty_like_if(like: bool, t: torch.Tensor, shape, dtype) -> torch.Tensor:
-    """torch.empty(shape, dtype=dtype, device=t.device); `like` (precomputed: t dense contiguous with that
-    shape and dtype) takes torch.empty_like(t), the same tensor with less argument parsing."""
+    """An output: torch.empty_like(t) when `like` (a plan's precomputed choice: t's layout, or t dense
+    contiguous with that shape and dtype, where it is the same tensor with less argument parsing), else
+    torch.empty(shape, dtype=dtype, device=t.device)."""
     return torch.empty_like(t) if like else torch.empty(shape, dtype=dtype, device=t.device)
+
+
+def out_strides(like: bool, t: torch.Tensor, shape) -> tuple:
+    """The strides empty_like_if(like, t, shape, ...) will give, for a plan (nothing allocated)."""
+    return torch.empty_like(t, device="meta").stride() if like else contiguous_strides(shape)
 
 
 class PreparedLaunch:

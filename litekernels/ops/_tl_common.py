@@ -10,11 +10,13 @@ query they use to pick settings per GPU. Every op module imports from here; no o
   gpu_arch(device)      (compute capability major, minor, shared memory per block opt-in) of the launch device
   HAS_PDL               this Triton can launch with programmatic dependent launch (launch_pdl + gdc_* intrinsics)
   merge_config, check_pdl  a launch's config= dict over the defaults; the PDL=True precondition check
+  block_d(D), default_scale(D)  the head_dim tile (power of two, >= 16); softmax's default 1/sqrt(head_dim)
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
@@ -111,6 +113,16 @@ def _has_pdl() -> bool:
 
 
 HAS_PDL = _has_pdl()
+
+
+def block_d(D: int) -> int:
+    """The head_dim tile: the next power of two, at least 16 (tl.dot's minimum)."""
+    return max(16, triton.next_power_of_2(D))
+
+
+def default_scale(head_dim: int) -> float:
+    """The attention scale when the caller gives none: 1/sqrt(head_dim)."""
+    return 1.0 / math.sqrt(head_dim)
 
 
 def merge_config(defaults: dict, config: dict | None, what: str) -> dict:

@@ -21,17 +21,15 @@ Usage: o = flash_attention(q, k, v, causal=True)
 
 from __future__ import annotations
 
-import functools
-import math
 
 import torch
 
 from .. import reference
 from .._triton import tl, triton
 from ..utils import INTERPRET, check_same_device, check_tensor, unit_last, use_triton
-from ._launch import PlanCache, PreparedLaunch, config_key, contiguous_strides, discard_buffer, launch
+from ._launch import PlanCache, PreparedLaunch, config_key, discard_buffer, empty_like_if, launch, out_strides
 from ._tl_common import (LOG2E, _dot, _finish_rows, _online_softmax_step, _online_softmax_step_lazy, exact_dot,
-                          gpu_arch)
+                          block_d, default_scale, gpu_arch, merge_config)
 
 MAX_HEAD_DIM = 256
 
@@ -396,9 +394,6 @@ def _as_config(config, default: dict) -> dict:
         return default
     if isinstance(config, (tuple, list)):
         config = dict(zip(("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"), config))
-    unknown = set(config) - set(default)
-    if unknown:
-        raise ValueError(f"unknown attention config keys {sorted(unknown)}; known: {sorted(default)}")
     if config.get("BLOCK_PTR") and not HAS_BLOCK_PTR:
         raise ValueError(f"config BLOCK_PTR=True needs tl.make_block_ptr, which triton {triton.__version__} removed")
     if config.get("TMA") and not HAS_TMA:
@@ -408,7 +403,7 @@ def _as_config(config, default: dict) -> dict:
         raise ValueError(f"config WS=True needs tl.range(warp_specialize=...), which triton {triton.__version__} lacks")
     if config.get("WS") and config.get("BLOCK_PTR"):
         raise ValueError("config WS=True does not combine with BLOCK_PTR=True (use TMA=True for descriptor loads)")
-    return {**default, **config}
+    return merge_config(dict(default), config, "attention")
 
 
 def _tma_workspace(size: int, alignment: int, stream):
@@ -484,9 +479,6 @@ def _fwd_key(q, k, v, causal, scale, attn_mask=None, config=None, like_inputs=Fa
             causal, default_scale(q.shape[-1]) if scale is None else scale, config_key(config), like_inputs)
 
 
-def default_scale(head_dim: int) -> float:
-    return 1.0 / math.sqrt(head_dim)
-
 
 _FWD_PLANS = PlanCache(_fwd_key, tied_to=(globals(), "_settings_cache"))
 
@@ -501,7 +493,7 @@ class _FwdPlan:
         HKV, Tk = k.shape[1], k.shape[2]
         self.o_shape, self.lse_shape, self.lse_numel = (B, H, Tq, D), (B, H, Tq), B * H * Tq
         self.o_like = like_inputs or q.is_contiguous()  # then empty_like(q) is o (dense), with less parsing
-        so = torch.empty_like(q).stride() if self.o_like else contiguous_strides(self.o_shape)
+        so = out_strides(self.o_like, q, self.o_shape)
         _, ms = _mask_args(attn_mask, B, H, Tq, Tk)
         c = _settings(fwd_config, D, q.dtype, q.device, config)
         self.tma = bool(c["TMA"])
@@ -511,10 +503,10 @@ class _FwdPlan:
             (sq[0], sq[1], sq[2], sk[0], sk[1], sk[2], sv[0], sv[1], sv[2], so[0], so[1], so[2],
              *ms, H, H // HKV, Tq, Tk, D, scale * LOG2E),
             dict(CAUSAL=causal, HAS_MASK=attn_mask is not None, KEY_MASK=_key_mask(attn_mask, ms, H, Tq),
-                 BLOCK_D=_block_d(D), IEEE=exact_dot(q.dtype), **c))
+                 BLOCK_D=block_d(D), IEEE=exact_dot(q.dtype), **c))
 
     def __call__(self, q, k, v, attn_mask, need_lse):
-        o = torch.empty_like(q) if self.o_like else torch.empty(self.o_shape, dtype=q.dtype, device=q.device)
+        o = empty_like_if(self.o_like, q, self.o_shape, q.dtype)
         lse = (torch.empty(self.lse_shape, dtype=torch.float32, device=q.device) if need_lse
                else discard_buffer(self.lse_numel, q))
         if self.tma:
@@ -536,14 +528,8 @@ def attention_fwd(q, k, v, causal, scale, attn_mask=None, config=None, need_lse=
     if attn_mask is not None and attn_mask.dtype != torch.bool:
         attn_mask = attn_mask != 0
     key = _fwd_key(q, k, v, causal, scale, attn_mask, config, like_inputs)
-    plan = _FWD_PLANS.get(key) or _FWD_PLANS.put(key, _FwdPlan(q, k, v, causal, scale, attn_mask, config, like_inputs))
+    plan = _FWD_PLANS.get_or_build(key, _FwdPlan, q, k, v, causal, scale, attn_mask, config, like_inputs)
     return plan(q, k, v, attn_mask, need_lse)
-
-
-@functools.lru_cache(maxsize=None)
-def _block_d(D: int) -> int:
-    """The head_dim tile: the next power of two, at least 16 (tl.dot's minimum)."""
-    return max(16, triton.next_power_of_2(D))
 
 
 def attention_bwd(do, q, k, v, o, lse, causal, scale, attn_mask=None, config=None, like_inputs=False):
@@ -552,7 +538,7 @@ def attention_bwd(do, q, k, v, o, lse, causal, scale, attn_mask=None, config=Non
     do, q, k, v, o = unit_last(do), unit_last(q), unit_last(k), unit_last(v), unit_last(o)
     B, H, Tq, D = q.shape
     HKV, Tk = k.shape[1], k.shape[2]
-    BD = max(16, triton.next_power_of_2(D))
+    BD = block_d(D)
     delta = torch.empty((B, H, Tq), dtype=torch.float32, device=q.device)
     DM = 16 if INTERPRET else max(1, min(128, 8192 // BD))
     launch(_attn_bwd_delta_kernel, (triton.cdiv(Tq, DM), B * H),

@@ -17,16 +17,15 @@ Usage: o = decode_attention(q, k_cache, v_cache, lengths)
 
 from __future__ import annotations
 
-import math
 
 import torch
 
 from .. import reference
 from .._triton import tl, triton
 from ..utils import INTERPRET, check_tensor, num_sms, on_same_device, unit_last, use_triton
-from ._launch import PlanCache, PreparedLaunch, config_key, contiguous_strides, stream_key
+from ._launch import PlanCache, PreparedLaunch, config_key, empty_like_if, out_strides, stream_key
 from ._tl_common import (LOG2E, _dot, _finish_rows, _online_softmax_step, check_pdl, exact_dot, gpu_arch,
-                         merge_config)
+                         block_d, default_scale, merge_config)
 from .attention import check_attention_inputs
 
 
@@ -191,7 +190,7 @@ def decode_config(D: int, arch=None, element_size: int = 2) -> dict:
         c.update(BLOCK_N=16, num_warps=1, num_stages=1)
         return c
     smem = (arch or gpu_arch())[2]
-    bd = max(16, triton.next_power_of_2(D))
+    bd = block_d(D)
     if element_size > 2:
         c["BLOCK_N"] = 32
     per_stage = 2 * c["BLOCK_N"] * bd * element_size  # one K and one V tile
@@ -219,8 +218,6 @@ class _Plan:
 _plans: dict = {}
 
 
-_config_key = config_key  # (BLOCK_N, num_warps, num_stages) tuples: the older sweep format
-
 def _make_plan(B, H, HKV, L, D, Tq, dtype, device, has_mask, config, splits) -> _Plan:
     c = decode_config(D, gpu_arch(device), dtype.itemsize)
     if isinstance(config, (tuple, list)):
@@ -235,7 +232,7 @@ def _make_plan(B, H, HKV, L, D, Tq, dtype, device, has_mask, config, splits) -> 
     p.splits = int(splits or c["SPLITS"] or choose_splits(B, HKV, L, c["BLOCK_N"], c["WAVES"], c["MIN_CHUNK"],
                                                          c["MAX_SPLITS"]))
     group = H // HKV
-    bd = max(16, triton.next_power_of_2(D))
+    bd = block_d(D)
     bs = max(2, triton.next_power_of_2(p.splits))
     p.B, p.H, p.Tq, p.D, p.HKV, p.GROUP, p.fused = B, H, Tq, D, HKV, group, bool(c["FUSED"])
     rows = int(c["COMBINE_ROWS"])
@@ -284,7 +281,7 @@ def _call_key(q, k_cache, v_cache, lengths, scale, key_mask=None, splits=None, c
             v_cache.shape, v_cache.stride(), v_cache.dtype, v_cache.device,
             lengths.shape, lengths.stride(), lengths.dtype, lengths.device,
             None if m is None else (m.shape, m.stride(), m.dtype, m.device),
-            1.0 / math.sqrt(q.shape[-1]) if scale is None else scale, splits, config_key(config), reuse_scratch)
+            default_scale(q.shape[-1]) if scale is None else scale, splits, config_key(config), reuse_scratch)
 
 
 _CALLS = PlanCache(_call_key, tied_to=(globals(), "_plans"))
@@ -299,7 +296,7 @@ class _Call:
         B, H, Tq, D = q.shape
         L = k_cache.shape[2]
         has_mask = key_mask is not None
-        pkey = (B, H, k_cache.shape[1], L, D, Tq, q.dtype, q.device, has_mask, _config_key(config), splits)
+        pkey = (B, H, k_cache.shape[1], L, D, Tq, q.dtype, q.device, has_mask, config_key(config), splits)
         p = self.p = _plans.get(pkey)
         if p is None:
             p = self.p = _plans[pkey] = _make_plan(B, H, k_cache.shape[1], L, D, Tq, q.dtype, q.device, has_mask,
@@ -307,7 +304,7 @@ class _Call:
         self.reuse = reuse_scratch
         self.o_shape = (B, H, Tq, D)
         self.o_like = q.is_contiguous()  # then empty_like(q) is a dense o, with less argument parsing
-        so = torch.empty_like(q).stride() if self.o_like else contiguous_strides(self.o_shape)
+        so = out_strides(self.o_like, q, self.o_shape)
         skm = key_mask.stride(0) if key_mask is not None else 0
         sq, sk, sv = q.stride(), k_cache.stride(), v_cache.stride()
         self.split = PreparedLaunch(
@@ -320,7 +317,7 @@ class _Call:
     def __call__(self, q, k_cache, v_cache, lengths, key_mask):
         p = self.p
         o_part, lse_part, counter = _scratch(p, q.device, self.reuse)
-        o = torch.empty_like(q) if self.o_like else torch.empty(self.o_shape, dtype=q.dtype, device=q.device)
+        o = empty_like_if(self.o_like, q, self.o_shape, q.dtype)
         km = lengths if key_mask is None else key_mask.view(torch.uint8)  # KEYMASK unused without a mask
         self.split(q, k_cache, v_cache, lengths, km, o_part, lse_part, o, counter)
         if self.combine is not None:
@@ -340,8 +337,7 @@ def decode_attention_fwd(q, k_cache, v_cache, lengths, scale, key_mask=None, spl
     if key_mask is not None:
         key_mask = unit_last(key_mask)
     key = _call_key(q, k_cache, v_cache, lengths, scale, key_mask, splits, config, reuse_scratch)
-    call = _CALLS.get(key) or _CALLS.put(key, _Call(q, k_cache, v_cache, lengths, scale, key_mask, splits, config,
-                                                    reuse_scratch))
+    call = _CALLS.get_or_build(key, _Call, q, k_cache, v_cache, lengths, scale, key_mask, splits, config, reuse_scratch)
     return call(q, k_cache, v_cache, lengths, key_mask)
 
 
@@ -384,7 +380,7 @@ def decode_attention(q, k_cache, v_cache, lengths, *, scale: float | None = None
     _check(q, k_cache, v_cache, lengths, key_mask)
     if key_mask is not None:
         key_mask = unit_last(key_mask)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    scale = default_scale(q.shape[-1]) if scale is None else float(scale)
     return _decode_attention(q, k_cache, v_cache, lengths, scale, key_mask)
 
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from .._triton import tl, triton
 from ..utils import INTERPRET, check_same_device, check_tensor, unit_last, use_triton
+from ._launch import launch
 from ._tl_common import _dot, exact_dot
 
 MAX_ROWS = 16
@@ -59,7 +60,7 @@ def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     x2 = unit_last(x.reshape(rows, K))
     y = torch.empty((rows, N), dtype=x.dtype, device=x.device)
     BN, BK, warps, stages = config or _config(N, K)
-    _skinny_gemm_kernel[(triton.cdiv(N, BN),)](
+    launch(_skinny_gemm_kernel, (triton.cdiv(N, BN),),
         x2, weight, bias if bias is not None else weight, y, rows, N, K, x2.stride(0), weight.stride(0), y.stride(0),
         HAS_BIAS=bias is not None, BLOCK_M=16, BLOCK_N=BN, BLOCK_K=BK, IEEE=exact_dot(x.dtype),
         num_warps=warps, num_stages=stages)

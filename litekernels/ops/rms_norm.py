@@ -146,7 +146,7 @@ def rms_norm_fwd(x, weight, eps, residual=None, need_rstd=True):
     if residual is not None:
         residual = rows_view(residual, n_cols)
     key = _fwd_key(x, weight, eps, residual)
-    plan = _FWD_PLANS.get(key) or _FWD_PLANS.put(key, _FwdPlan(x, weight, eps, residual))
+    plan = _FWD_PLANS.get_or_build(key, _FwdPlan, x, weight, eps, residual)
     return plan(x, weight, residual, need_rstd)
 
 

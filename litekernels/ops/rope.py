@@ -22,7 +22,7 @@ import torch
 from .. import reference
 from .._triton import tl, triton
 from ..utils import SUPPORTED_DTYPES, check_same_device, check_tensor, on_same_device, tracing, unit_last, use_triton
-from ._launch import PlanCache, PreparedLaunch, launch
+from ._launch import PlanCache, PreparedLaunch, launch, out_strides
 
 
 @triton.jit
@@ -124,7 +124,7 @@ class _RopePlan:
         _, ssb, sst = _cos_strides(sin, B)
         half, block_hq, block_hk, block_d, warps = _settings(HQ, HK, D)
         sq, sk = q.stride(), k.stride()
-        sqo, sko = torch.empty_like(q).stride(), torch.empty_like(k).stride()  # what __call__'s outputs get
+        sqo, sko = out_strides(True, q, None), out_strides(True, k, None)  # what __call__'s empty_like outputs get
         self.launch = None if not B * T else PreparedLaunch(
             _rope_kernel, (B * T,),
             (sq[0], sq[1], sq[2], sk[0], sk[1], sk[2], sqo[0], sqo[1], sqo[2], sko[0], sko[1], sko[2],
@@ -142,7 +142,7 @@ def rope_fwd(q, k, cos, sin, backward=False):
     """Rotate q (B,H,T,D) and k (B,Hkv,T,D); `backward=True` applies the transpose (used for gradients)."""
     q, k, cos, sin = unit_last(q), unit_last(k), unit_last(cos), unit_last(sin)
     key = _fwd_key(q, k, cos, sin, backward)
-    plan = _FWD_PLANS.get(key) or _FWD_PLANS.put(key, _RopePlan(q, k, cos, sin, backward))
+    plan = _FWD_PLANS.get_or_build(key, _RopePlan, q, k, cos, sin, backward)
     return plan(q, k, cos, sin)
 
 

@@ -103,7 +103,7 @@ def silu_mul_fwd(gate, up):
     n_cols = gate.shape[-1]
     gate, up = rows_view(gate, n_cols), rows_view(up, n_cols)
     key = _fwd_key(gate, up)
-    plan = _FWD_PLANS.get(key) or _FWD_PLANS.put(key, _FwdPlan(gate, up))
+    plan = _FWD_PLANS.get_or_build(key, _FwdPlan, gate, up)
     return plan(gate, up)
 
 
@@ -132,6 +132,15 @@ def _can_overwrite(gate, up) -> bool:
             and gate.untyped_storage().data_ptr() != up.untyped_storage().data_ptr())
 
 
+def _silu_mul_grads(dy, gate, up, inplace):
+    inplace = inplace and _can_overwrite(gate, up)
+    dg, du = silu_mul_bwd(dy, gate, up, inplace=inplace)
+    if inplace:
+        _increment_version(gate)
+        _increment_version(up)
+    return dg, du
+
+
 class LiteSiLUMulFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gate, up, inplace_backward=False):
@@ -142,11 +151,7 @@ class LiteSiLUMulFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         gate, up = ctx.saved_tensors
-        inplace = ctx.inplace_backward and _can_overwrite(gate, up)
-        dg, du = silu_mul_bwd(dy, gate, up, inplace=inplace)
-        if inplace:
-            _increment_version(gate)
-            _increment_version(up)
+        dg, du = _silu_mul_grads(dy, gate, up, ctx.inplace_backward)
         return dg, du, None
 
 
@@ -175,11 +180,7 @@ class LiteSiLUMulLinearFunction(torch.autograd.Function):
             db = d2.sum(0, dtype=torch.float32).to(dout.dtype)
         if need_g or need_u:
             dy = d2.mm(weight).view(gate.shape)
-            inplace = _can_overwrite(gate, up)
-            dg, du = silu_mul_bwd(dy, gate, up, inplace=inplace)
-            if inplace:
-                _increment_version(gate)
-                _increment_version(up)
+            dg, du = _silu_mul_grads(dy, gate, up, True)
         return dg, du, dw, db if ctx.has_bias else None
 
 
