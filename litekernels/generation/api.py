@@ -290,10 +290,10 @@ def generate_ids(model, prompts: list[list[int]], max_new_tokens: int, *, temper
         st.epoch += 1  # this call now owns the cache rows: a paused stream() must re-prefill
         dev = rt.device
         gen = _seeds(seed, B, dev)
-        eos = torch.as_tensor(list(eos_ids) or [-1], device=dev)
+        eos = None if greedy else torch.as_tensor(list(eos_ids) or [-1], device=dev)
         # rows that reach the model's context before max_new_tokens stop at their own step (then stay put)
         ragged = min(caps) < steps_max
-        last = torch.as_tensor([c - 1 for c in caps], device=dev) if ragged else None
+        last = torch.as_tensor([c - 1 for c in caps], device=dev) if ragged or greedy else None
 
         def sync():
             if dev.type == "cuda":
@@ -303,13 +303,10 @@ def generate_ids(model, prompts: list[list[int]], max_new_tokens: int, *, temper
         t0 = time.perf_counter()
         logits = rt.prefill(prompts)
         positions = torch.as_tensor([len(p) for p in prompts], device=dev)
-        out = torch.zeros(B, steps_max, dtype=torch.long, device=dev)
-        finished = torch.zeros(B, dtype=torch.bool, device=dev)
         tok = sample(logits, temperature, top_k, top_p, gen)
         if greedy:
             loop = rt.greedy_steps(B)
-            last_step = torch.as_tensor([c - 1 for c in caps], device=dev)
-            loop.start(tok, positions, last_step, sorted(set(eos_ids)))
+            loop.start(tok, positions, last, sorted(set(eos_ids)))
             sync()
             t1 = time.perf_counter()
             steps = 1  # hist[:, 0] holds the prefill's token
@@ -320,6 +317,8 @@ def generate_ids(model, prompts: list[list[int]], max_new_tokens: int, *, temper
             out = loop.hist[:B, :steps].clone()
             sync()
             return out, t1 - t0, time.perf_counter() - t1
+        out = torch.zeros(B, steps_max, dtype=torch.long, device=dev)
+        finished = torch.zeros(B, dtype=torch.bool, device=dev)
         sync()
         t1 = time.perf_counter()
         steps = 0

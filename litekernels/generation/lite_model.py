@@ -26,11 +26,12 @@ from torch import nn
 
 from .. import utils as _utils
 
+
 ROPE_TYPES = ("default", "llama3")
 _LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 # config.json keys whose non-default value changes the model in a way this file does not reproduce
 _MUST_BE = {"attention_bias": False, "mlp_bias": False, "pretraining_tp": 1, "hidden_act": "silu"}
-_MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
+MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")  # the runtime refuses these too
 
 
 class LiteLlamaConfig:
@@ -74,7 +75,7 @@ def lite_config(raw) -> tuple[LiteLlamaConfig | None, str]:
     for key, want in _MUST_BE.items():
         if raw.get(key, want) != want:
             return None, f"{key}={raw[key]!r}"
-    for key in _MOE_KEYS:
+    for key in MOE_KEYS:
         if raw.get(key):
             return None, f"{key}={raw[key]!r}"
     # transformers 5 writes rope_theta into a flat rope_parameters dict; older forms (rope_scaling, a top-level
@@ -282,6 +283,7 @@ def build_lite_llama(config: LiteLlamaConfig, state: dict, dtype: torch.dtype,
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight  # one Parameter, as HF ties them
     # this process runs the runtime without transformers: `import litekernels.patches` (which the runtime needs
-    # for the Architecture table) then skips registering "lite" with transformers at import
+    # for the Architecture table) then skips registering "lite" with transformers at import (patching still
+    # works: it registers when used; tests/test_lite_model.py)
     _utils.DEFER_HF_REGISTRATION = True
     return model.eval()

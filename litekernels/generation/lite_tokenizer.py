@@ -112,9 +112,9 @@ class LiteTokenizer:
         return self.encode(text, add_special_tokens=False) if tokenize else text
 
 
-def load_lite_tokenizer(folder: str) -> LiteTokenizer | None:
-    """The folder's tokenizer without transformers, or None when it is not a plain fast tokenizer this class
-    reproduces (see the module docstring)."""
+def plain_tokenizer_files(folder: str):
+    """(tokenizer_config dict, tokenizer.json path, chat template or None) when the folder holds a plain fast
+    tokenizer (the keys of _KNOWN only, a tokenizer.json, a string template), else None."""
     try:
         with open(os.path.join(folder, "tokenizer_config.json")) as f:
             config = json.load(f)
@@ -122,14 +122,26 @@ def load_lite_tokenizer(folder: str) -> LiteTokenizer | None:
         return None
     tokenizer_json = os.path.join(folder, "tokenizer.json")
     if (not isinstance(config, dict) or config.get("tokenizer_class") not in _PLAIN_CLASSES or not set(config) <= _KNOWN
-            or config.get("clean_up_tokenization_spaces") or not os.path.isfile(tokenizer_json)
-            or any(config.get(k) is not None and not isinstance(config[k], str) for k in _SPECIAL)):
+            or not os.path.isfile(tokenizer_json)):
         return None
     template = config.get("chat_template")
     path = os.path.join(folder, "chat_template.jinja")
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             template = f.read()
+    return config, tokenizer_json, template
+
+
+def load_lite_tokenizer(folder: str) -> LiteTokenizer | None:
+    """The folder's tokenizer without transformers, or None when it is not a plain fast tokenizer this class
+    reproduces (see the module docstring)."""
+    files = plain_tokenizer_files(folder)
+    if files is None:
+        return None
+    config, tokenizer_json, template = files
+    if (config.get("clean_up_tokenization_spaces")
+            or any(config.get(k) is not None and not isinstance(config[k], str) for k in _SPECIAL)):
+        return None
     if template is not None and not isinstance(template, str):  # a dict of named templates: transformers' job
         return None
     try:

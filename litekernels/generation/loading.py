@@ -170,39 +170,32 @@ def _mapped_state_dict(path: str):
     return {name: data[begin:end].view(dtype).view(shape) for name, dtype, shape, begin, end in entries}
 
 
-# tokenizer_config.json keys the direct construction below understands (what transformers writes for a plain fast
-# tokenizer); a config with any other key goes through from_pretrained, which knows them all
-_TOKENIZER_INIT_KEYS = {"bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token",
-                        "model_max_length", "padding_side", "truncation_side", "clean_up_tokenization_spaces",
-                        "chat_template"}
-_TOKENIZER_IGNORED_KEYS = {"backend", "tokenizer_class", "is_local", "local_files_only", "name_or_path"}
-
-
 def _tokenizer(folder):
     """The folder's tokenizer. A plain fast tokenizer (tokenizer.json; what our conversion of a GGUF file
     writes) is built directly from its files: `from_pretrained` would also parse the 3.5 MB tokenizer.json in
     Python (0.22 of its 0.33 s of CPU for SmolLM2) and go through AutoTokenizer's class lookup. Anything else
     goes through AutoTokenizer."""
-    try:
-        with open(os.path.join(folder, "tokenizer_config.json")) as f:
-            config = json.load(f)
-    except (OSError, ValueError):
-        config = {}
-    tokenizer_json = os.path.join(folder, "tokenizer.json")
-    plain = (isinstance(config, dict) and config.get("tokenizer_class") in ("TokenizersBackend", "PreTrainedTokenizerFast")
-             and os.path.isfile(tokenizer_json) and set(config) <= _TOKENIZER_INIT_KEYS | _TOKENIZER_IGNORED_KEYS)
-    if plain:
+    from .lite_tokenizer import plain_tokenizer_files
+
+    files = plain_tokenizer_files(folder)
+    if files is not None:
         from transformers import PreTrainedTokenizerFast
 
+        config, tokenizer_json, template = files
         kw = {k: v for k, v in config.items() if k in _TOKENIZER_INIT_KEYS}
-        template = os.path.join(folder, "chat_template.jinja")
-        if os.path.isfile(template):
-            with open(template, encoding="utf-8") as f:
-                kw["chat_template"] = f.read()
+        if template is not None:
+            kw["chat_template"] = template
         return PreTrainedTokenizerFast(tokenizer_file=tokenizer_json, name_or_path=folder, **kw)
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(folder)
+
+
+# tokenizer_config.json keys PreTrainedTokenizerFast takes as arguments (the rest of lite_tokenizer._KNOWN is
+# bookkeeping transformers writes)
+_TOKENIZER_INIT_KEYS = {"bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token",
+                        "model_max_length", "padding_side", "truncation_side", "clean_up_tokenization_spaces",
+                        "chat_template"}
 
 
 def _load_lite(folder, torch_dtype, say):

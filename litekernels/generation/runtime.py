@@ -43,6 +43,7 @@ from .. import functional as LF
 from ..ops import decode_fused as DF
 from ..ops.decode_attention import decode_attention_fwd, decode_attention_unchecked
 from ..utils import INTERPRET, use_triton
+from .lite_model import MOE_KEYS as _MOE_SETTINGS  # one list for the lite container and the runtime
 
 
 @dataclasses.dataclass
@@ -75,7 +76,6 @@ class _Layer:
 # Rope types whose cos/sin depend only on the position (HF computes them once, so a table of every position is
 # exact). "dynamic" and "longrope" rescale with the current sequence length: a table would be wrong.
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
-_MOE_SETTINGS = ("num_experts", "num_local_experts", "n_routed_experts")
 
 
 def _bucket(n: int) -> int:
