@@ -77,10 +77,7 @@ def _demo(args) -> int:
     )
     from litekernels.utils import backend_name
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        _cpu_threads(args)
-    _say(f"loading {args.model or 'the bundled SmolLM2-135M-Instruct'} on {device} ...")
+    device = _device(args)
     model, tok = load_model(args.model, dtype=args.dtype, device=device, progress=_say)
     messages = [{"role": "user", "content": args.prompt}]
     inputs = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
@@ -107,6 +104,17 @@ def _demo(args) -> int:
     same = torch.equal(ours, theirs)
     print("greedy tokens identical" if same else "greedy tokens DIFFER")
     return 0 if same else 1
+
+
+def _device(args) -> str:
+    """The device the command runs on (CPU: the thread count chosen first), announced with the model."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        _cpu_threads(args)
+    _say(f"loading {args.model or 'the bundled SmolLM2-135M-Instruct'} on {device} ...")
+    return device
 
 
 def _cpu_threads(args) -> None:
@@ -138,19 +146,20 @@ def _cpu_threads(args) -> None:
 
 
 def _load(args):
-    import torch
 
     from litekernels.generation.loading import load_model
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        _cpu_threads(args)
-    _say(f"loading {args.model or 'the bundled SmolLM2-135M-Instruct'} on {device} ...")
+    device = _device(args)
     # lite_skeleton: a cached converted copy of a Llama GGUF file runs without importing transformers (~3 s less
     # CPU at start; generation/lite_model.py); the commands here only use litekernels.generation
     loaded = load_model(args.model, dtype=args.dtype, device=device, progress=_say, lite_skeleton=True)
     _reference_note(device)
     return loaded
+
+
+def _add_threads(parser) -> None:
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="CPU threads for torch (default: the cores the load average leaves free)")
 
 
 def _sampling(args) -> dict:
@@ -224,8 +233,7 @@ def _add_common(p):
     p.add_argument("--top-p", type=_top_p, default=None, help="in (0, 1]")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-cuda-graph", action="store_true", help="run decode eagerly")
-    p.add_argument("--threads", type=_positive_int, default=None,
-                   help="CPU threads for torch (default: the cores the load average leaves free)")
+    _add_threads(p)
 
 
 def _exit_now(code: int) -> None:
@@ -274,8 +282,7 @@ def _main(argv) -> int:
     demo.add_argument("--model", default=None, help="HF checkpoint directory or .gguf file (default: bundled)")
     demo.add_argument("--max-new-tokens", type=_positive_int, default=20)
     demo.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    demo.add_argument("--threads", type=_positive_int, default=None,
-                      help="CPU threads for torch (default: the cores the load average leaves free)")
+    _add_threads(demo)
     args = parser.parse_args(argv)
     try:
         if args.model is not None:  # a bad path costs no import or loading time
