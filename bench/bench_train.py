@@ -36,6 +36,7 @@ import argparse
 import datetime
 import gc
 import os
+import statistics
 import tempfile
 import time
 
@@ -117,12 +118,28 @@ def apply_provider(model, provider):
     if provider == "hf-eager":  # HF's eager attention (softmax in fp32): the loss curve's bf16-noise reference
         model.set_attn_implementation("eager")
         return lambda: model.set_attn_implementation("sdpa")
-    if provider in ("lite", "lite-sdpa"):
+    if provider == "hf-flash":  # SDPA's flash backend instead of cuDNN: a second same-math bf16 reference
+        prev = torch.backends.cuda.cudnn_sdp_enabled()
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        return lambda: torch.backends.cuda.enable_cudnn_sdp(prev)
+    if provider in ("lite", "lite-sdpa", "lite-noce") or provider.startswith("lite-ce"):
+        from litekernels.ops import cross_entropy as ce
         from litekernels.patches import apply_lite_llama, revert_lite_llama
 
-        # lite-sdpa: everything but attention (transformers' SDPA stays), to measure what our attention costs
-        apply_lite_llama(model, attention=provider == "lite")
-        return lambda: revert_lite_llama(model)
+        # lite-sdpa: everything but attention (transformers' SDPA stays), to measure what our attention costs;
+        # lite-noce: everything but the fused linear cross-entropy (HF's logits + loss);
+        # lite-ce<rows>: the fused linear cross-entropy with chunks of <rows> rows instead of chunk_rows()
+        apply_lite_llama(model, attention=provider != "lite-sdpa",
+                         fused_linear_cross_entropy=provider != "lite-noce")
+        default_rows = ce.chunk_rows
+        if provider.startswith("lite-ce"):
+            rows = int(provider[len("lite-ce"):])
+            ce.chunk_rows = lambda *a, **k: rows
+
+        def undo():
+            ce.chunk_rows = default_rows
+            revert_lite_llama(model)
+        return undo
     if provider == "liger":
         patch = LigerPatch(model)
         return patch.undo
@@ -444,21 +461,41 @@ def plot(doc, path):
     print("wrote", path)
 
 
+def merge_rounds(runs: list) -> dict:
+    """One row per provider from its rounds: median tok/s and step time, the largest peak memory, every round's
+    tok/s kept (tok_s_rounds) so that ratios can also be taken round by round."""
+    ok = [r for r in runs if "tok_s" in r]
+    if not ok:
+        return runs[-1]
+    row = dict(ok[-1])
+    if len(runs) > 1:
+        tok = [r["tok_s"] for r in ok]
+        row["tok_s_rounds"] = tok
+        row["tok_s"] = statistics.median(tok)
+        row["step_ms"] = statistics.median(r["step_ms"] for r in ok)
+        peaks = [r["peak_mem_bytes"] for r in ok if r["peak_mem_bytes"] is not None]
+        row["peak_mem_bytes"] = max(peaks) if peaks else None
+        row["peak_mem_GB"] = None if not peaks else max(peaks) / 1e9
+        row["failed_rounds"] = len(runs) - len(ok)
+    return row
+
+
 def ratios(rows) -> dict:
     """Per shape: lite's tok/s and peak memory divided by each other provider's (the issue's targets:
     tok/s ratio >= 1.05 and memory ratio <= 1.0 against liger)."""
     out = {}
     for shape in dict.fromkeys(r["shape"] for r in rows):
         by = {r["provider"]: r for r in rows if r["shape"] == shape and "tok_s" in r}
-        for name in ("lite", "lite-sdpa"):
-            lite = by.get(name)
-            if lite is None:
-                continue
+        for name in [p for p in by if p.startswith("lite")]:
+            lite = by[name]
             prefix = shape if name == "lite" else f"{shape}/{name}"
             for prov, r in by.items():
                 if not prov.startswith("lite"):
                     mem = (lite["peak_mem_bytes"] / r["peak_mem_bytes"]) if r["peak_mem_bytes"] else None
                     out[f"{prefix}/{prov}"] = {"tok_s": lite["tok_s"] / r["tok_s"], "peak_mem": mem}
+                    a, b = lite.get("tok_s_rounds"), r.get("tok_s_rounds")
+                    if a and b and len(a) == len(b):  # round by round: same clocks, same neighbours
+                        out[f"{prefix}/{prov}"]["tok_s_per_round"] = [x / y for x, y in zip(a, b)]
     return out
 
 
@@ -486,6 +523,10 @@ def main(argv=None):
     p.add_argument("--providers", default="hf,lite,liger")
     p.add_argument("--curve-steps", type=int, default=20)
     p.add_argument("--curve-lr", type=float, default=3e-4)
+    p.add_argument("--curve-providers", default=None,
+                   help="comma list for the loss curve (default: hf, lite, liger, hf-eager, hf-flash)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the providers this many times, interleaved; tok/s is the median over rounds")
     p.add_argument("--no-op", action="store_true", help="skip the fused-op microbenchmark")
     p.add_argument("--lite-attention", choices=("ours", "sdpa", "both"), default="ours",
                    help="lite's attention: ours (provider lite), transformers' SDPA (lite-sdpa), or both")
@@ -536,35 +577,47 @@ def main(argv=None):
     t_start = time.perf_counter()
     rows = []
     for name, shape in shapes.items():
-        for prov in providers:
-            try:
-                row = bench_provider(name, shape, prov, args, device)
-            except Exception as e:  # noqa: BLE001 - keep the other providers
-                free(device)
-                row = {"shape": name, "layers": shape["num_hidden_layers"], "provider": prov, "error": repr(e)[:300]}
-            print(row, flush=True)
-            rows.append(row)
+        runs = {}
+        for rnd in range(args.rounds):  # rounds interleave the providers: clock drift hits them alike
+            for prov in providers:
+                try:
+                    row = bench_provider(name, shape, prov, args, device)
+                except Exception as e:  # noqa: BLE001 - keep the other providers
+                    free(device)
+                    row = {"shape": name, "layers": shape["num_hidden_layers"], "provider": prov,
+                           "error": repr(e)[:300]}
+                print(f"round {rnd}:", row, flush=True)
+                runs.setdefault(prov, []).append(row)
+        rows += [merge_rounds(r) for r in runs.values()]
     curve_shape = shapes.get("smoke") or dict(SHAPES["1b"], num_hidden_layers=args.layers_1b)
-    # hf-eager beside hf: two correct bf16 implementations of the same model, whose curves differ only by
-    # rounding (attention in another order): the noise band that |lite - hf| is judged against
-    # liger too: a fused linear cross-entropy computes the loss from fp32-accumulated logits (HF rounds them to
-    # bf16 first), a systematic difference it shares with ours
-    curves = loss_curve(curve_shape, [x for x in ("hf", "lite", "liger") if x in providers] +
-                        (["hf-eager"] if "hf" in providers else []), args, device) if args.curve_steps else {}
+    # hf-eager and hf-flash beside hf: correct bf16 implementations of the same model whose curves differ from
+    # hf's only by rounding (attention in another order, by another kernel): the noise band that |lite - hf| is
+    # judged against. liger too: a fused linear cross-entropy computes the loss from fp32-accumulated logits (HF
+    # rounds them to bf16 first), a systematic difference it shares with ours
+    curve_providers = ([x for x in args.curve_providers.split(",") if x != "liger" or args.liger]
+                       if args.curve_providers else
+                       [x for x in ("hf", "lite", "liger") if x in providers] +
+                       (["hf-eager", "hf-flash"] if "hf" in providers and device == "cuda" else
+                        ["hf-eager"] if "hf" in providers else []))
+    curves = loss_curve(curve_shape, curve_providers, args, device) if args.curve_steps else {}
     diff = noise = None
-    if "hf" in curves and "lite" in curves:
-        diff = max(abs(a - b) for a, b in zip(curves["hf"], curves["lite"]))
-        print(f"loss curve: max |lite - hf| over {args.curve_steps} steps = {diff:.4g}", flush=True)
-    if "hf" in curves and "hf-eager" in curves:
-        noise = max(abs(a - b) for a, b in zip(curves["hf"], curves["hf-eager"]))
-        print(f"loss curve: max |hf-eager - hf| (bf16 noise reference) = {noise:.4g}", flush=True)
+    deviations = {p: max(abs(a - b) for a, b in zip(curves["hf"], c)) for p, c in curves.items() if p != "hf"} \
+        if "hf" in curves else {}
+    for p, d in deviations.items():
+        print(f"loss curve: max |{p} - hf| over {args.curve_steps} steps = {d:.4g}", flush=True)
+    diff = deviations.get("lite")
+    refs = [deviations[p] for p in ("hf-eager", "hf-flash") if p in deviations]
+    noise = max(refs) if refs else None
+    if noise is not None:
+        print(f"loss curve: bf16 noise reference (max over hf-eager, hf-flash) = {noise:.4g}", flush=True)
     if "hf" in curves and "liger" in curves:
         print(f"loss curve: max |liger - hf| = "
               f"{max(abs(a - b) for a, b in zip(curves['hf'], curves['liger'])):.4g}", flush=True)
     op = None if args.no_op else bench_op(args, device)
     meta["total_s"] = time.perf_counter() - t_start
     doc = {"meta": meta, "results": rows, "ratios": ratios(rows), "loss_curve": curves,
-           "loss_curve_max_abs_diff": diff, "loss_curve_noise_hf_eager_vs_hf": noise, "op": op}
+           "loss_curve_max_abs_diff": diff, "loss_curve_noise_hf_eager_vs_hf": deviations.get("hf-eager"),
+           "loss_curve_noise": noise, "loss_curve_deviation_from_hf": deviations, "op": op}
     print("ratios (lite / other):", doc["ratios"], flush=True)
     paths = save_results(doc, "train", out=args.out)
     print(table(doc))

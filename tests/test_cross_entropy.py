@@ -127,9 +127,9 @@ def test_matches_reference(dtype, kw, small_block, device):
 
 @requires_kernels()
 def test_default_chunking_without_bias_and_3d_input(device):
-    # default chunk size: 45 rows, V/H = 300/32 -> 10 -> chunks of 8 rows; hidden (B, T, H), labels (B, T)
+    # default chunk size: 45 rows fit one chunk (64 rows); hidden (B, T, H), labels (B, T)
     hidden, weight, _, labels = make(45, 32, 300, torch.float32, ignore_every=7, device=device)
-    assert ce.chunk_rows(45, 300, 32) == 8
+    assert ce.chunk_rows(45, 300, 32, 4) == 64
     loss, _ = run_and_compare(hidden, weight, None, labels, torch.float32, "2d")
     loss3 = fused_linear_cross_entropy(hidden.view(5, 9, 32), weight, labels.view(5, 9))
     torch.testing.assert_close(loss3, loss, rtol=0, atol=0)
@@ -152,10 +152,14 @@ def test_strided_inputs_fp32_accumulation_and_every_output_written(dtype, poison
 
 
 def test_chunk_rows():
-    # Llama-3.2-1B at 4 x 2048 tokens: 8192 / ceil(128256 / 2048) = 131 -> 256 rows (66 MB of bf16 logits)
-    assert ce.chunk_rows(8192, 128256, 2048) == 256
-    assert ce.chunk_rows(8192, 128256, 4096) == 256  # 8192 / 32
-    assert ce.chunk_rows(3, 128256, 2048) == 1
+    # Llama-3.2-1B / 8B at 4 x 2048 tokens: GEMM_ROWS (2048) rows, 525 MB of bf16 logits per chunk (four chunks)
+    assert ce.chunk_rows(8192, 128256, 2048) == 2048
+    assert ce.chunk_rows(8192, 128256, 4096) == 2048
+    assert ce.chunk_rows(8192, 128256, 4096, 4) == 2048  # fp32: 2048 rows are 1.05 GB, under 1 GiB (1.07 GB)
+    assert ce.chunk_rows(8192, 262144, 4096, 4) == 1024  # a 262144 vocab in fp32: 1024 rows are 1 GiB
+    # many tokens: never fewer rows than the hidden-states-sized chunk (1M / 63 -> 16645 -> 32768)
+    assert ce.chunk_rows(1 << 20, 128256, 2048) == 32768
+    assert ce.chunk_rows(3, 128256, 2048) == 4  # one chunk
     assert ce.chunk_rows(1, 10, 4096) == 1
     assert ce.chunk_rows(100, 10, 4096) == 128  # small vocab: one chunk
 

@@ -190,3 +190,29 @@ def test_patched_mlp_does_not_keep_the_product_but_falls_back_with_a_down_proj_h
     for (name, _), a, b in zip(model.named_parameters(), got, want):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=lambda m, n=name: f"grad of {n}: {m}")
     assert mlp_saved(plain) == T * (TINY["hidden_size"] + 2 * inter) * 2  # gate_proj input, gate, up (bf16)
+
+
+@pytest.mark.parametrize("frozen", ["weight", "inputs"])
+def test_silu_mul_linear_partial_grads(frozen):
+    """Only the inputs' or only the weight's gradient asked: the backward's two paths (dy reused for the
+    recomputed product, or the product recomputed alone) against float64."""
+    from litekernels.ops.swiglu import silu_mul_linear
+
+    torch.manual_seed(3)
+    g, u = (torch.randn(2, 9, 48, device=DEVICE) for _ in range(2))
+    w = torch.randn(20, 48, device=DEVICE) * 0.1
+    dout = torch.randn(2, 9, 20, device=DEVICE)
+    leaves = (g, u) if frozen == "weight" else (w,)
+
+    def grads(fn, cast):
+        ls = [t.detach().to(cast).requires_grad_(any(t is x for x in leaves)) for t in (g, u, w)]
+        gg, uu = (t * 1 for t in ls[:2])  # intermediates, as in the MLP (the backward overwrites them)
+        out = fn(gg, uu, ls[2], None)
+        return torch.autograd.grad(out, [t for t in ls if t.requires_grad], dout.to(cast))
+
+    got = grads(silu_mul_linear, torch.float32)
+    want = grads(lambda a, b, ww, bb: torch.nn.functional.linear(torch.nn.functional.silu(a) * b, ww, bb),
+                 torch.float64)
+    assert len(got) == len(want) == len(leaves)
+    for x, y in zip(got, want):
+        torch.testing.assert_close(x.double(), y, rtol=1e-5, atol=1e-5)

@@ -8,8 +8,10 @@ chunks; for each chunk of C rows:
        d loss / d logits written IN PLACE over the row's logits
     3. grad_hidden_c = dlogits_c @ weight; grad_weight += dlogits_c.T @ hidden_c; grad_bias += sum(dlogits_c)
 The gradients are therefore produced during the forward pass and stored; backward only multiplies them by the
-incoming (scalar) gradient. The chunk size is a power of two chosen so that a chunk's logits are about the size
-of the hidden states (C ~ N / ceil(V / H)), so peak memory grows by about one hidden-states tensor, not by N x V.
+incoming (scalar) gradient. The chunk size is a power of two, by default 2048 rows where that chunk's logits fit
+in 1 GiB (525 MB of bf16 logits at a 128256 vocab): every chunk re-reads and re-writes grad_weight, which at
+Liger-Kernel's smaller chunks (logits about the size of the hidden states, 256 rows at Llama-3.2-1B) costs more
+than the GEMMs' own time saved (see GEMM_ROWS). Peak memory grows by one chunk of logits, not by N x V.
 Per-token losses (reduction="none") cannot use stored gradients (grad_weight depends on every row's upstream
 gradient), so that mode saves the per-row log-sum-exp and recomputes the chunks in backward.
 
@@ -150,11 +152,25 @@ def scale_inplace(t: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def chunk_rows(n_rows: int, vocab: int, hidden: int) -> int:
-    """Rows per chunk: a power of two near n_rows / ceil(vocab / hidden), so that a chunk's (rows x vocab)
-    logits are about as large as the (n_rows x hidden) hidden states; at least 1, at most next_pow2(n_rows)."""
+# Rows per chunk the default aims for. Every chunk costs one read and one write of grad_weight (V x H) by its
+# accumulating GEMM, besides 6 * rows * V * H flops of the chunk's three GEMMs: the extra time relative to the
+# GEMMs is about (4 bytes * V * H / bandwidth) / (6 * rows * V * H / flop rate) = 0.67 * (flops/byte) / rows,
+# 116 / rows on an H200 (~700 TFLOP/s, ~4 TB/s): 45% at 256 rows, 6% at 2048. bench/bench_train.py measures it
+# (providers lite-ce<rows>).
+GEMM_ROWS = 2048
+# ... as long as one chunk's logits stay under this many bytes (the transient buffer of the forward).
+MAX_CHUNK_BYTES = 1 << 30
+
+
+def chunk_rows(n_rows: int, vocab: int, hidden: int, element_size: int = 2) -> int:
+    """Rows per chunk: a power of two, at least GEMM_ROWS when those rows' (rows x vocab) logits fit in
+    MAX_CHUNK_BYTES, and never fewer than n_rows / ceil(vocab / hidden) (the rows whose logits are about as large
+    as the (n_rows x hidden) hidden states); at least 1, at most next_pow2(n_rows)."""
     ratio = max(1, math.ceil(vocab / max(hidden, 1)))
-    rows = triton.next_power_of_2(max(1, math.ceil(n_rows / ratio)))
+    lean = triton.next_power_of_2(max(1, math.ceil(n_rows / ratio)))
+    fit = MAX_CHUNK_BYTES // max(1, vocab * element_size)
+    fast = min(GEMM_ROWS, 1 << max(0, fit.bit_length() - 1))  # largest power of two <= fit, capped
+    rows = max(lean, fast)
     return max(1, min(rows, triton.next_power_of_2(max(n_rows, 1))))
 
 
@@ -230,7 +246,7 @@ def flce_fwd(hidden, weight, bias, labels, *, ignore_index, reduction, label_smo
     n, h_dim = hidden.shape
     vocab = weight.shape[0]
     dev = hidden.device
-    rows = chunk_size or chunk_rows(n, vocab, h_dim)
+    rows = chunk_size or chunk_rows(n, vocab, h_dim, hidden.element_size())
     loss_rows = torch.empty(n, dtype=torch.float32, device=dev)
     lse = torch.empty(n, dtype=torch.float32, device=dev)
     if reduction == "mean":
@@ -270,7 +286,7 @@ def flce_bwd_recompute(grad_rows, hidden, weight, bias, labels, lse, *, ignore_i
     n, h_dim = hidden.shape
     vocab = weight.shape[0]
     dev = hidden.device
-    rows = chunk_size or chunk_rows(n, vocab, h_dim)
+    rows = chunk_size or chunk_rows(n, vocab, h_dim, hidden.element_size())
     g_rows = grad_rows.to(torch.float32)
     gh = torch.empty(hidden.shape, dtype=hidden.dtype, device=dev) if grad_hidden else None
     alloc = torch.zeros if n == 0 else torch.empty

@@ -15,8 +15,8 @@ Falls back to fresh buffers when g and u share storage or need a copy to be row-
 
 `silu_mul_linear(gate, up, weight, bias)` is the MLP's `down_proj(silu_mul(gate, up))` without keeping
 silu(gate) * up for the backward: it saves gate and up (which the SiLU*mul backward needs anyway) and recomputes
-the product in the backward for down_proj's weight gradient (one more elementwise pass over rows x cols per
-layer). That is one (rows x intermediate) activation less per MLP from the forward to the backward - 134 MB per
+the product in the backward for down_proj's weight gradient (the SiLU*mul backward kernel writes it over its dy
+buffer in the same pass, so the recomputation costs one more write of rows x cols per layer, no extra read). That is one (rows x intermediate) activation less per MLP from the forward to the backward - 134 MB per
 layer at Llama-3.2-1B, 4 x 2048 tokens, bf16 (bench/train_memory_audit.py). Its backward writes d gate / d up
 over gate / up like `inplace_backward=True`.
 
@@ -50,7 +50,8 @@ def _silu_mul_fwd_kernel(G, U, Y, stride_g, stride_u, stride_y, n_cols, BLOCK: t
 
 @triton.jit
 def _silu_mul_bwd_kernel(DY, G, U, DG, DU, stride_dy, stride_g, stride_u, stride_dg, stride_du, n_cols,
-                         BLOCK: tl.constexpr):
+                         BLOCK: tl.constexpr, WRITE_Y: tl.constexpr):
+    """dg, du from dy, g, u; WRITE_Y: also silu(g) * u, stored over DY (each element read first, same program)."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -62,6 +63,8 @@ def _silu_mul_bwd_kernel(DY, G, U, DG, DU, stride_dy, stride_g, stride_u, stride
     tl.store(DG + row * stride_dg + cols, (dy * u * sig * (1.0 + g * (1.0 - sig))).to(DG.dtype.element_ty),
              mask=mask)
     tl.store(DU + row * stride_du + cols, (dy * silu).to(DU.dtype.element_ty), mask=mask)
+    if WRITE_Y:
+        tl.store(DY + row * stride_dy + cols, (silu * u).to(DY.dtype.element_ty), mask=mask)
 
 
 def _grid(n_rows, n_cols):
@@ -107,10 +110,14 @@ def silu_mul_fwd(gate, up):
     return plan(gate, up)
 
 
-def silu_mul_bwd(dy, gate, up, inplace=False):
-    """Returns (dgate, dup); with inplace=True they are written over gate's and up's storage."""
+def silu_mul_bwd(dy, gate, up, inplace=False, write_y=False):
+    """Returns (dgate, dup); with inplace=True they are written over gate's and up's storage. write_y: dy is
+    overwritten with silu(gate) * up (the forward's output, recomputed in the same pass); dy must then be a
+    buffer of the caller's own, rows indexable without a copy."""
     shape = gate.shape
     d, g, u = as_rows(dy), as_rows(gate), as_rows(up)
+    if write_y and d.data_ptr() != dy.data_ptr():
+        raise ValueError("silu_mul_bwd(write_y=True) needs dy viewable as rows without a copy")
     if inplace:
         dg, du = g, u
     else:
@@ -118,7 +125,7 @@ def silu_mul_bwd(dy, gate, up, inplace=False):
         du = torch.empty(g.shape, dtype=up.dtype, device=gate.device)
     if dg.numel():
         launch(_silu_mul_bwd_kernel, _grid(*g.shape), d, g, u, dg, du, d.stride(0), g.stride(0), u.stride(0),
-               dg.stride(0), du.stride(0), g.shape[1], BLOCK=BLOCK, num_warps=4)
+               dg.stride(0), du.stride(0), g.shape[1], BLOCK=BLOCK, WRITE_Y=bool(write_y), num_warps=4)
     return dg.view(shape), du.view(shape)
 
 
@@ -132,9 +139,9 @@ def _can_overwrite(gate, up) -> bool:
             and gate.untyped_storage().data_ptr() != up.untyped_storage().data_ptr())
 
 
-def _silu_mul_grads(dy, gate, up, inplace):
+def _silu_mul_grads(dy, gate, up, inplace, write_y=False):
     inplace = inplace and _can_overwrite(gate, up)
-    dg, du = silu_mul_bwd(dy, gate, up, inplace=inplace)
+    dg, du = silu_mul_bwd(dy, gate, up, inplace=inplace, write_y=write_y)
     if inplace:
         _increment_version(gate)
         _increment_version(up)
@@ -172,15 +179,18 @@ class LiteSiLUMulLinearFunction(torch.autograd.Function):
         need_g, need_u, need_w, need_b = ctx.needs_input_grad
         d2 = dout.reshape(-1, dout.shape[-1])
         dw = db = dg = du = None
-        if need_w:
-            y = silu_mul_fwd(gate, up)  # recomputed: the forward did not keep it
-            dw = d2.t().mm(y.reshape(-1, y.shape[-1]))
-            del y
         if need_b:
             db = d2.sum(0, dtype=torch.float32).to(dout.dtype)
         if need_g or need_u:
+            # dy is our own buffer: the SiLU*mul backward writes the recomputed product over it (one pass over
+            # gate and up for both), then down_proj's weight gradient reads it
             dy = d2.mm(weight).view(gate.shape)
-            dg, du = _silu_mul_grads(dy, gate, up, True)
+            dg, du = _silu_mul_grads(dy, gate, up, True, write_y=need_w)
+            if need_w:
+                dw = d2.t().mm(dy.view(-1, dy.shape[-1]))
+        elif need_w:
+            y = silu_mul_fwd(gate, up)  # recomputed: the forward did not keep it
+            dw = d2.t().mm(y.reshape(-1, y.shape[-1]))
         return dg, du, dw, db if ctx.has_bias else None
 
 
