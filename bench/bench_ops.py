@@ -190,6 +190,26 @@ def bench_attention(res, mm, quick):
         for mode, mult in (("fwd", 1.0), ("fwd+bwd", 3.5)):
             provs = {"lite": lambda q, k, v: flash_attention(q, k, v, causal=True), "sdpa": sdpa}
             run_case(res, "attention", f"B={B} H={H}/{KV} T={T} D={D}", mode, provs, make, flops=fwd_flops * mult)
+    # left padding (a batch of prompts of different lengths): our key-padding path (a (B,1,1,T) bool mask,
+    # read as one key row per tile) vs what transformers gives SDPA for it (causal & padding as a (B,1,T,T) mask)
+    B, H, KV, T, D = (4, 32, 8, 2048, 64)
+    pad = torch.tensor([0, T // 8, T // 4, T // 2], device="cuda")
+    keys = torch.arange(T, device="cuda")[None, :] >= pad[:, None]  # (B, T) True = real token
+    causal = torch.ones(T, T, dtype=torch.bool, device="cuda").tril()
+    full = causal[None, None] & keys[:, None, None, :]
+
+    def make_padded():
+        q = torch.randn(B, H, T, D, dtype=BF16, device="cuda", requires_grad=True)
+        k = torch.randn(B, KV, T, D, dtype=BF16, device="cuda", requires_grad=True)
+        v = torch.randn(B, KV, T, D, dtype=BF16, device="cuda", requires_grad=True)
+        return (q, k, v), [q, k, v], torch.randn_like
+
+    provs = {"lite": lambda q, k, v: flash_attention(q, k, v, causal=True, attn_mask=keys[:, None, None, :]),
+             "sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=full, enable_gqa=True)}
+    flops = 4 * B * H * T * T * D / 2  # the causal count, padded keys included (both sides skip or mask them)
+    for mode, mult in (("fwd", 1.0), ("fwd+bwd", 3.5)):
+        run_case(res, "attention", f"B={B} H={H}/{KV} T={T} D={D} left-padded", mode, provs, make_padded,
+                 flops=flops * mult)
 
 
 def bench_decode(res, bw, quick):

@@ -354,16 +354,17 @@ def profile_table(rows) -> str:
     return "\n".join(lines)
 
 
-def loss_curve(shape, providers, args, device):
-    """Per-step training loss of each provider from the same seed, weights and batches."""
+def loss_curve(shape, providers, args, device, seed=0):
+    """Per-step training loss of each provider from the same seed, weights and batches (seed 0: the weights and
+    data of every earlier run of this benchmark; seed s > 0 changes both)."""
     curves = {}
     for provider in providers:
         free(device)
-        model = build(shape, device, seed=123)
+        model = build(shape, device, seed=123 + seed)
         undo = apply_provider(model, provider)
         try:
             opt = make_optimizer(model, device, lr=args.curve_lr)
-            g = torch.Generator().manual_seed(7)
+            g = torch.Generator().manual_seed(7 + seed)
             data = [torch.randint(0, shape["vocab_size"], (args.batch, args.seq), generator=g).to(device)
                     for _ in range(4)]  # a few batches, cycled: the loss has something to learn
             curves[provider] = [float(train_step(model, opt, data[i % len(data)])) for i in range(args.curve_steps)]
@@ -463,6 +464,23 @@ def plot(doc, path):
     print("wrote", path)
 
 
+NOISE_REFERENCES = ("hf#2", "hf-eager", "hf-flash")
+
+
+def curve_deviations(curves: dict) -> dict:
+    """Each provider's deviation from hf over the steps (max abs, rms) and the noise band: the largest deviation
+    of a reference that differs from hf only by rounding (NOISE_REFERENCES)."""
+    if "hf" not in curves:
+        return {"max_abs": {}, "rms": {}, "noise_max_abs": None, "noise_rms": None}
+    hf = curves["hf"]
+    diffs = {p: [a - b for a, b in zip(c, hf)] for p, c in curves.items() if p != "hf"}
+    mx = {p: max(abs(x) for x in d) for p, d in diffs.items()}
+    rms = {p: (sum(x * x for x in d) / len(d)) ** 0.5 for p, d in diffs.items()}
+    refs = [p for p in diffs if p in NOISE_REFERENCES]
+    return {"max_abs": mx, "rms": rms, "noise_max_abs": max((mx[p] for p in refs), default=None),
+            "noise_rms": max((rms[p] for p in refs), default=None)}
+
+
 def merge_rounds(runs: list) -> dict:
     """One row per provider from its rounds: median tok/s and step time, the largest peak memory, every round's
     tok/s kept (tok_s_rounds) so that ratios can also be taken round by round."""
@@ -527,6 +545,8 @@ def main(argv=None):
     p.add_argument("--curve-lr", type=float, default=3e-4)
     p.add_argument("--curve-providers", default=None,
                    help="comma list for the loss curve (default: hf, lite, liger, hf#2, hf-eager, hf-flash)")
+    p.add_argument("--curve-seeds", type=int, default=1,
+                   help="loss curves from this many weight/data seeds (the noise band is judged per seed)")
     p.add_argument("--rounds", type=int, default=1,
                    help="run the providers this many times, interleaved; tok/s is the median over rounds")
     p.add_argument("--no-op", action="store_true", help="skip the fused-op microbenchmark")
@@ -557,7 +577,7 @@ def main(argv=None):
         args.op_shape = (8192, 2048, 128256)
         img = None
     args.liger = liger_version()
-    providers = [x for x in args.providers.split(",") if x != "liger" or args.liger]
+    providers = [x for x in args.providers.split(",") if x and (x != "liger" or args.liger)]  # "": curves only
     if "lite" in providers and args.lite_attention != "ours":
         i = providers.index("lite")
         providers[i:i + 1] = ["lite-sdpa"] if args.lite_attention == "sdpa" else ["lite", "lite-sdpa"]
@@ -601,17 +621,18 @@ def main(argv=None):
                        [x for x in ("hf", "lite", "liger") if x in providers] +
                        (["hf#2", "hf-eager", "hf-flash"] if "hf" in providers and device == "cuda" else
                         ["hf-eager"] if "hf" in providers else []))
-    curves = loss_curve(curve_shape, curve_providers, args, device) if args.curve_steps else {}
-    diff = noise = None
-    deviations = {p: max(abs(a - b) for a, b in zip(curves["hf"], c)) for p, c in curves.items() if p != "hf"} \
-        if "hf" in curves else {}
-    for p, d in deviations.items():
-        print(f"loss curve: max |{p} - hf| over {args.curve_steps} steps = {d:.4g}", flush=True)
+    per_seed = {s: loss_curve(curve_shape, curve_providers, args, device, seed=s) for s in range(args.curve_seeds)} \
+        if args.curve_steps else {}
+    curves = per_seed.get(0, {})
+    summary = {s: curve_deviations(c) for s, c in per_seed.items()}
+    for s, dev in summary.items():
+        for p, d in dev["max_abs"].items():
+            print(f"loss curve seed {s}: |{p} - hf| max {d:.4g}, rms {dev['rms'][p]:.4g}", flush=True)
+        print(f"loss curve seed {s}: noise band (hf#2, hf-eager, hf-flash) max {dev['noise_max_abs']}, "
+              f"rms {dev['noise_rms']}", flush=True)
+    deviations = summary.get(0, {}).get("max_abs", {})
     diff = deviations.get("lite")
-    refs = [d for p, d in deviations.items() if p in ("hf-eager", "hf-flash") or p.startswith("hf#")]
-    noise = max(refs) if refs else None
-    if noise is not None:
-        print(f"loss curve: bf16 noise reference (max over hf#2, hf-eager, hf-flash) = {noise:.4g}", flush=True)
+    noise = summary.get(0, {}).get("noise_max_abs")
     if "hf" in curves and "liger" in curves:
         print(f"loss curve: max |liger - hf| = "
               f"{max(abs(a - b) for a, b in zip(curves['hf'], curves['liger'])):.4g}", flush=True)
@@ -619,7 +640,9 @@ def main(argv=None):
     meta["total_s"] = time.perf_counter() - t_start
     doc = {"meta": meta, "results": rows, "ratios": ratios(rows), "loss_curve": curves,
            "loss_curve_max_abs_diff": diff, "loss_curve_noise_hf_eager_vs_hf": deviations.get("hf-eager"),
-           "loss_curve_noise": noise, "loss_curve_deviation_from_hf": deviations, "op": op}
+           "loss_curve_noise": noise, "loss_curve_deviation_from_hf": deviations,
+           "loss_curve_seeds": {str(k): {"curves": v, **summary[k]} for k, v in per_seed.items() if k},
+           "loss_curve_summary": summary, "op": op}
     print("ratios (lite / other):", doc["ratios"], flush=True)
     paths = save_results(doc, "train", out=args.out)
     print(table(doc))
