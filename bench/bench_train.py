@@ -5,8 +5,11 @@ build the model (seeded), apply the provider's patch, run warm-up steps, then ti
 and torch.cuda.max_memory_allocated over the training steps (weights, gradients, optimizer state and
 activations; the previous provider's model is freed and the peak counter reset first). Providers:
   hf     transformers as built (attn_implementation="sdpa", unfused loss: full fp32 logits)
-  lite   apply_lite_llama(model): our RMSNorm, RoPE, SiLU*mul, attention and fused linear cross-entropy
-  lite-sdpa  apply_lite_llama(model, attention=False): the same with transformers' SDPA attention
+  lite   apply_lite_llama(model): our RMSNorm, RoPE, SiLU*mul and fused linear cross-entropy, attention "auto"
+         (unpadded training: transformers' SDPA; see docs/patching.md)
+  lite-ours  apply_lite_llama(model, attention="ours"): the same with our attention kernels
+  lite-sdpa  apply_lite_llama(model, attention=False): the same with the model's own attention (SDPA)
+  lite-noce / lite-ce<rows>: without the fused linear cross-entropy / with chunks of <rows> rows
          (--lite-attention sdpa runs it instead of lite, --lite-attention both runs both)
   liger  liger_kernel.transformers.apply_liger_kernel_to_llama(model=m), when Liger-Kernel is importable
          (its module-level rebinding of transformers' Llama classes is undone after its run)
@@ -124,15 +127,17 @@ def apply_provider(model, provider):
         prev = torch.backends.cuda.cudnn_sdp_enabled()
         torch.backends.cuda.enable_cudnn_sdp(False)
         return lambda: torch.backends.cuda.enable_cudnn_sdp(prev)
-    if provider in ("lite", "lite-sdpa", "lite-noce") or provider.startswith("lite-ce"):
+    if provider in ("lite", "lite-ours", "lite-sdpa", "lite-noce") or provider.startswith("lite-ce"):
         from litekernels.ops import cross_entropy as ce
         from litekernels.patches import apply_lite_llama, revert_lite_llama
 
-        # lite-sdpa: everything but attention (transformers' SDPA stays), to measure what our attention costs;
+        # lite: the defaults (attention="auto": SDPA for this unpadded training, see docs/patching.md);
+        # lite-ours: attention="ours" (our attention kernels forward and backward);
+        # lite-sdpa: everything but attention (transformers' SDPA stays);
         # lite-noce: everything but the fused linear cross-entropy (HF's logits + loss);
         # lite-ce<rows>: the fused linear cross-entropy with chunks of <rows> rows instead of chunk_rows()
-        apply_lite_llama(model, attention=provider != "lite-sdpa",
-                         fused_linear_cross_entropy=provider != "lite-noce")
+        attention = {"lite-ours": "ours", "lite-sdpa": False}.get(provider, "auto")
+        apply_lite_llama(model, attention=attention, fused_linear_cross_entropy=provider != "lite-noce")
         default_rows = ce.chunk_rows
         if provider.startswith("lite-ce"):
             rows = int(provider[len("lite-ce"):])
@@ -551,7 +556,7 @@ def main(argv=None):
                    help="run the providers this many times, interleaved; tok/s is the median over rounds")
     p.add_argument("--no-op", action="store_true", help="skip the fused-op microbenchmark")
     p.add_argument("--lite-attention", choices=("ours", "sdpa", "both"), default="ours",
-                   help="lite's attention: ours (provider lite), transformers' SDPA (lite-sdpa), or both")
+                   help="run lite (default attention mode), lite-sdpa (the model's own attention), or both (\"ours\" = lite only)")
     p.add_argument("--profile", action="store_true",
                    help="per provider: memory per phase of one step and GPU time per kernel category")
     p.add_argument("--memory-snapshot", action="store_true",

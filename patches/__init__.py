@@ -2,9 +2,10 @@
 
 Instance patching (the default) touches only the given model: each RMSNorm and MLP gets a `forward` bound in
 its own `__dict__`, each attention module a wrapper that switches RoPE to our kernel while it runs, and the
-model's attention implementation is set to "lite". Parameters, names and state_dict keys are unchanged.
+model's attention implementation is set to "lite_auto" (or "lite", attention="ours"). Parameters, names and
+state_dict keys are unchanged.
 Class patching (`apply_lite_llama()` with no model) rebinds the classes' forwards, so models built afterwards
-use the kernels; attention then comes from `from_pretrained(..., attn_implementation="lite")`.
+use the kernels; attention then comes from `from_pretrained(..., attn_implementation="lite_auto")` (or "lite").
 `revert_lite_llama` restores exactly what was there before, so outputs are bit-identical to an unpatched model.
 """
 
@@ -129,9 +130,17 @@ def _warn_backend(device=None) -> None:
                       stacklevel=3)
 
 
+ATTENTION_MODES = {"auto": "lite_auto", "ours": "lite", True: "lite"}
+
+
 def apply_lite_llama(model=None, *, rms_norm: bool = True, rope: bool = True, swiglu: bool = True,
-                     attention: bool = True, fused_linear_cross_entropy: bool = True):
+                     attention: bool | str = "auto", fused_linear_cross_entropy: bool = True):
     """Patch a loaded Llama-family model in place (or, with no model, transformers' classes); returns the model.
+
+    attention: "auto" (the model's attention implementation becomes "lite_auto": on a GPU, unmasked causal
+    attention over several queries - training, unpadded prefill - runs transformers' SDPA, faster than our kernel
+    there today; padded batches and one-token decode run ours), "ours" or True ("lite": our kernels wherever they
+    apply), False (the model's own implementation stays).
 
     fused_linear_cross_entropy: in training mode with labels, the causal-LM forward computes the loss without
     building logits (returns logits=None); see patches/causal_lm.py.
@@ -139,6 +148,9 @@ def apply_lite_llama(model=None, *, rms_norm: bool = True, rope: bool = True, sw
     Idempotent: applying the same options again changes nothing; other options first revert, then re-apply.
     Raises TypeError for an unsupported model, leaving it untouched.
     """
+    if attention is not False and attention not in ATTENTION_MODES:
+        raise ValueError(f"attention must be 'auto', 'ours', True or False, got {attention!r}")
+    attention = "ours" if attention is True else attention
     options = dict(rms_norm=rms_norm, rope=rope, swiglu=swiglu, attention=attention,
                    fused_linear_cross_entropy=fused_linear_cross_entropy)
     if model is None:
@@ -181,8 +193,9 @@ def apply_lite_llama(model=None, *, rms_norm: bool = True, rope: bool = True, sw
         counts["fused_linear_cross_entropy"] = True
     if attention and config is not None:
         state.attn_implementation = config._attn_implementation
-        _set_attn_implementation(model, _attention.register())
-        counts["attention"] = _attention.NAME
+        _attention.register()
+        _set_attn_implementation(model, ATTENTION_MODES[attention])
+        counts["attention"] = ATTENTION_MODES[attention]
     state.counts = counts
     object.__setattr__(model, "_lite_llama", state)
     return model
@@ -277,8 +290,8 @@ def _unpatch_classes() -> None:
             setattr(owner, attr, previous)
 
 
-# "lite" is available to from_pretrained(attn_implementation="lite") as soon as this package is imported (unless
-# this process runs the transformers-free model of the CLI: litekernels.utils.DEFER_HF_REGISTRATION).
+# "lite" and "lite_auto" are available to from_pretrained(attn_implementation=...) as soon as this package is
+# imported (unless this process runs the CLI's transformers-free model: litekernels.utils.DEFER_HF_REGISTRATION).
 if not _utils.DEFER_HF_REGISTRATION:
     try:
         _attention.register()

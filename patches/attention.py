@@ -33,7 +33,8 @@ from litekernels.ops.attention import flash_attention_unchecked
 from litekernels.ops.decode_attention import decode_attention_unchecked
 from litekernels.utils import SUPPORTED_DTYPES, tracing
 
-NAME = "lite"
+NAME = "lite"  # our kernels wherever they apply (apply_lite_llama(attention="ours"))
+AUTO_NAME = "lite_auto"  # the default: the faster of ours and SDPA per call kind (lite_auto_attention_forward)
 MAX_HEAD_DIM = 256
 
 # ((batch, keys, device), tensor): the layers of one decode step share it. One tuple, replaced whole, so a thread
@@ -149,11 +150,34 @@ def lite_attention_forward(module, query, key, value, attention_mask, dropout: f
     return out.transpose(1, 2).contiguous(), None
 
 
+def _prefers_sdpa(query) -> bool:
+    """Where "auto" hands plain causal attention (no mask) to SDPA: CUDA GPUs, whose SDPA backends (cuDNN,
+    FlashAttention-2) measured faster than our prefill kernel (bench/results/ops-attn-H200.json: forward 0.78-0.87x,
+    forward+backward 0.69-0.83x of SDPA on an H200). Elsewhere (the CPU: the reference / Triton interpreter) ours."""
+    return query.is_cuda
+
+
+def lite_auto_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                                sliding_window=None, softcap=None, **kwargs):
+    """"lite_auto" (apply_lite_llama's default): transformers' own SDPA attention for unmasked causal attention
+    over several queries (training and prefill of unpadded batches) on a GPU, where SDPA is faster today; our
+    kernels for everything they win: a left-padded batch (lite_mask's key row: our KEY_MASK path, 1.7-1.9x SDPA
+    with the 4-D mask HF would build, same file) and one-token decode (flash-decoding, whose host path and
+    static-cache lengths the generation runtime and CUDA graphs rely on). Same contract as lite_attention_forward."""
+    windowed = sliding_window is not None and key.shape[2] > sliding_window
+    if attention_mask is None and query.shape[2] > 1 and softcap is None and not windowed and _prefers_sdpa(query):
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, None, dropout=dropout, scaling=scaling, **kwargs)
+    return lite_attention_forward(module, query, key, value, attention_mask, dropout, scaling, sliding_window,
+                                  softcap, **kwargs)
+
+
 _registered = False
 
 
 def register() -> str:
-    """Register "lite" with transformers (idempotent); returns the name."""
+    """Register "lite" and "lite_auto" with transformers (idempotent); returns "lite"."""
     global _registered
     if not _registered:
         from transformers import AttentionInterface
@@ -163,6 +187,8 @@ def register() -> str:
 
         AttentionInterface.register(NAME, lite_attention_forward)
         AttentionMaskInterface.register(NAME, lite_mask)
+        AttentionInterface.register(AUTO_NAME, lite_auto_attention_forward)
+        AttentionMaskInterface.register(AUTO_NAME, lite_mask)
         register_inductor_decompositions()  # decode-sized RMSNorm fuses with the residual add under Inductor
         _registered = True
     return NAME

@@ -68,7 +68,7 @@ def test_patched_logits_match_unpatched(family):
         out = model(ids, attention_mask=mask).logits
     arch = FAMILIES[family][0].__name__[:-len("ForCausalLM")].lower()
     assert lite_llama_summary(model) == {"architecture": arch, "rms_norm": NORMS[family], "mlp": 2, "rope": 2,
-                                         "attention": "lite", "fused_linear_cross_entropy": True}
+                                         "attention": "lite_auto", "fused_linear_cross_entropy": True}
     assert_matches(out[0], ref[0], name=f"{family} logits row 0")
     assert_matches(out[1, 4:], ref[1, 4:], name=f"{family} logits row 1")  # padded positions are don't-care
 

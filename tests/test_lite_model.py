@@ -297,7 +297,7 @@ def test_patching_still_works_in_a_process_that_built_the_skeleton(converted):
         "P.apply_lite_llama(hf)\n"
         "hf.train()\n"
         "out = hf(ids, labels=ids)\n"
-        "assert hf.config._attn_implementation == 'lite', hf.config._attn_implementation\n"
+        "assert hf.config._attn_implementation == 'lite_auto', hf.config._attn_implementation\n"
         "assert out.logits is None and torch.allclose(out.loss, ref, rtol=1e-5, atol=1e-6), (out.loss, ref)\n"
         "print('OK')\n"
     )

@@ -48,7 +48,7 @@ def test_patched_logits_match(model):
         apply_lite_llama(model)
         out = model(ids, attention_mask=mask).logits
     summary = lite_llama_summary(model)
-    assert summary == {"architecture": "llama", "rms_norm": 5, "mlp": 2, "rope": 2, "attention": "lite",
+    assert summary == {"architecture": "llama", "rms_norm": 5, "mlp": 2, "rope": 2, "attention": "lite_auto",
                        "fused_linear_cross_entropy": True}
     torch.testing.assert_close(out[0], ref[0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out[1, 6:], ref[1, 6:], atol=1e-4, rtol=1e-4)  # padded positions are don't-care
@@ -99,7 +99,7 @@ def test_only_the_given_instance_is_patched():
     a, b = LlamaForCausalLM(tiny_config()).to(DEVICE).eval(), LlamaForCausalLM(tiny_config()).to(DEVICE).eval()
     apply_lite_llama(a)
     assert lite_llama_summary(b) == {}
-    assert b.config._attn_implementation != "lite"
+    assert b.config._attn_implementation not in ("lite", "lite_auto")
     assert "forward" not in b.model.norm.__dict__
 
 
