@@ -383,3 +383,112 @@ def test_gpu_same_facts_on_another_device(op):
                 got = call(*inputs)
                 assert got[0].device.index == index if isinstance(got, tuple) else got.device.index == index
                 _close(got, _ref(ref, inputs))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# PreparedLaunches (decode's split + combine as one call object) against stand-in JIT functions
+# ---------------------------------------------------------------------------------------------------------
+def _fake_jit3():
+    """A FakeJIT with three tensor parameters: (X, Y, Z, n, BLOCK constexpr)."""
+    k = FakeJIT()
+    k.params = [types.SimpleNamespace(name=n, is_constexpr=c) for n, c in
+                (("X", False), ("Y", False), ("Z", False), ("n", False), ("BLOCK", True))]
+
+    def fn(X, Y, Z, n, BLOCK):
+        pass
+    k.fn = fn
+    return k
+
+
+def _pair():
+    """Two fake kernels chained like decode's split (all tensors) and combine (tensors 1 and 2)."""
+    a, b = _fake_jit3(), FakeJIT()
+    pa, pb = L.PreparedLaunch(a, (4, 2), (7,), dict(BLOCK=16)), L.PreparedLaunch(b, (3,), (9,), dict(BLOCK=32))
+    return a, b, L.PreparedLaunches((pa, None), (pb, (1, 2)))
+
+
+def test_prepared_launches_equal_their_members_called_in_order(fake_env):
+    a, b, chain = _pair()
+    x, y, z = torch.zeros(64), torch.zeros(64), torch.zeros(64)
+    chain(x, y, z)  # both through Triton's path (first call), then resolved
+    # the first fake kernel takes (X, Y, Z, n, BLOCK) and gets x, y, z; the second (X, Y, n, BLOCK) gets y, z
+    assert [c[1] for c in a.jit_calls] == [(x, y, z, 7)] and [c[1] for c in b.jit_calls] == [(y, z, 9)]
+    assert chain.direct is not None
+    chain(x, y, z)
+    assert a.run_calls == [(4, 2, 1, 1000, "F", "P", None, None, None, x.data_ptr(), y.data_ptr(), z.data_ptr(), 7,
+                            16)]
+    assert b.run_calls == [(3, 1, 1, 1000, "F", "P", None, None, None, y.data_ptr(), z.data_ptr(), 9, 32)]
+
+
+def test_prepared_launches_take_the_members_paths_when_a_check_fails(fake_env):
+    a, b, chain = _pair()
+    x, y, z = torch.zeros(64), torch.zeros(64), torch.zeros(64)
+    chain(x, y, z)
+    chain(x, y, z)
+    assert len(a.run_calls) == len(b.run_calls) == 1
+    fake_env["idle"] = False  # a launch hook: Triton's path for both
+    chain(x, y, z)
+    fake_env["idle"] = True
+    assert len(a.jit_calls) == len(b.jit_calls) == 2
+    b.pre_run_hooks.append(lambda *args, **kw: None)  # a pre-run hook on the second kernel only
+    chain(x, y, z)
+    b.pre_run_hooks.clear()
+    assert len(a.run_calls) == 2 and len(b.jit_calls) == 3  # the first member still goes direct on its own
+    chain(x, y, z)
+    assert len(a.run_calls) == 3 and len(b.run_calls) == 2
+    chain(x, y[1:], z)  # y misaligned: read by both kernels, each resolves its misaligned specialization
+    assert len(a.jit_calls) == 3 and len(b.jit_calls) == 4
+    chain(x, y[1:], z)
+    assert len(a.run_calls) == 4 and len(b.run_calls) == 3 and b.run_calls[-1][9] == y[1:].data_ptr()
+    chain(x, y, z)  # aligned again: `launch` has that specialization remembered, the members follow it
+    chain(x, y, z)
+    assert len(a.jit_calls) == 3 and len(b.jit_calls) == 4 and b.run_calls[-1][9] == y.data_ptr()
+    fake_env["index"] = 1  # another current device
+    chain(x, y, z)
+    assert len(a.jit_calls) == 4 and len(b.jit_calls) == 5
+    chain(x, y, z)
+    assert a.run_calls[-1][3] == 1001 and b.run_calls[-1][3] == 1001
+
+
+def test_prepared_launches_recheck_both_kernels_globals(fake_env):
+    a, b, chain = _pair()
+    g = {"SCALE": 1}
+    b.used_global_vals = {("SCALE", id(g)): (1, g)}
+    x = torch.zeros(32)
+    chain(x, x, x)
+    chain(x, x, x)
+    assert len(a.run_calls) == len(b.run_calls) == 1
+    g["SCALE"] = 2  # Triton raises for this on the second kernel: its own path must run
+    chain(x, x, x)
+    assert len(b.jit_calls) == 2 and len(b.run_calls) == 1
+
+
+def test_prepared_launches_with_contradicting_alignments_never_combine(fake_env):
+    """A tensor that one member resolved as aligned and another as misaligned (two calls with different views):
+    no combined direct call, each member keeps deciding alone."""
+    a, b, chain = _pair()
+    x, y, z = torch.zeros(64), torch.zeros(64), torch.zeros(64)
+    pa, pb = chain.launches
+    pa(x, y, z)
+    pb(y[1:], z)
+    pa(x, y, z)
+    pb(y[1:], z)
+    assert pa.direct is not None and pb.direct is not None
+    assert chain._combine((pa.direct, pb.direct), 3) is None
+
+
+@requires_kernels()
+def test_zero_dim_and_zero_head_dim_inputs_keep_their_errors():
+    """The plan key reads q.shape[-1] for the default scale: a 0-d or head_dim-0 input must still reach the named
+    checks (not an IndexError or ZeroDivisionError from the key)."""
+    d = _dev()
+    k = torch.randn(1, 2, 5, 16, device=d)
+    with torch.no_grad():
+        for _ in range(2):
+            with pytest.raises((TypeError, ValueError)):
+                flash_attention(torch.tensor(1.0, device=d), k, k)
+            with pytest.raises(ValueError, match="head_dim 0"):
+                flash_attention(torch.randn(1, 2, 5, 0, device=d), k[..., :0], k[..., :0])
+            with pytest.raises((TypeError, ValueError)):
+                decode_attention(torch.tensor(1.0, device=d), k, k, torch.tensor([5], device=d))
+    assert A.DEFAULT_SCALES[64] == 0.125 and A.DEFAULT_SCALES[0] is None
