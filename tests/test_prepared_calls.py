@@ -492,3 +492,28 @@ def test_zero_dim_and_zero_head_dim_inputs_keep_their_errors():
             with pytest.raises((TypeError, ValueError)):
                 decode_attention(torch.tensor(1.0, device=d), k, k, torch.tensor([5], device=d))
     assert A.DEFAULT_SCALES[64] == 0.125 and A.DEFAULT_SCALES[0] is None
+
+
+def test_discard_at_reuses_per_device_and_stream_and_never_while_capturing(monkeypatch):
+    """The plans' discard buffer (discard_at: device index and device kept by the plan), with the CUDA stream
+    queries stood in for: one buffer per (index, stream), grown when too small, fresh while capturing, off the GPU
+    (index -1) and above DISCARD_MAX_ELEMENTS."""
+    state = {"capturing": False, "stream": 7}
+    monkeypatch.setattr(L, "_capturing", lambda: state["capturing"])
+    monkeypatch.setattr(L, "_get_stream", lambda index: state["stream"] + 100 * index)
+    monkeypatch.setattr(L, "_discard", {})
+    a = L.discard_at(0, 10, "cpu")
+    assert L.discard_at(0, 10, "cpu") is a and L.discard_at(0, 4096, "cpu") is a
+    assert L.discard_at(1, 10, "cpu") is not a  # another device index
+    state["stream"] = 8
+    b = L.discard_at(0, 10, "cpu")
+    assert b is not a and L.discard_at(0, 10, "cpu") is b  # another stream
+    big = L.discard_at(0, 5000, "cpu")
+    assert big is not b and big.numel() >= 5000 and L.discard_at(0, 10, "cpu") is big  # grown, then reused
+    state["capturing"] = True
+    assert L.discard_at(0, 10, "cpu") is not big
+    state["capturing"] = False
+    assert L.discard_at(-1, 10, "cpu") is not L.discard_at(-1, 10, "cpu")
+    n = L.DISCARD_MAX_ELEMENTS + 1
+    assert L.discard_at(0, n, "cpu") is not L.discard_at(0, n, "cpu")
+    assert L.stream_key_at(-1) == "cpu" and L.stream_key_at(0) == 8 and L.stream_key_at(1) == 108

@@ -443,8 +443,13 @@ def discard_buffer(numel: int, like: torch.Tensor) -> torch.Tensor:
 def discard_at(index: int, numel: int, device) -> torch.Tensor:
     """discard_buffer(numel, like) for a `like` on `device` whose CUDA index is `index` (-1: not a CUDA tensor):
     what a plan calls, with both kept from when it was made."""
-    stream = stream_key_at(index) if index >= 0 and numel <= DISCARD_MAX_ELEMENTS else None
-    if stream is None:  # off the GPU, large, or capturing
+    if index < 0 or numel > DISCARD_MAX_ELEMENTS:
+        return torch.empty(numel, dtype=torch.float32, device=device)
+    if _capturing is not None and _get_stream is not None:  # stream_key_at, without its frame
+        stream = None if _capturing() else _get_stream(index)
+    else:
+        stream = stream_key_at(index)
+    if stream is None:  # capturing
         return torch.empty(numel, dtype=torch.float32, device=device)
     key = (index, stream)  # raw stream 0 (the default stream) has one id on every device
     buf = _discard.get(key)

@@ -329,7 +329,9 @@ class _Call:
 
     def __call__(self, q, k_cache, v_cache, lengths, key_mask):
         p = self.p
-        o_part, lse_part, counter = _scratch_at(p, stream_key_at(self.index) if self.reuse else None, self.device)
+        key = stream_key_at(self.index) if self.reuse else None
+        # a hit in the per-stream cache, else _scratch_at's fresh buffers (never stored under None)
+        o_part, lse_part, counter = p.scratch.get(key) or _scratch_at(p, key, self.device)
         o = torch.empty_like(q) if self.o_like else torch.empty(self.o_shape, dtype=q.dtype, device=self.device)
         # KEYMASK is unused without a mask: lengths stands in
         self.launches(q, k_cache, v_cache, lengths, lengths if key_mask is None else key_mask.view(torch.uint8),
