@@ -517,3 +517,34 @@ def test_discard_at_reuses_per_device_and_stream_and_never_while_capturing(monke
     n = L.DISCARD_MAX_ELEMENTS + 1
     assert L.discard_at(0, n, "cpu") is not L.discard_at(0, n, "cpu")
     assert L.stream_key_at(-1) == "cpu" and L.stream_key_at(0) == 8 and L.stream_key_at(1) == 108
+
+
+@requires_kernels()
+def test_a_plan_made_without_autograd_serves_the_autograd_path_too():
+    """The no-autograd entry points (norm, add_norm, infer) and the autograd Functions share one plan per key: after
+    plan-hit calls under no_grad, a call that needs autograd gets the saved rstd / lse right (gradients match)."""
+    d = _dev()
+    torch.manual_seed(3)
+    x, r, w = torch.randn(3, 40, device=d), torch.randn(3, 40, device=d), torch.randn(40, device=d)
+    q, k = torch.randn(1, 2, 7, 16, device=d), torch.randn(1, 1, 7, 16, device=d)
+    cases = [
+        (lambda x, r, w: rms_norm(x, w, 1e-5), lambda x, r, w: reference.rms_norm(x, w, 1e-5), (x, r, w)),
+        (lambda x, r, w: sum(fused_add_rms_norm(x, r, w, 1e-5)),
+         lambda x, r, w: sum(reference.fused_add_rms_norm(x, r, w, 1e-5)), (x, r, w)),
+        (lambda q, k: flash_attention(q, k, k), lambda q, k: reference.attention(q, k, k, causal=True), (q, k)),
+    ]
+    for fn, ref, inputs in cases:
+        with torch.no_grad():
+            fn(*inputs)
+            fn(*inputs)  # the plan's no-autograd entry point
+        got_in = [t.clone().requires_grad_(True) for t in inputs]
+        want_in = [t.double().requires_grad_(True) for t in inputs]
+        out, want = fn(*got_in), ref(*want_in)
+        grad = torch.randn_like(out)
+        out.backward(grad)
+        want.backward(grad.double())
+        _close(out.detach(), want.detach().float())
+        for g, wg in zip(got_in, want_in):
+            assert (g.grad is None) == (wg.grad is None)  # rms_norm leaves r alone
+            if wg.grad is not None:
+                torch.testing.assert_close(g.grad, wg.grad.float(), atol=1e-4, rtol=1e-4)
