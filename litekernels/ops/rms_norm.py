@@ -129,8 +129,9 @@ class _FwdPlan:
 
     def __call__(self, x, weight, residual, need_rstd):
         if not need_rstd:
-            return (self.norm(x, weight), None, None) if residual is None else (*self.add_norm(x, residual, weight),
-                                                                                None)
+            if residual is None:
+                return self.norm(x, weight), None, None
+            return (*self.add_norm(x, residual, weight), None)
         y = torch.empty_like(x) if self.y_like_x else torch.empty(self.shape, dtype=self.y_dtype, device=self.device)
         rstd = torch.empty(self.n_rows, dtype=torch.float32, device=self.device)
         if residual is not None:
