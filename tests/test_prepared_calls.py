@@ -466,7 +466,7 @@ def test_prepared_launches_recheck_both_kernels_globals(fake_env):
 def test_prepared_launches_with_contradicting_alignments_never_combine(fake_env):
     """A tensor that one member resolved as aligned and another as misaligned (two calls with different views):
     no combined direct call, each member keeps deciding alone."""
-    a, b, chain = _pair()
+    _, _, chain = _pair()
     x, y, z = torch.zeros(64), torch.zeros(64), torch.zeros(64)
     pa, pb = chain.launches
     pa(x, y, z)

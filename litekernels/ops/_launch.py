@@ -669,7 +669,7 @@ class PreparedLaunches:
             return None
         masks, unaligned, members, globals_used = [0] * n, set(), [], []
         for s, pick in zip(sources, self.picks):
-            device, fn, grid3, fixed, back, m, un, g = s
+            _, fn, grid3, fixed, back, m, un, g = s
             where = range(n) if pick is None else pick(range(n))
             for j, i in enumerate(where):
                 masks[i] |= m[j]
