@@ -5,8 +5,10 @@ kernel launch itself replaced by a no-op, so what is timed is our Python: checks
 autograd decision, and (with litekernels/ops/_launch.py present) the direct-launch dispatch up to the C launcher
 call, which a stand-in takes. With prepared calls (PlanCache in ops/_launch.py), a repeated call is the plan
 lookup, the output allocation and the PreparedLaunch dispatch; CPU tensors get no cached discard buffer (the GPU
-reuses one), so rms_norm and flash_attention pay one more small allocation here than there. Without ops/_launch.py (an older checkout) `kernel[grid]` is the no-op: Triton's
-own dispatch is then NOT counted, so a before/after comparison favours "before".
+reuses one), so rms_norm, fused_add_rms_norm and flash_attention pay one more small allocation here than there;
+the launch-hook test, the device and stream queries are stand-ins here (C calls or Triton's knobs on the GPU).
+Without ops/_launch.py (an older checkout) `kernel[grid]` is the no-op: Triton's own dispatch is then NOT counted,
+so a before/after comparison favours "before".
 Timed under torch.no_grad, median of --repeats batches of --calls back-to-back calls; the machine's load average
 is recorded (other processes share the cores). Reference points on the same CPU: torch.add and torch.empty.
 

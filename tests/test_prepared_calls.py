@@ -383,3 +383,168 @@ def test_gpu_same_facts_on_another_device(op):
                 got = call(*inputs)
                 assert got[0].device.index == index if isinstance(got, tuple) else got.device.index == index
                 _close(got, _ref(ref, inputs))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# PreparedLaunches (decode's split + combine as one call object) against stand-in JIT functions
+# ---------------------------------------------------------------------------------------------------------
+def _fake_jit3():
+    """A FakeJIT with three tensor parameters: (X, Y, Z, n, BLOCK constexpr)."""
+    k = FakeJIT()
+    k.params = [types.SimpleNamespace(name=n, is_constexpr=c) for n, c in
+                (("X", False), ("Y", False), ("Z", False), ("n", False), ("BLOCK", True))]
+
+    def fn(X, Y, Z, n, BLOCK):
+        pass
+    k.fn = fn
+    return k
+
+
+def _pair():
+    """Two fake kernels chained like decode's split (all tensors) and combine (tensors 1 and 2)."""
+    a, b = _fake_jit3(), FakeJIT()
+    pa, pb = L.PreparedLaunch(a, (4, 2), (7,), dict(BLOCK=16)), L.PreparedLaunch(b, (3,), (9,), dict(BLOCK=32))
+    return a, b, L.PreparedLaunches((pa, None), (pb, (1, 2)))
+
+
+def test_prepared_launches_equal_their_members_called_in_order(fake_env):
+    a, b, chain = _pair()
+    x, y, z = torch.zeros(64), torch.zeros(64), torch.zeros(64)
+    chain(x, y, z)  # both through Triton's path (first call), then resolved
+    # the first fake kernel takes (X, Y, Z, n, BLOCK) and gets x, y, z; the second (X, Y, n, BLOCK) gets y, z
+    assert [c[1] for c in a.jit_calls] == [(x, y, z, 7)] and [c[1] for c in b.jit_calls] == [(y, z, 9)]
+    assert chain.direct is not None
+    chain(x, y, z)
+    assert a.run_calls == [(4, 2, 1, 1000, "F", "P", None, None, None, x.data_ptr(), y.data_ptr(), z.data_ptr(), 7,
+                            16)]
+    assert b.run_calls == [(3, 1, 1, 1000, "F", "P", None, None, None, y.data_ptr(), z.data_ptr(), 9, 32)]
+
+
+def test_prepared_launches_take_the_members_paths_when_a_check_fails(fake_env):
+    a, b, chain = _pair()
+    x, y, z = torch.zeros(64), torch.zeros(64), torch.zeros(64)
+    chain(x, y, z)
+    chain(x, y, z)
+    assert len(a.run_calls) == len(b.run_calls) == 1
+    fake_env["idle"] = False  # a launch hook: Triton's path for both
+    chain(x, y, z)
+    fake_env["idle"] = True
+    assert len(a.jit_calls) == len(b.jit_calls) == 2
+    b.pre_run_hooks.append(lambda *args, **kw: None)  # a pre-run hook on the second kernel only
+    chain(x, y, z)
+    b.pre_run_hooks.clear()
+    assert len(a.run_calls) == 2 and len(b.jit_calls) == 3  # the first member still goes direct on its own
+    chain(x, y, z)
+    assert len(a.run_calls) == 3 and len(b.run_calls) == 2
+    chain(x, y[1:], z)  # y misaligned: read by both kernels, each resolves its misaligned specialization
+    assert len(a.jit_calls) == 3 and len(b.jit_calls) == 4
+    chain(x, y[1:], z)
+    assert len(a.run_calls) == 4 and len(b.run_calls) == 3 and b.run_calls[-1][9] == y[1:].data_ptr()
+    chain(x, y, z)  # aligned again: `launch` has that specialization remembered, the members follow it
+    chain(x, y, z)
+    assert len(a.jit_calls) == 3 and len(b.jit_calls) == 4 and b.run_calls[-1][9] == y.data_ptr()
+    fake_env["index"] = 1  # another current device
+    chain(x, y, z)
+    assert len(a.jit_calls) == 4 and len(b.jit_calls) == 5
+    chain(x, y, z)
+    assert a.run_calls[-1][3] == 1001 and b.run_calls[-1][3] == 1001
+
+
+def test_prepared_launches_recheck_both_kernels_globals(fake_env):
+    a, b, chain = _pair()
+    g = {"SCALE": 1}
+    b.used_global_vals = {("SCALE", id(g)): (1, g)}
+    x = torch.zeros(32)
+    chain(x, x, x)
+    chain(x, x, x)
+    assert len(a.run_calls) == len(b.run_calls) == 1
+    g["SCALE"] = 2  # Triton raises for this on the second kernel: its own path must run
+    chain(x, x, x)
+    assert len(b.jit_calls) == 2 and len(b.run_calls) == 1
+
+
+def test_prepared_launches_with_contradicting_alignments_never_combine(fake_env):
+    """A tensor that one member resolved as aligned and another as misaligned (two calls with different views):
+    no combined direct call, each member keeps deciding alone."""
+    _, _, chain = _pair()
+    x, y, z = torch.zeros(64), torch.zeros(64), torch.zeros(64)
+    pa, pb = chain.launches
+    pa(x, y, z)
+    pb(y[1:], z)
+    pa(x, y, z)
+    pb(y[1:], z)
+    assert pa.direct is not None and pb.direct is not None
+    assert chain._combine((pa.direct, pb.direct), 3) is None
+
+
+@requires_kernels()
+def test_zero_dim_and_zero_head_dim_inputs_keep_their_errors():
+    """The plan key reads q.shape[-1] for the default scale: a 0-d or head_dim-0 input must still reach the named
+    checks (not an IndexError or ZeroDivisionError from the key)."""
+    d = _dev()
+    k = torch.randn(1, 2, 5, 16, device=d)
+    with torch.no_grad():
+        for _ in range(2):
+            with pytest.raises((TypeError, ValueError)):
+                flash_attention(torch.tensor(1.0, device=d), k, k)
+            with pytest.raises(ValueError, match="head_dim 0"):
+                flash_attention(torch.randn(1, 2, 5, 0, device=d), k[..., :0], k[..., :0])
+            with pytest.raises((TypeError, ValueError)):
+                decode_attention(torch.tensor(1.0, device=d), k, k, torch.tensor([5], device=d))
+    assert A.DEFAULT_SCALES[64] == 0.125 and A.DEFAULT_SCALES[0] is None
+
+
+def test_discard_at_reuses_per_device_and_stream_and_never_while_capturing(monkeypatch):
+    """The plans' discard buffer (discard_at: device index and device kept by the plan), with the CUDA stream
+    queries stood in for: one buffer per (index, stream), grown when too small, fresh while capturing, off the GPU
+    (index -1) and above DISCARD_MAX_ELEMENTS."""
+    state = {"capturing": False, "stream": 7}
+    monkeypatch.setattr(L, "_capturing", lambda: state["capturing"])
+    monkeypatch.setattr(L, "_get_stream", lambda index: state["stream"] + 100 * index)
+    monkeypatch.setattr(L, "_discard", {})
+    a = L.discard_at(0, 10, "cpu")
+    assert L.discard_at(0, 10, "cpu") is a and L.discard_at(0, 4096, "cpu") is a
+    assert L.discard_at(1, 10, "cpu") is not a  # another device index
+    state["stream"] = 8
+    b = L.discard_at(0, 10, "cpu")
+    assert b is not a and L.discard_at(0, 10, "cpu") is b  # another stream
+    big = L.discard_at(0, 5000, "cpu")
+    assert big is not b and big.numel() >= 5000 and L.discard_at(0, 10, "cpu") is big  # grown, then reused
+    state["capturing"] = True
+    assert L.discard_at(0, 10, "cpu") is not big
+    state["capturing"] = False
+    assert L.discard_at(-1, 10, "cpu") is not L.discard_at(-1, 10, "cpu")
+    n = L.DISCARD_MAX_ELEMENTS + 1
+    assert L.discard_at(0, n, "cpu") is not L.discard_at(0, n, "cpu")
+    assert L.stream_key_at(-1) == "cpu" and L.stream_key_at(0) == 8 and L.stream_key_at(1) == 108
+
+
+@requires_kernels()
+def test_a_plan_made_without_autograd_serves_the_autograd_path_too():
+    """The no-autograd entry points (norm, add_norm, infer) and the autograd Functions share one plan per key: after
+    plan-hit calls under no_grad, a call that needs autograd gets the saved rstd / lse right (gradients match)."""
+    d = _dev()
+    torch.manual_seed(3)
+    x, r, w = torch.randn(3, 40, device=d), torch.randn(3, 40, device=d), torch.randn(40, device=d)
+    q, k = torch.randn(1, 2, 7, 16, device=d), torch.randn(1, 1, 7, 16, device=d)
+    cases = [
+        (lambda x, r, w: rms_norm(x, w, 1e-5), lambda x, r, w: reference.rms_norm(x, w, 1e-5), (x, r, w)),
+        (lambda x, r, w: sum(fused_add_rms_norm(x, r, w, 1e-5)),
+         lambda x, r, w: sum(reference.fused_add_rms_norm(x, r, w, 1e-5)), (x, r, w)),
+        (lambda q, k: flash_attention(q, k, k), lambda q, k: reference.attention(q, k, k, causal=True), (q, k)),
+    ]
+    for fn, ref, inputs in cases:
+        with torch.no_grad():
+            fn(*inputs)
+            fn(*inputs)  # the plan's no-autograd entry point
+        got_in = [t.clone().requires_grad_(True) for t in inputs]
+        want_in = [t.double().requires_grad_(True) for t in inputs]
+        out, want = fn(*got_in), ref(*want_in)
+        grad = torch.randn_like(out)
+        out.backward(grad)
+        want.backward(grad.double())
+        _close(out.detach(), want.detach().float())
+        for g, wg in zip(got_in, want_in):
+            assert (g.grad is None) == (wg.grad is None)  # rms_norm leaves r alone
+            if wg.grad is not None:
+                torch.testing.assert_close(g.grad, wg.grad.float(), atol=1e-4, rtol=1e-4)

@@ -46,7 +46,7 @@ import os
 import torch
 
 from .._triton import HAS_TRITON, triton
-from ..utils import INTERPRET, tracing
+from ..utils import HAS_CUSTOM_OPS, INTERPRET
 
 # Triton versions whose launch path was read (see the module docstring), and how each passes arguments to the
 # launcher: "nonconstexpr" (3.0-3.2: the values of the non-constexpr parameters) or "all" (3.3+: every
@@ -141,13 +141,15 @@ def _make_hooks_idle_chain():
     from triton import knobs
     from triton.knobs import HookChain
 
+    has_stages = hasattr(knobs.runtime, "add_stages_inspection_hook")  # a version without it never reads it
+
     def idle():
         rt = knobs.runtime
         enter, exit_ = rt.launch_enter_hook, rt.launch_exit_hook
         # an empty HookChain calls nothing: Triton would pass it (and the launch metadata it builds) for nothing
         return ((enter is None or (type(enter) is HookChain and not enter.calls))
                 and (exit_ is None or (type(exit_) is HookChain and not exit_.calls))
-                and getattr(rt, "add_stages_inspection_hook", None) is None)
+                and (not has_stages or rt.add_stages_inspection_hook is None))
     return idle
 
 
@@ -413,11 +415,19 @@ def stream_key(device: torch.device):
     while that stream captures a CUDA graph (then nothing may be reused or cached)."""
     if device.type != "cuda":
         return "cpu"
+    return stream_key_at(device.index if device.index is not None else _get_device())
+
+
+def stream_key_at(index: int):
+    """stream_key of CUDA device `index`, or "cpu" for index -1 (what a CPU tensor's get_device() says): for plans,
+    which keep their device's index (only CUDA and CPU tensors get plans), so no device object is built per call."""
+    if index < 0:
+        return "cpu"
     if _get_stream is None or _capturing is None:  # an older torch: the public (slower) calls
-        return None if torch.cuda.is_current_stream_capturing() else torch.cuda.current_stream(device).cuda_stream
+        return None if torch.cuda.is_current_stream_capturing() else torch.cuda.current_stream(index).cuda_stream
     if _capturing():
         return None
-    return _get_stream(device.index if device.index is not None else _get_device())
+    return _get_stream(index)
 
 
 def discard_buffer(numel: int, like: torch.Tensor) -> torch.Tensor:
@@ -427,13 +437,24 @@ def discard_buffer(numel: int, like: torch.Tensor) -> torch.Tensor:
     old memory is only handed to later work on that stream; never cached while a CUDA graph is captured (the
     graph gets its own from its pool), nor off the GPU. Concurrent writers (two threads on one stream) race
     only on values nobody reads."""
-    stream = stream_key(like.device) if like.is_cuda and numel <= DISCARD_MAX_ELEMENTS else None
-    if stream is None:  # off the GPU, large, or capturing
-        return torch.empty(numel, dtype=torch.float32, device=like.device)
-    key = (like.get_device(), stream)  # raw stream 0 (the default stream) has one id on every device
+    return discard_at(like.get_device() if like.is_cuda else -1, numel, like.device)
+
+
+def discard_at(index: int, numel: int, device) -> torch.Tensor:
+    """discard_buffer(numel, like) for a `like` on `device` whose CUDA index is `index` (-1: not a CUDA tensor):
+    what a plan calls, with both kept from when it was made."""
+    if index < 0 or numel > DISCARD_MAX_ELEMENTS:
+        return torch.empty(numel, dtype=torch.float32, device=device)
+    if _capturing is not None and _get_stream is not None:  # stream_key_at, without its frame
+        stream = None if _capturing() else _get_stream(index)
+    else:
+        stream = stream_key_at(index)
+    if stream is None:  # capturing
+        return torch.empty(numel, dtype=torch.float32, device=device)
+    key = (index, stream)  # raw stream 0 (the default stream) has one id on every device
     buf = _discard.get(key)
     if buf is None or buf.numel() < numel:
-        buf = _discard[key] = torch.empty(max(numel, 4096), dtype=torch.float32, device=like.device)
+        buf = _discard[key] = torch.empty(max(numel, 4096), dtype=torch.float32, device=device)
     return buf
 
 
@@ -442,6 +463,10 @@ def discard_buffer(numel: int, like: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------
 MAX_PLANS = 1024  # an op's plans are cleared when they grow past this (many shapes: not a host-bound workload)
 _plan_caches: list = []
+_grad_enabled = torch.is_grad_enabled
+# utils.tracing()'s two tests, called from PlanCache.lookup without its frame (both off where it is always False)
+_is_compiling = torch.compiler.is_compiling if HAS_CUSTOM_OPS else (lambda: False)
+_modes = getattr(torch._C, "_len_torch_dispatch_stack", None) if HAS_CUSTOM_OPS else None
 _and = operator.and_
 _data_ptr = torch.Tensor.data_ptr
 
@@ -468,18 +493,22 @@ class PlanCache:
         _plan_caches.append(self)
 
     def lookup(self, *args):
-        if not _plans_on or tracing():
+        # tracing() inlined (same tests, same order: under Dynamo the first is a constant True)
+        if not _plans_on or _is_compiling() or (_modes is not None and _modes()):
             return None
         try:
-            if torch.is_grad_enabled() and any(getattr(a, "requires_grad", False) for a in args):
-                return None
-            key = self.key_of(*args)
-            tied = self.tied_to
-            if tied is not None and tied[0][tied[1]] is not self.source:
-                return None  # the checked path's `get` drops the stale plans
-            return self.plans.get(key)
-        except (AttributeError, TypeError, RuntimeError, ValueError):
-            return None  # not a tensor (or a tracer's proxy), unhashable, no strides (sparse): the checked path
+            if _grad_enabled():  # grad mode off (inference, HF generate): no requires_grad read at all
+                for a in args:
+                    if getattr(a, "requires_grad", False):
+                        return None
+            plan = self.plans.get(self.key_of(*args))
+        except (AttributeError, TypeError, RuntimeError, ValueError, IndexError, ArithmeticError):
+            return None  # not a tensor (or a tracer's proxy), unhashable, no strides (sparse), a 0-d tensor: the
+            # checked path, which names the problem
+        tied = self.tied_to
+        if tied is not None and plan is not None and tied[0][tied[1]] is not self.source:
+            return None  # the checked path's `get` drops the stale plans
+        return plan
 
     def get(self, key):
         tied = self.tied_to
@@ -548,7 +577,7 @@ class PreparedLaunch:
     def __call__(self, *tensors):
         d = self.direct
         follow = d is None
-        if not follow and _on and _hooks_idle() and not self.kernel.pre_run_hooks:
+        if not follow and _on and not self.kernel.pre_run_hooks and _hooks_idle():
             device, fn, grid3, fixed, back, masks, unaligned, globals_used = d
             ptrs = list(map(_data_ptr, tensors))
             # the specialization compiled for this launch: same device, same 16-byte alignment of every tensor
@@ -581,3 +610,74 @@ class PreparedLaunch:
         masks = tuple(0 if p & 15 else 15 for p in ptrs)  # aligned ones must stay aligned
         unaligned = tuple(i for i, p in enumerate(ptrs) if p & 15)  # and these misaligned (another kernel)
         self.direct = (device, fn, grid3, fixed, (*self.scalars, *tail), masks, unaligned, state.globals_used)
+
+
+_pre_run_hooks = operator.attrgetter("pre_run_hooks")
+
+
+def _picker(positions):
+    """positions -> a function taking a sequence to the tuple of its items there (None: the sequence itself)."""
+    if positions is None:
+        return None
+    positions = tuple(positions)
+    if len(positions) == 1:
+        index = positions[0]
+        return lambda s: (s[index],)
+    return operator.itemgetter(*positions)
+
+
+class PreparedLaunches:
+    """PreparedLaunch objects called back to back on one list of tensors: member i gets the tensors at positions
+    picks[i] (None: all of them). Same effect as calling the members in order (each then takes its own direct or
+    Triton path). Once every member has resolved a direct launch for the same device, a call checks the launch
+    hooks, the pre-run hooks, the current device, the alignment of every tensor and the kernels' globals once for
+    all members, reads each data pointer and the stream once, and calls the launchers; when any of those checks
+    fails, the members are called one by one (which is exactly what each would do on its own)."""
+    __slots__ = ("launches", "picks", "direct", "sources")
+
+    def __init__(self, *members):
+        """members: (PreparedLaunch, positions or None) pairs, in launch order."""
+        self.launches = tuple(m[0] for m in members)
+        self.picks = tuple(_picker(m[1]) for m in members)
+        self.direct = None
+        self.sources = None  # the members' `direct` tuples `direct` was combined from
+
+    def __call__(self, *tensors):
+        d = self.direct
+        if d is not None and _on and _hooks_idle():
+            device, members, masks, unaligned, kernels, globals_used = d
+            if not any(map(_pre_run_hooks, kernels)):
+                ptrs = list(map(_data_ptr, tensors))
+                if (_get_device() == device and not any(map(_and, ptrs, masks))
+                        and (not unaligned or all(ptrs[i] & 15 for i in unaligned))
+                        and (not globals_used or _globals_unchanged(globals_used))):
+                    stream = _get_stream(device)
+                    for fn, grid3, fixed, pick, back in members:
+                        fn(*grid3, stream, *fixed, *(ptrs if pick is None else pick(ptrs)), *back)
+                    return
+        for member, pick in zip(self.launches, self.picks):
+            member(*(tensors if pick is None else pick(tensors)))
+        sources = tuple(m.direct for m in self.launches)
+        if sources != self.sources:
+            self.sources = sources
+            self.direct = self._combine(sources, len(tensors))
+
+    def _combine(self, sources, n):
+        """One direct tuple for all members (the conjunction of their conditions), or None when a member has no
+        direct launch, two were resolved for different devices, or their alignments contradict each other."""
+        if any(s is None for s in sources) or len({s[0] for s in sources}) != 1:
+            return None
+        masks, unaligned, members, globals_used = [0] * n, set(), [], []
+        for s, pick in zip(sources, self.picks):
+            _, fn, grid3, fixed, back, m, un, g = s
+            where = range(n) if pick is None else pick(range(n))
+            for j, i in enumerate(where):
+                masks[i] |= m[j]
+                if j in un:
+                    unaligned.add(i)
+            members.append((fn, grid3, fixed, pick, back))
+            globals_used.extend(g)
+        if any(masks[i] for i in unaligned):  # one member needs aligned what another needs misaligned
+            return None
+        return (sources[0][0], tuple(members), tuple(masks), tuple(sorted(unaligned)),
+                tuple(m.kernel for m in self.launches), tuple(globals_used))

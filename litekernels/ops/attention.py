@@ -27,7 +27,7 @@ import torch
 from .. import reference
 from .._triton import tl, triton
 from ..utils import INTERPRET, check_same_device, check_tensor, unit_last, use_triton
-from ._launch import PlanCache, PreparedLaunch, config_key, discard_buffer, empty_like_if, launch, out_strides
+from ._launch import PlanCache, PreparedLaunch, config_key, discard_at, launch, out_strides
 from ._tl_common import (LOG2E, _dot, _finish_rows, _online_softmax_step, _online_softmax_step_lazy, exact_dot,
                           block_d, default_scale, gpu_arch, merge_config)
 
@@ -469,14 +469,30 @@ def _key_mask(mask, ms, H: int, Tq: int) -> bool:
     return mask is not None and (ms[1] == 0 or H == 1) and (ms[2] == 0 or Tq == 1)
 
 
+class _DefaultScales(dict):
+    """head_dim -> default_scale(head_dim), filled on first use, so a plan key reads the default scale with one
+    subscript; head_dims outside 1..MAX_HEAD_DIM are not stored (0 gives None: no such plan exists)."""
+
+    def __missing__(self, head_dim):
+        if not 0 < head_dim <= MAX_HEAD_DIM:
+            return default_scale(head_dim) if head_dim else None
+        value = self[head_dim] = default_scale(head_dim)
+        return value
+
+
+DEFAULT_SCALES = _DefaultScales()
+
+
 def _fwd_key(q, k, v, causal, scale, attn_mask=None, config=None, like_inputs=False):
     """The plan key of a forward: every fact of the inputs and arguments that the checks, the settings and the
     launch read (scale None: the public default, computed as the public function does)."""
     m = attn_mask
-    return (q.shape, q.stride(), q.dtype, q.device, k.shape, k.stride(), k.dtype, k.device,
+    qs = q.shape
+    return (qs, q.stride(), q.dtype, q.device, k.shape, k.stride(), k.dtype, k.device,
             v.shape, v.stride(), v.dtype, v.device,
             None if m is None else (m.shape, m.stride(), m.dtype, m.device),
-            causal, default_scale(q.shape[-1]) if scale is None else scale, config_key(config), like_inputs)
+            causal, DEFAULT_SCALES[qs[-1]] if scale is None else scale,
+            None if config is None else config_key(config), like_inputs)
 
 
 
@@ -485,7 +501,7 @@ _FWD_PLANS = PlanCache(_fwd_key, tied_to=(globals(), "_settings_cache"))
 
 class _FwdPlan:
     """The forward launch for inputs of one plan key (q, k, v with unit last stride, attn_mask None or bool)."""
-    __slots__ = ("o_shape", "o_like", "lse_shape", "lse_numel", "tma", "launch")
+    __slots__ = ("o_shape", "o_like", "lse_shape", "lse_numel", "tma", "launch", "device", "index")
 
     def __init__(self, q, k, v, causal, scale, attn_mask, config, like_inputs):
         check_attention_inputs(q, k, v, attn_mask)  # a plan exists only for valid inputs
@@ -493,6 +509,8 @@ class _FwdPlan:
         HKV, Tk = k.shape[1], k.shape[2]
         self.o_shape, self.lse_shape, self.lse_numel = (B, H, Tq, D), (B, H, Tq), B * H * Tq
         self.o_like = like_inputs or q.is_contiguous()  # then empty_like(q) is o (dense), with less parsing
+        self.device = q.device  # the key holds it: kept, so a call builds no device object
+        self.index = q.get_device() if q.is_cuda else -1  # for discard_at
         so = out_strides(self.o_like, q, self.o_shape)
         _, ms = _mask_args(attn_mask, B, H, Tq, Tk)
         c = _settings(fwd_config, D, q.dtype, q.device, config)
@@ -506,14 +524,24 @@ class _FwdPlan:
                  BLOCK_D=block_d(D), IEEE=exact_dot(q.dtype), **c))
 
     def __call__(self, q, k, v, attn_mask, need_lse):
-        o = empty_like_if(self.o_like, q, self.o_shape, q.dtype)
-        lse = (torch.empty(self.lse_shape, dtype=torch.float32, device=q.device) if need_lse
-               else discard_buffer(self.lse_numel, q))
+        if not need_lse:
+            return self.infer(q, k, v, attn_mask), None
+        o = torch.empty_like(q) if self.o_like else torch.empty(self.o_shape, dtype=q.dtype, device=self.device)
+        lse = torch.empty(self.lse_shape, dtype=torch.float32, device=self.device)
         if self.tma:
             _prepare_tma(q, k, v)
         # the mask is read as bytes: its uint8 view (same memory; the strides of its broadcast are in the plan)
         self.launch(q, k, v, o, lse, q if attn_mask is None else attn_mask.view(torch.uint8))
-        return o, (lse if need_lse else None)
+        return o, lse
+
+    def infer(self, q, k, v, attn_mask):
+        """o without autograd (lse to the discard buffer)."""
+        o = torch.empty_like(q) if self.o_like else torch.empty(self.o_shape, dtype=q.dtype, device=self.device)
+        if self.tma:
+            _prepare_tma(q, k, v)
+        self.launch(q, k, v, o, discard_at(self.index, self.lse_numel, self.device),
+                    q if attn_mask is None else attn_mask.view(torch.uint8))
+        return o
 
 
 def attention_fwd(q, k, v, causal, scale, attn_mask=None, config=None, need_lse=True, like_inputs=False):
@@ -630,7 +658,7 @@ def flash_attention(q, k, v, *, causal: bool = True, scale: float | None = None,
     """
     plan = _FWD_PLANS.lookup(q, k, v, causal, scale, attn_mask)  # a repeated call without autograd
     if plan is not None:
-        return plan(q, k, v, attn_mask, False)[0]
+        return plan.infer(q, k, v, attn_mask)
     check_attention_inputs(q, k, v, attn_mask)
     if attn_mask is not None and attn_mask.dtype != torch.bool:
         raise TypeError(f"attn_mask must be a bool tensor (True = attend), got {attn_mask.dtype}")
@@ -643,7 +671,7 @@ def flash_attention_unchecked(q, k, v, causal: bool, scale: float, attn_mask=Non
     construction (the HF attention function). Traced code gets the registered op (litekernels/library.py)."""
     plan = _FWD_PLANS.lookup(q, k, v, causal, scale, attn_mask)
     if plan is not None:
-        return plan(q, k, v, attn_mask, False)[0]
+        return plan.infer(q, k, v, attn_mask)
     return _flash_attention(q, k, v, causal, scale, attn_mask)
 
 

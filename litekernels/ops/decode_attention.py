@@ -23,10 +23,11 @@ import torch
 from .. import reference
 from .._triton import tl, triton
 from ..utils import INTERPRET, check_tensor, num_sms, on_same_device, unit_last, use_triton
-from ._launch import PlanCache, PreparedLaunch, config_key, empty_like_if, out_strides, stream_key
+from ._launch import (PlanCache, PreparedLaunch, PreparedLaunches, config_key, out_strides, stream_key,
+                      stream_key_at)
 from ._tl_common import (LOG2E, _dot, _finish_rows, _online_softmax_step, check_pdl, exact_dot, gpu_arch,
                          block_d, default_scale, merge_config)
-from .attention import check_attention_inputs
+from .attention import DEFAULT_SCALES, check_attention_inputs
 
 
 @triton.jit
@@ -260,7 +261,11 @@ def _scratch(p: _Plan, device, reuse: bool = True):
     made while a CUDA graph is being captured get fresh buffers from the graph's pool (never cached), so a
     replay never shares scratch with eager calls. NOT safe: the same plan used concurrently from two threads
     on one stream (calls are then not ordered) - use separate streams."""
-    key = stream_key(device) if reuse else None
+    return _scratch_at(p, stream_key(device) if reuse else None, device)
+
+
+def _scratch_at(p: _Plan, key, device):
+    """_scratch with the stream key already taken (None: fresh buffers, not cached)."""
     buf = None if key is None else p.scratch.get(key)
     if buf is None:
         buf = (torch.empty(p.part_shape, dtype=torch.float32, device=device),
@@ -276,20 +281,22 @@ def _scratch(p: _Plan, device, reuse: bool = True):
 def _call_key(q, k_cache, v_cache, lengths, scale, key_mask=None, splits=None, config=None, reuse_scratch=True):
     """The key of a prepared call: every fact of the inputs and arguments that the checks, the plan and the
     launches read (scale None: the public default)."""
-    m = key_mask
-    return (q.shape, q.stride(), q.dtype, q.device, k_cache.shape, k_cache.stride(), k_cache.dtype, k_cache.device,
+    qs = q.shape
+    return (qs, q.stride(), q.dtype, q.device, k_cache.shape, k_cache.stride(), k_cache.dtype, k_cache.device,
             v_cache.shape, v_cache.stride(), v_cache.dtype, v_cache.device,
             lengths.shape, lengths.stride(), lengths.dtype, lengths.device,
-            None if m is None else (m.shape, m.stride(), m.dtype, m.device),
-            default_scale(q.shape[-1]) if scale is None else scale, splits, config_key(config), reuse_scratch)
+            None if key_mask is None else (key_mask.shape, key_mask.stride(), key_mask.dtype, key_mask.device),
+            DEFAULT_SCALES[qs[-1]] if scale is None else scale, splits,
+            None if config is None else config_key(config), reuse_scratch)
 
 
 _CALLS = PlanCache(_call_key, tied_to=(globals(), "_plans"))
 
 
 class _Call:
-    """The two launches (split, combine) of a decode call for inputs of one key, over its shape plan `p`."""
-    __slots__ = ("p", "o_shape", "o_like", "reuse", "split", "combine")
+    """The two launches (split, combine) of a decode call for inputs of one key, over its shape plan `p`, as one
+    PreparedLaunches (one hook, device, stream and pointer step for both)."""
+    __slots__ = ("p", "o_shape", "o_like", "reuse", "launches", "device", "index")
 
     def __init__(self, q, k_cache, v_cache, lengths, scale, key_mask, splits, config, reuse_scratch):
         _check(q, k_cache, v_cache, lengths, key_mask)  # a plan exists only for valid inputs
@@ -302,26 +309,33 @@ class _Call:
             p = self.p = _plans[pkey] = _make_plan(B, H, k_cache.shape[1], L, D, Tq, q.dtype, q.device, has_mask,
                                                    config, splits)
         self.reuse = reuse_scratch
+        self.device = q.device
+        self.index = q.get_device() if q.is_cuda else -1  # stream_key_at's argument
         self.o_shape = (B, H, Tq, D)
         self.o_like = q.is_contiguous()  # then empty_like(q) is a dense o, with less argument parsing
         so = out_strides(self.o_like, q, self.o_shape)
         skm = key_mask.stride(0) if key_mask is not None else 0
         sq, sk, sv = q.stride(), k_cache.stride(), v_cache.stride()
-        self.split = PreparedLaunch(
+        split = PreparedLaunch(
             _decode_split_kernel, p.grid,
             (sq[0], sq[1], sq[2], sk[0], sk[1], sk[2], sv[0], sv[1], sv[2], skm, so[0], so[1], so[2],
              p.HKV, p.GROUP, Tq, D, scale * LOG2E, p.splits), p.consts)
-        self.combine = None if p.fused else PreparedLaunch(
-            _decode_combine_kernel, p.cgrid, (so[0], so[1], so[2], H, Tq, D, p.splits, B * H * Tq), p.cconsts)
+        # tensors: q, k_cache, v_cache, lengths, key mask, o_part, lse_part, o, counter (the split's arguments);
+        # the combine reads o_part, lse_part, o
+        self.launches = PreparedLaunches((split, None)) if p.fused else PreparedLaunches(
+            (split, None),
+            (PreparedLaunch(_decode_combine_kernel, p.cgrid, (so[0], so[1], so[2], H, Tq, D, p.splits, B * H * Tq),
+                            p.cconsts), (5, 6, 7)))
 
     def __call__(self, q, k_cache, v_cache, lengths, key_mask):
         p = self.p
-        o_part, lse_part, counter = _scratch(p, q.device, self.reuse)
-        o = empty_like_if(self.o_like, q, self.o_shape, q.dtype)
-        km = lengths if key_mask is None else key_mask.view(torch.uint8)  # KEYMASK unused without a mask
-        self.split(q, k_cache, v_cache, lengths, km, o_part, lse_part, o, counter)
-        if self.combine is not None:
-            self.combine(o_part, lse_part, o)
+        key = stream_key_at(self.index) if self.reuse else None
+        # a hit in the per-stream cache, else _scratch_at's fresh buffers (never stored under None)
+        o_part, lse_part, counter = p.scratch.get(key) or _scratch_at(p, key, self.device)
+        o = torch.empty_like(q) if self.o_like else torch.empty(self.o_shape, dtype=q.dtype, device=self.device)
+        # KEYMASK is unused without a mask: lengths stands in
+        self.launches(q, k_cache, v_cache, lengths, lengths if key_mask is None else key_mask.view(torch.uint8),
+                      o_part, lse_part, o, counter)
         return o
 
 

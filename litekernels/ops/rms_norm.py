@@ -25,7 +25,7 @@ from .. import reference
 from .._triton import tl, triton
 from ..utils import (SUPPORTED_DTYPES, as_rows, check_same_device, check_same_dtype, check_same_shape, check_tensor,
                      num_sms, on_same_device, row_settings, rows_of, rows_view, tracing, unit_last, use_triton)
-from ._launch import PlanCache, PreparedLaunch, discard_buffer, empty_like_if, launch
+from ._launch import PlanCache, PreparedLaunch, discard_at, launch
 
 
 @triton.jit
@@ -93,10 +93,10 @@ def fwd_rows_per_program(block: int, n_rows: int) -> int:
 
 def _fwd_key(x, weight, eps, residual=None):
     """The plan key of a forward: every fact of the inputs that the checks, the settings and the launch read."""
-    k = (x.shape, x.stride(), x.dtype, x.device, weight.shape, weight.stride(), weight.dtype, weight.device, eps)
     if residual is None:
-        return k
-    return (*k, residual.shape, residual.stride(), residual.dtype, residual.device)
+        return x.shape, x.stride(), x.dtype, x.device, weight.shape, weight.stride(), weight.dtype, weight.device, eps
+    return (x.shape, x.stride(), x.dtype, x.device, weight.shape, weight.stride(), weight.dtype, weight.device, eps,
+            residual.shape, residual.stride(), residual.dtype, residual.device)
 
 
 _FWD_PLANS = PlanCache(_fwd_key)
@@ -104,8 +104,8 @@ _FWD_PLANS = PlanCache(_fwd_key)
 
 class _FwdPlan:
     """One forward launch for inputs of one plan key (x and residual usable as rows without a copy, weight with
-    unit stride): y/h allocation and the prepared launch."""
-    __slots__ = ("shape", "y_dtype", "n_rows", "like_x", "y_like_x", "launch")
+    unit stride): y/h allocation and the prepared launch (None for zero rows)."""
+    __slots__ = ("shape", "y_dtype", "n_rows", "like_x", "y_like_x", "launch", "device", "index")
 
     def __init__(self, x, weight, eps, residual):
         _check(x, weight, residual)  # a plan exists only for valid inputs: its key proves a later call's checks
@@ -118,24 +118,50 @@ class _FwdPlan:
         warps = 4 if block <= 4096 else warps
         self.y_dtype = torch.promote_types(weight.dtype, x.dtype)
         self.n_rows = n_rows
+        self.device = x.device  # the key holds it: kept, so a call builds no device object
+        self.index = x.get_device() if x.is_cuda else -1  # for discard_at
         self.like_x = x.is_contiguous()  # empty_like(x) is then dense (row stride n_cols), like torch.empty
         self.y_like_x = self.like_x and self.y_dtype == x.dtype
         self.launch = PreparedLaunch(_rms_norm_fwd_kernel, (triton.cdiv(n_rows, rows),),
                                      (sx, sr, n_cols, n_cols, n_rows, n_cols, eps),
-                                     dict(BLOCK=block, ROWS=rows, HAS_RESIDUAL=residual is not None, num_warps=warps))
+                                     dict(BLOCK=block, ROWS=rows, HAS_RESIDUAL=residual is not None,
+                                          num_warps=warps)) if n_rows else None
 
     def __call__(self, x, weight, residual, need_rstd):
-        y = empty_like_if(self.y_like_x, x, self.shape, self.y_dtype)
-        rstd = (torch.empty(self.n_rows, dtype=torch.float32, device=x.device) if need_rstd
-                else discard_buffer(self.n_rows, x))
+        if not need_rstd:
+            if residual is None:
+                return self.norm(x, weight), None, None
+            return (*self.add_norm(x, residual, weight), None)
+        y = torch.empty_like(x) if self.y_like_x else torch.empty(self.shape, dtype=self.y_dtype, device=self.device)
+        rstd = torch.empty(self.n_rows, dtype=torch.float32, device=self.device)
         if residual is not None:
-            h = empty_like_if(self.like_x, x, self.shape, x.dtype)
-            if self.n_rows:
+            h = torch.empty_like(x) if self.like_x else torch.empty(self.shape, dtype=x.dtype, device=self.device)
+            if self.launch is not None:
                 self.launch(x, residual, weight, y, h, rstd)
-            return y, h, (rstd if need_rstd else None)
-        if self.n_rows:
+            return y, h, rstd
+        if self.launch is not None:
             self.launch(x, x, weight, y, y, rstd)  # R and H unused (HAS_RESIDUAL=False)
-        return y, None, (rstd if need_rstd else None)
+        return y, None, rstd
+
+    def norm(self, x, weight):
+        """y of rms_norm without autograd (rstd to the discard buffer)."""
+        y = torch.empty_like(x) if self.y_like_x else torch.empty(self.shape, dtype=self.y_dtype, device=self.device)
+        if self.launch is not None:
+            self.launch(x, x, weight, y, y, discard_at(self.index, self.n_rows, self.device))  # R, H unused
+        return y
+
+    def add_norm(self, x, residual, weight):
+        """(y, h) of fused_add_rms_norm without autograd (rstd to the discard buffer)."""
+        if self.like_x:
+            y = torch.empty_like(x) if self.y_like_x else torch.empty(self.shape, dtype=self.y_dtype,
+                                                                      device=self.device)
+            h = torch.empty_like(x)
+        else:
+            y = torch.empty(self.shape, dtype=self.y_dtype, device=self.device)
+            h = torch.empty(self.shape, dtype=x.dtype, device=self.device)
+        if self.launch is not None:
+            self.launch(x, residual, weight, y, h, discard_at(self.index, self.n_rows, self.device))
+        return y, h
 
 
 def rms_norm_fwd(x, weight, eps, residual=None, need_rstd=True):
@@ -230,7 +256,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
     """RMSNorm over the last dimension, HF LlamaRMSNorm semantics. Differentiable in x and weight."""
     plan = _FWD_PLANS.lookup(x, weight, eps)  # a repeated call without autograd: checks already passed
     if plan is not None:
-        return plan(x, weight, None, False)[0]
+        return plan.norm(x, weight)
     _check(x, weight)
     if tracing():
         return torch.ops.litekernels.rms_norm(x, weight, float(eps))[0]
@@ -245,8 +271,7 @@ def fused_add_rms_norm(x, residual, weight, eps: float = 1e-6):
     """h = x + residual; returns (rms_norm(h), h) in one pass. Differentiable in x, residual and weight."""
     plan = _FWD_PLANS.lookup(x, weight, eps, residual)  # a repeated call without autograd: checks already passed
     if plan is not None:
-        y, h, _ = plan(x, weight, residual, False)
-        return y, h
+        return plan.add_norm(x, residual, weight)
     _check(x, weight, residual)
     if tracing():
         y, h, _ = torch.ops.litekernels.fused_add_rms_norm(x, residual, weight, float(eps))
