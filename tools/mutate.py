@@ -342,6 +342,15 @@ MUTATIONS = [
       "            attention_mask = attention_mask & torch.ones(Tq, Tk, dtype=torch.bool, device=query.device).tril(Tk - Tq)",
       "            attention_mask = attention_mask",
       T + "test_patches.py::test_lite_mask_key_row_on_the_kernel_and_the_eager_fallback"),
+    # --- attention mode "auto" (patches/attention.py lite_auto_attention_forward) ----------------------------
+    M("auto_sends_masked_calls_to_sdpa", "patches/attention.py",
+      "    if attention_mask is None and query.shape[2] > 1 and softcap is None",
+      "    if query.shape[2] > 1 and softcap is None", T + "test_attention_auto.py"),
+    M("auto_sends_decode_to_sdpa", "patches/attention.py",
+      "attention_mask is None and query.shape[2] > 1 and", "attention_mask is None and query.shape[2] >= 1 and",
+      T + "test_attention_auto.py"),
+    M("auto_mode_is_ours", "patches/__init__.py", 'ATTENTION_MODES = {"auto": "lite_auto",',
+      'ATTENTION_MODES = {"auto": "lite",', T + "test_attention_auto.py"),
 ]
 
 
