@@ -204,8 +204,15 @@ def bench_attention(res, mm, quick):
         v = torch.randn(B, KV, T, D, dtype=BF16, device="cuda", requires_grad=True)
         return (q, k, v), [q, k, v], torch.randn_like
 
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    module = SimpleNamespace(is_causal=True, num_key_value_groups=H // KV, training=False)
     provs = {"lite": lambda q, k, v: flash_attention(q, k, v, causal=True, attn_mask=keys[:, None, None, :]),
-             "sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=full, enable_gqa=True)}
+             "sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=full, enable_gqa=True),
+             # what transformers runs for it (on CUDA it repeats K/V for masked GQA instead of enable_gqa)
+             "sdpa-hf": lambda q, k, v: sdpa_attention_forward(module, q, k, v, full)[0]}
     flops = 4 * B * H * T * T * D / 2  # the causal count, padded keys included (both sides skip or mask them)
     for mode, mult in (("fwd", 1.0), ("fwd+bwd", 3.5)):
         run_case(res, "attention", f"B={B} H={H}/{KV} T={T} D={D} left-padded", mode, provs, make_padded,

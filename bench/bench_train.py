@@ -9,8 +9,8 @@ activations; the previous provider's model is freed and the peak counter reset f
          (unpadded training: transformers' SDPA; see docs/patching.md)
   lite-ours  apply_lite_llama(model, attention="ours"): the same with our attention kernels
   lite-sdpa  apply_lite_llama(model, attention=False): the same with the model's own attention (SDPA)
-  lite-noce / lite-ce<rows>: without the fused linear cross-entropy / with chunks of <rows> rows
          (--lite-attention sdpa runs it instead of lite, --lite-attention both runs both)
+  lite-noce / lite-ce<rows>: without the fused linear cross-entropy / with chunks of <rows> rows
   liger  liger_kernel.transformers.apply_liger_kernel_to_llama(model=m), when Liger-Kernel is importable
          (its module-level rebinding of transformers' Llama classes is undone after its run)
 Shapes: 1b = Llama-3.2-1B (16 layers, hidden 2048, 32/8 heads, inter 8192, vocab 128256, tied embeddings);
@@ -140,7 +140,10 @@ def apply_provider(model, provider):
         apply_lite_llama(model, attention=attention, fused_linear_cross_entropy=provider != "lite-noce")
         default_rows = ce.chunk_rows
         if provider.startswith("lite-ce"):
-            rows = int(provider[len("lite-ce"):])
+            suffix = provider[len("lite-ce"):]
+            if not suffix.isdigit():
+                raise ValueError(f"provider lite-ce<rows> needs a row count, got {provider!r}")
+            rows = int(suffix)
             ce.chunk_rows = lambda *a, **k: rows
 
         def undo():
@@ -556,7 +559,8 @@ def main(argv=None):
                    help="run the providers this many times, interleaved; tok/s is the median over rounds")
     p.add_argument("--no-op", action="store_true", help="skip the fused-op microbenchmark")
     p.add_argument("--lite-attention", choices=("ours", "sdpa", "both"), default="ours",
-                   help="run lite (default attention mode), lite-sdpa (the model's own attention), or both (\"ours\" = lite only)")
+                   help="which of lite (its default attention mode) and lite-sdpa (the model's own attention) to run: "
+                        "\"ours\" (the option's old name) = lite only, \"sdpa\" = lite-sdpa only, \"both\"")
     p.add_argument("--profile", action="store_true",
                    help="per provider: memory per phase of one step and GPU time per kernel category")
     p.add_argument("--memory-snapshot", action="store_true",
@@ -621,7 +625,7 @@ def main(argv=None):
     # curves differ from hf's only by rounding (run-to-run nondeterminism, attention in another order, by another
     # kernel): the noise band that |lite - hf| is judged against. liger too: a fused linear cross-entropy computes the loss from fp32-accumulated logits (HF
     # rounds them to bf16 first), a systematic difference it shares with ours
-    curve_providers = ([x for x in args.curve_providers.split(",") if x != "liger" or args.liger]
+    curve_providers = ([x for x in args.curve_providers.split(",") if x and (x != "liger" or args.liger)]
                        if args.curve_providers else
                        [x for x in ("hf", "lite", "liger") if x in providers] +
                        (["hf#2", "hf-eager", "hf-flash"] if "hf" in providers and device == "cuda" else

@@ -3,7 +3,8 @@
 Runs a Llama model with the real Llama-3.2-1B layer widths (hidden 2048, 32/8 heads, head_dim 64, inter 8192;
 a small vocabulary and 3 layers) forward in training mode under `torch.autograd.graph.saved_tensors_hooks`, for
   hf     transformers as built (attn_implementation="sdpa")
-  lite   apply_lite_llama(model) (`--lite-attention sdpa` keeps HF's attention: apply_lite_llama(attention=False))
+  lite   apply_lite_llama(model, attention="ours") (on the CPU the default "auto" is the same; `--lite-attention
+         sdpa` keeps HF's attention: apply_lite_llama(attention=False))
   liger  Liger-Kernel's apply_liger_kernel_to_llama(model=m), when importable (its Triton kernels run under the
          interpreter too; its module-level rebinding is undone afterwards)
 With TRITON_INTERPRET=1 (set here when there is no GPU) our and Liger's autograd Functions run their real
@@ -144,7 +145,7 @@ def patch(model, provider: str, lite_attention: str = "ours"):
     if provider == "lite":
         from litekernels.patches import apply_lite_llama, revert_lite_llama
 
-        apply_lite_llama(model, attention=lite_attention == "ours")
+        apply_lite_llama(model, attention="ours" if lite_attention == "ours" else False)
         return lambda: revert_lite_llama(model)
     if provider == "liger":
         from bench.bench_train import LigerPatch

@@ -1,7 +1,8 @@
 """lite-llama: Triton kernels for Llama-family Hugging Face models.
 
     from litekernels.patches import apply_lite_llama
-    apply_lite_llama(model)          # RMSNorm, RoPE, SiLU*mul and attention now run our kernels
+    apply_lite_llama(model)          # RMSNorm, RoPE, SiLU*mul, the loss and attention now run our kernels
+                                     # (attention "auto": SDPA for unpadded GPU prefill/training, see patching.md)
 
 Submodules: `functional` (ops as functions), `modules` (nn.Module wrappers), `reference` (plain PyTorch),
 `patches` (Hugging Face integration), `generation` (static cache + CUDA-graph decode).

@@ -148,8 +148,10 @@ def apply_lite_llama(model=None, *, rms_norm: bool = True, rope: bool = True, sw
     Idempotent: applying the same options again changes nothing; other options first revert, then re-apply.
     Raises TypeError for an unsupported model, leaving it untouched.
     """
-    if attention is not False and attention not in ATTENTION_MODES:
-        raise ValueError(f"attention must be 'auto', 'ours', True or False, got {attention!r}")
+    if attention is None:
+        attention = False
+    if not (attention is True or attention is False or attention in ("auto", "ours")):
+        raise ValueError(f"attention must be 'auto', 'ours', True or False (None: False), got {attention!r}")
     attention = "ours" if attention is True else attention
     options = dict(rms_norm=rms_norm, rope=rope, swiglu=swiglu, attention=attention,
                    fused_linear_cross_entropy=fused_linear_cross_entropy)

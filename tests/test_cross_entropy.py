@@ -161,6 +161,8 @@ def test_chunk_rows():
     assert ce.chunk_rows(1 << 20, 128256, 2048) == 32768
     assert ce.chunk_rows(3, 128256, 2048) == 4  # one chunk
     assert ce.chunk_rows(1, 10, 4096) == 1
+    # no grad_weight to accumulate (frozen head, inference): the hidden-states-sized chunk, 8192 / 63 -> 256
+    assert ce.chunk_rows(8192, 128256, 2048, grad_weight=False) == 256
     assert ce.chunk_rows(100, 10, 4096) == 128  # small vocab: one chunk
 
 

@@ -162,12 +162,15 @@ GEMM_ROWS = 2048
 MAX_CHUNK_BYTES = 1 << 30
 
 
-def chunk_rows(n_rows: int, vocab: int, hidden: int, element_size: int = 2) -> int:
-    """Rows per chunk: a power of two, at least GEMM_ROWS when those rows' (rows x vocab) logits fit in
-    MAX_CHUNK_BYTES, and never fewer than n_rows / ceil(vocab / hidden) (the rows whose logits are about as large
-    as the (n_rows x hidden) hidden states); at least 1, at most next_pow2(n_rows)."""
+def chunk_rows(n_rows: int, vocab: int, hidden: int, element_size: int = 2, grad_weight: bool = True) -> int:
+    """Rows per chunk: a power of two, never fewer than n_rows / ceil(vocab / hidden) (the rows whose logits are
+    about as large as the (n_rows x hidden) hidden states) and, when grad_weight is accumulated (the cost that
+    GEMM_ROWS is about), at least GEMM_ROWS if those rows' (rows x vocab) logits fit in MAX_CHUNK_BYTES; at least
+    1, at most next_pow2(n_rows). Without grad_weight (a frozen head, no autograd) the smaller buffer is kept."""
     ratio = max(1, math.ceil(vocab / max(hidden, 1)))
     lean = triton.next_power_of_2(max(1, math.ceil(n_rows / ratio)))
+    if not grad_weight:
+        return max(1, min(lean, triton.next_power_of_2(max(n_rows, 1))))
     fit = MAX_CHUNK_BYTES // max(1, vocab * element_size)
     fast = min(GEMM_ROWS, 1 << max(0, fit.bit_length() - 1))  # largest power of two <= fit, capped
     rows = max(lean, fast)
@@ -246,7 +249,7 @@ def flce_fwd(hidden, weight, bias, labels, *, ignore_index, reduction, label_smo
     n, h_dim = hidden.shape
     vocab = weight.shape[0]
     dev = hidden.device
-    rows = chunk_size or chunk_rows(n, vocab, h_dim, hidden.element_size())
+    rows = chunk_size or chunk_rows(n, vocab, h_dim, hidden.element_size(), bool(grad_weight))
     loss_rows = torch.empty(n, dtype=torch.float32, device=dev)
     lse = torch.empty(n, dtype=torch.float32, device=dev)
     if reduction == "mean":
@@ -286,7 +289,7 @@ def flce_bwd_recompute(grad_rows, hidden, weight, bias, labels, lse, *, ignore_i
     n, h_dim = hidden.shape
     vocab = weight.shape[0]
     dev = hidden.device
-    rows = chunk_size or chunk_rows(n, vocab, h_dim, hidden.element_size())
+    rows = chunk_size or chunk_rows(n, vocab, h_dim, hidden.element_size(), bool(grad_weight))
     g_rows = grad_rows.to(torch.float32)
     gh = torch.empty(hidden.shape, dtype=hidden.dtype, device=dev) if grad_hidden else None
     alloc = torch.zeros if n == 0 else torch.empty

@@ -113,11 +113,11 @@ def silu_mul_fwd(gate, up):
 def silu_mul_bwd(dy, gate, up, inplace=False, write_y=False):
     """Returns (dgate, dup); with inplace=True they are written over gate's and up's storage. write_y: dy is
     overwritten with silu(gate) * up (the forward's output, recomputed in the same pass); dy must then be a
-    buffer of the caller's own, rows indexable without a copy."""
+    contiguous buffer of the caller's own."""
     shape = gate.shape
     d, g, u = as_rows(dy), as_rows(gate), as_rows(up)
-    if write_y and d.data_ptr() != dy.data_ptr():
-        raise ValueError("silu_mul_bwd(write_y=True) needs dy viewable as rows without a copy")
+    if write_y and not dy.is_contiguous():  # rows of a strided or broadcast dy could overlap
+        raise ValueError("silu_mul_bwd(write_y=True) needs a contiguous dy (it is overwritten)")
     if inplace:
         dg, du = g, u
     else:
