@@ -458,6 +458,33 @@ def discard_at(index: int, numel: int, device) -> torch.Tensor:
     return buf
 
 
+class DiscardSlot:
+    """`discard_at(index, numel, device)` for one plan: remembers the buffer it got for the last stream, so a
+    repeated call on that stream skips the dict lookup (same rules: a fresh buffer off the GPU, for large requests
+    and while a CUDA graph is captured; the remembered one is only reused on the stream it was taken for, whose
+    order makes reuse safe, and is kept alive by the plan even after `_discard` replaced it with a larger one)."""
+    __slots__ = ("index", "numel", "device", "stream", "buf")
+
+    def __init__(self, index: int, numel: int, device):
+        self.index, self.numel, self.device = index, numel, device
+        self.stream = self.buf = None
+
+    def __call__(self) -> torch.Tensor:
+        index = self.index
+        if index < 0:  # off the GPU: a fresh buffer (discard_at's rule, without its frame)
+            return torch.empty(self.numel, dtype=torch.float32, device=self.device)
+        if self.numel > DISCARD_MAX_ELEMENTS or _capturing is None or _get_stream is None:
+            return discard_at(index, self.numel, self.device)
+        if _capturing():
+            return torch.empty(self.numel, dtype=torch.float32, device=self.device)
+        stream = _get_stream(index)
+        if stream == self.stream:
+            return self.buf
+        buf = self.buf = discard_at(index, self.numel, self.device)
+        self.stream = stream
+        return buf
+
+
 # ---------------------------------------------------------------------------------------------------------
 # prepared calls: what depends only on the inputs' facts, computed once per op and key (module docstring)
 # ---------------------------------------------------------------------------------------------------------
@@ -469,6 +496,8 @@ _is_compiling = torch.compiler.is_compiling if HAS_CUSTOM_OPS else (lambda: Fals
 _modes = getattr(torch._C, "_len_torch_dispatch_stack", None) if HAS_CUSTOM_OPS else None
 _and = operator.and_
 _data_ptr = torch.Tensor.data_ptr
+# what building a plan key from arguments that are not valid tensors may raise (then: the checked path)
+LOOKUP_ERRORS = (AttributeError, TypeError, RuntimeError, ValueError, IndexError, ArithmeticError)
 
 
 def _globals_unchanged(globals_used) -> bool:
@@ -502,7 +531,7 @@ class PlanCache:
                     if getattr(a, "requires_grad", False):
                         return None
             plan = self.plans.get(self.key_of(*args))
-        except (AttributeError, TypeError, RuntimeError, ValueError, IndexError, ArithmeticError):
+        except LOOKUP_ERRORS:
             return None  # not a tensor (or a tracer's proxy), unhashable, no strides (sparse), a 0-d tensor: the
             # checked path, which names the problem
         tied = self.tied_to
