@@ -688,9 +688,20 @@ def flash_attention(q, k, v, *, causal: bool = True, scale: float | None = None,
     causal: bottom-right aligned (a prefix of Tk - Tq cached keys is visible to all queries).
     attn_mask: optional bool tensor broadcastable to (B,H,Tq,Tk), True = attend (e.g. (B,1,1,Tk) key padding).
     """
-    plan = _plan_of(q, k, v, causal, scale, attn_mask)  # a repeated call without autograd
-    if plan is not None:
-        return plan.infer(q, k, v, attn_mask)
+    # _plan_of inlined (one frame less on the host-bound path): a repeated call without autograd finds its plan
+    if _L._plans_on and not _is_compiling() and (_modes is None or not _modes()):
+        try:
+            if not (_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
+                                         or getattr(attn_mask, "requires_grad", False))):
+                qs, m = q.shape, attn_mask
+                plan = _FWD_PLANS.plans.get((qs, q.stride(), q.dtype, q.device, k.shape, k.stride(), k.dtype, k.device,
+                                             v.shape, v.stride(), v.dtype, v.device,
+                                             None if m is None else (m.shape, m.stride(), m.dtype, m.device),
+                                             causal, DEFAULT_SCALES[qs[-1]] if scale is None else scale, None, False))
+                if plan is not None and _settings_cache is _FWD_PLANS.source:  # else: stale, dropped by `get`
+                    return plan.infer(q, k, v, attn_mask)
+        except LOOKUP_ERRORS:
+            pass  # not a tensor, unhashable, no strides: the checked path names the problem
     check_attention_inputs(q, k, v, attn_mask)
     if attn_mask is not None and attn_mask.dtype != torch.bool:
         raise TypeError(f"attn_mask must be a bool tensor (True = attend), got {attn_mask.dtype}")
