@@ -679,3 +679,26 @@ def test_plan_entry_points_chosen_per_plan_match_the_reference():
         for _ in range(2):
             with torch.no_grad():
                 _close(flash_attention(qq, k, k), want)
+
+
+def test_prepared_launch_all_aligned_test_catches_any_misaligned_pointer(fake_env):
+    """Compiled with every tensor aligned, the direct path tests them all at once (their gcd): a pointer 4, 8 or 12
+    bytes off in either position, or in both, never reaches that compiled code (`launch` takes it, and the
+    PreparedLaunch follows the new alignment); all aligned again goes direct to the first one."""
+    k = FakeJIT()
+    x, y = torch.zeros(64), torch.zeros(64)
+    p = L.PreparedLaunch(k, (1,), (5,), dict(BLOCK=16))
+    p(x, y)
+    p(x, y)
+    assert len(k.jit_calls) == 1 and len(k.run_calls) == 1 and p.direct[6] == ()
+    aligned = p.direct
+    for off in (1, 2, 3):  # float32 elements: 4, 8, 12 bytes
+        for bad in ((x[off:], y), (x, y[off:]), (x[off:], y[off:])):
+            p.direct = aligned  # the all-aligned resolution
+            p(*bad)  # the direct path would return leaving p.direct as it is; the followed one resolves anew
+            assert p.direct is not aligned and p.direct[6], f"offset {off}: the aligned code got a misaligned pointer"
+    p.direct = aligned
+    runs, jit = len(k.run_calls), len(k.jit_calls)
+    p(x, y)
+    assert len(k.jit_calls) == jit and len(k.run_calls) == runs + 1
+    assert k.run_calls[-1][9:11] == (x.data_ptr(), y.data_ptr())

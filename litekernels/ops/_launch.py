@@ -40,6 +40,7 @@ call) are not part of the key; after changing one, call `clear_launch_cache()`.
 from __future__ import annotations
 
 import inspect
+import math
 import operator
 import os
 
@@ -496,6 +497,7 @@ _is_compiling = torch.compiler.is_compiling if HAS_CUSTOM_OPS else (lambda: Fals
 _modes = getattr(torch._C, "_len_torch_dispatch_stack", None) if HAS_CUSTOM_OPS else None
 _and = operator.and_
 _data_ptr = torch.Tensor.data_ptr
+_gcd = math.gcd  # of all pointers: a multiple of 16 exactly when every one is 16-byte aligned
 # what building a plan key from arguments that are not valid tensors may raise (then: the checked path)
 LOOKUP_ERRORS = (AttributeError, TypeError, RuntimeError, ValueError, IndexError, ArithmeticError)
 
@@ -609,9 +611,13 @@ class PreparedLaunch:
         if not follow and _on and not self.kernel.pre_run_hooks and _hooks_idle():
             device, fn, grid3, fixed, back, masks, unaligned, globals_used = d
             ptrs = list(map(_data_ptr, tensors))
-            # the specialization compiled for this launch: same device, same 16-byte alignment of every tensor
-            follow = (_get_device() != device or any(map(_and, ptrs, masks))
-                      or (unaligned and not all(ptrs[i] & 15 for i in unaligned)))
+            # the specialization compiled for this launch: same device, same 16-byte alignment of every tensor;
+            # when it was compiled for all of them aligned (the usual case, masks all 15), one gcd tests them all
+            if unaligned:
+                follow = (_get_device() != device or any(map(_and, ptrs, masks))
+                          or not all(ptrs[i] & 15 for i in unaligned))
+            else:
+                follow = _get_device() != device or _gcd(*ptrs) & 15
             if not follow and (not globals_used or _globals_unchanged(globals_used)):
                 fn(*grid3, _get_stream(device), *fixed, *ptrs, *back)
                 return
