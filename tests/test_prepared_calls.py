@@ -687,7 +687,7 @@ def test_prepared_launch_all_aligned_test_catches_any_misaligned_pointer(fake_en
     PreparedLaunch follows the new alignment); all aligned again goes direct to the first one."""
     k = FakeJIT()
     x, y = torch.zeros(64), torch.zeros(64)
-    p = L.PreparedLaunch(k, (1,), (5,), dict(BLOCK=16))
+    p = L.PreparedLaunch(k, (1,), (5,), {"BLOCK": 16})
     p(x, y)
     p(x, y)
     assert len(k.jit_calls) == 1 and len(k.run_calls) == 1 and p.direct[6] == ()

@@ -464,7 +464,7 @@ class DiscardSlot:
     repeated call on that stream skips the dict lookup (same rules: a fresh buffer off the GPU, for large requests
     and while a CUDA graph is captured; the remembered one is only reused on the stream it was taken for, whose
     order makes reuse safe, and is kept alive by the plan even after `_discard` replaced it with a larger one)."""
-    __slots__ = ("index", "numel", "device", "stream", "buf")
+    __slots__ = ("buf", "device", "index", "numel", "stream")
 
     def __init__(self, index: int, numel: int, device):
         self.index, self.numel, self.device = index, numel, device
