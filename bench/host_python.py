@@ -7,6 +7,8 @@ call, which a stand-in takes. With prepared calls (PlanCache in ops/_launch.py),
 lookup, the output allocation and the PreparedLaunch dispatch; CPU tensors get no cached discard buffer (the GPU
 reuses one), so rms_norm, fused_add_rms_norm and flash_attention pay one more small allocation here than there;
 the launch-hook test, the device and stream queries are stand-ins here (C calls or Triton's knobs on the GPU).
+Two extra rows time that discard buffer's GPU logic alone (device index 0, stream query stubbed, CPU memory):
+`discard_at` and, where it exists, a plan's `DiscardSlot`.
 Without ops/_launch.py (an older checkout) `kernel[grid]` is the no-op: Triton's own dispatch is then NOT counted,
 so a before/after comparison favours "before".
 Timed under torch.no_grad, median of --repeats batches of --calls back-to-back calls; the machine's load average
@@ -67,6 +69,7 @@ def patch_ops(dispatch: str = "live"):
     L._on = True
     L._get_device = lambda: 0
     L._get_stream = lambda device: 0
+    L._capturing = lambda: False  # for the discard-buffer rows (CPU tensors never reach it: their index is -1)
     L._hooks_idle = lambda: True
     L._states.clear()
     return "ops/_launch.py dispatch live, C launcher stubbed"
@@ -105,6 +108,14 @@ def main():
         "torch_empty_like (reference)": lambda: torch.empty_like(t["x"]),
         **op_calls(t),
     }
+    if mode.endswith("C launcher stubbed"):
+        # the plans' discard buffer on the GPU path (rstd / lse nobody reads): CPU tensors take a fresh allocation
+        # instead (module docstring), so its GPU logic is timed on its own, stream query stubbed, CPU memory
+        L = importlib.import_module("litekernels.ops._launch")
+        cases["discard_at GPU path (stubbed stream)"] = lambda: L.discard_at(0, 4, t["x"].device)
+        if hasattr(L, "DiscardSlot"):  # a plan's remembered buffer (second trim)
+            slot = L.DiscardSlot(0, 4, t["x"].device)
+            cases["DiscardSlot GPU path (stubbed stream)"] = slot
     load_before = os.getloadavg()
     rows = {}
     with torch.no_grad():

@@ -548,3 +548,157 @@ def test_a_plan_made_without_autograd_serves_the_autograd_path_too():
             assert (g.grad is None) == (wg.grad is None)  # rms_norm leaves r alone
             if wg.grad is not None:
                 torch.testing.assert_close(g.grad, wg.grad.float(), atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# second trim: the public functions look their plans up inline (rms_norm, fused_add_rms_norm) or through one
+# module function (rope._plan_of, attention._plan_of) instead of PlanCache.lookup; same tests, same key
+# ---------------------------------------------------------------------------------------------------------
+class _PassThrough(torch.utils._python_dispatch.TorchDispatchMode):
+    def __torch_dispatch__(self, func, types_, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+@requires_kernels()
+def test_inlined_lookups_use_the_same_key_and_tests_as_plan_cache_lookup(monkeypatch):
+    """Each public function, once its launcher stored a plan under _fwd_key, takes it (its launcher function is not
+    called again) exactly where PlanCache.lookup would return it (same object), and not while prepared calls are
+    off, a dispatch mode is active or an input needs autograd; a stale attention plan (settings replaced) is not
+    taken; a bad argument still gets its named error."""
+    from litekernels.ops import rope as P
+
+    calls = []
+
+    def spy(module, name):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, **kw: (calls.append(name), real(*a, **kw))[1])
+
+    spy(RN, "rms_norm_fwd")
+    spy(P, "rope_fwd")
+    spy(A, "attention_fwd")
+    d = _dev()
+    x, r, w = torch.randn(3, 40, device=d), torch.randn(3, 40, device=d), torch.randn(40, device=d)
+    q, k = torch.randn(1, 2, 5, 16, device=d), torch.randn(1, 1, 5, 16, device=d)
+    cos, sin = torch.randn(1, 5, 16, device=d), torch.randn(1, 5, 16, device=d)
+    cases = [  # (lookup args of PlanCache.lookup, public call of the first input)
+        (RN._FWD_PLANS, lambda x: (x, w, 1e-5), lambda x: rms_norm(x, w, 1e-5), x),
+        (RN._FWD_PLANS, lambda x: (x, w, 1e-5, r), lambda x: fused_add_rms_norm(x, r, w, 1e-5), x),
+        (P._FWD_PLANS, lambda q: (q, k, cos, sin), lambda q: apply_rope(q, k, cos, sin), q),
+        (P._FWD_PLANS, lambda q: (q, k, cos, sin), lambda q: P.apply_rope_unchecked(q, k, cos, sin), q),
+        (A._FWD_PLANS, lambda q: (q, k, k, True, None, None), lambda q: flash_attention(q, k, k), q),
+        (A._FWD_PLANS, lambda q: (q, k, k, True, 0.25, None), lambda q: A.flash_attention_unchecked(q, k, k, True, 0.25), q),
+        (A._FWD_PLANS, lambda q: (q, k, k, False, 0.3, None), lambda q: flash_attention(q, k, k, causal=False, scale=0.3), q),
+    ]
+
+    def hit(call, first):
+        n = len(calls)
+        out = call(first)
+        return len(calls) == n, out
+
+    for cache, args, call, first in cases:
+        with torch.no_grad():
+            want = call(first)
+            assert cache.lookup(*args(first)) is not None
+            took, got = hit(call, first)
+            assert took
+            _close(got, want)
+            assert L.set_prepared_calls(False) is True
+            try:
+                assert not hit(call, first)[0]
+            finally:
+                L.set_prepared_calls(True)
+            with _PassThrough():
+                assert not hit(call, first)[0]
+            other = first.to(torch.float64)
+            assert cache.lookup(*args(other)) is None
+        assert hit(call, first)[0]  # grad mode on, nothing requires grad: no autograd node needed
+        assert not hit(call, first.clone().requires_grad_(True))[0]
+    with monkeypatch.context() as m:
+        m.setattr(A, "_settings_cache", {})  # what tests/test_gpu_tiles.py does
+        with torch.no_grad():
+            assert not hit(lambda q: flash_attention(q, k, k), q)[0]
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="shape"):
+            fused_add_rms_norm(x, r[:2], w)
+        with pytest.raises(ValueError, match="sin has shape"):
+            apply_rope(q, k, cos, sin[:, :4])
+        with pytest.raises(TypeError, match="v"):
+            flash_attention(q, k, k.half())
+        with pytest.raises(TypeError):
+            apply_rope(q, k, cos, [1.0])
+
+
+def test_discard_slot_reuses_its_stream_buffer_and_follows_discard_at_rules(monkeypatch):
+    """DiscardSlot (a plan's discard buffer): the buffer discard_at gives for the current stream, remembered, so
+    the same stream gets it again without the dict; another stream gets discard_at's buffer for it; fresh while
+    capturing, off the GPU (index -1) and above DISCARD_MAX_ELEMENTS; its buffer stays big enough even after
+    discard_at grew (replaced) the shared one."""
+    state = {"capturing": False, "stream": 7}
+    monkeypatch.setattr(L, "_capturing", lambda: state["capturing"])
+    monkeypatch.setattr(L, "_get_stream", lambda index: state["stream"] + 100 * index)
+    monkeypatch.setattr(L, "_discard", {})
+    slot = L.DiscardSlot(0, 10, "cpu")
+    a = slot()
+    assert a is L.discard_at(0, 10, "cpu") and slot() is a and a.numel() >= 10 and a.dtype == torch.float32
+    L.discard_at(0, 5000, "cpu")  # another op grows the shared buffer of this stream
+    assert slot() is a  # still this stream's (older, big enough) buffer: ordered by the stream
+    state["stream"] = 8
+    b = slot()
+    assert b is not a and b is L.discard_at(0, 10, "cpu") and slot() is b
+    state["capturing"] = True
+    c1, c2 = slot(), slot()
+    assert c1 is not b and c2 is not c1 and c1.numel() == 10
+    state["capturing"] = False
+    assert slot() is b
+    off = L.DiscardSlot(-1, 10, "cpu")
+    assert off() is not off() and off().numel() == 10
+    big = L.DiscardSlot(0, L.DISCARD_MAX_ELEMENTS + 1, "cpu")
+    assert big() is not big()
+
+
+@requires_kernels()
+def test_plan_entry_points_chosen_per_plan_match_the_reference():
+    """The plan-hit entry points picked once per plan (fused_add_rms_norm: both outputs empty_like(x), or the
+    general path for another output dtype or a strided x; flash_attention: with or without the general path for
+    a strided q), each called twice (the second takes the plan)."""
+    d = _dev()
+    torch.manual_seed(5)
+    x, r = torch.randn(3, 40, dtype=BF16, device=d), torch.randn(3, 40, dtype=BF16, device=d)
+    for w in (torch.randn(40, dtype=BF16, device=d), torch.randn(40, device=d)):  # y bf16, then y float32
+        for xx in (x, _strided(x)):
+            want = reference.fused_add_rms_norm(xx.double(), r.double(), w.double(), 1e-5)
+            for _ in range(2):
+                with torch.no_grad():
+                    y, h = fused_add_rms_norm(xx, r, w, 1e-5)
+                assert y.dtype == torch.promote_types(w.dtype, BF16) and h.dtype == BF16
+                for got, ref in zip((y, h), want):  # bf16 inputs (h, and x*rstd, rounded to bf16): bf16 tolerance
+                    torch.testing.assert_close(got.float(), ref.float(), **TOL[BF16])
+    q, k = torch.randn(1, 2, 6, 16, device=d), torch.randn(1, 1, 6, 16, device=d)
+    for qq in (q, q.transpose(1, 2).contiguous().transpose(1, 2)):
+        want = reference.attention(qq.double(), k.double(), k.double(), causal=True).float()
+        for _ in range(2):
+            with torch.no_grad():
+                _close(flash_attention(qq, k, k), want)
+
+
+def test_prepared_launch_all_aligned_test_catches_any_misaligned_pointer(fake_env):
+    """Compiled with every tensor aligned, the direct path tests them all at once (their gcd): a pointer 4, 8 or 12
+    bytes off in either position, or in both, never reaches that compiled code (`launch` takes it, and the
+    PreparedLaunch follows the new alignment); all aligned again goes direct to the first one."""
+    k = FakeJIT()
+    x, y = torch.zeros(64), torch.zeros(64)
+    p = L.PreparedLaunch(k, (1,), (5,), {"BLOCK": 16})
+    p(x, y)
+    p(x, y)
+    assert len(k.jit_calls) == 1 and len(k.run_calls) == 1 and p.direct[6] == ()
+    aligned = p.direct
+    for off in (1, 2, 3):  # float32 elements: 4, 8, 12 bytes
+        for bad in ((x[off:], y), (x, y[off:]), (x[off:], y[off:])):
+            p.direct = aligned  # the all-aligned resolution
+            p(*bad)  # the direct path would return leaving p.direct as it is; the followed one resolves anew
+            assert p.direct is not aligned and p.direct[6], f"offset {off}: the aligned code got a misaligned pointer"
+    p.direct = aligned
+    runs, jit = len(k.run_calls), len(k.jit_calls)
+    p(x, y)
+    assert len(k.jit_calls) == jit and len(k.run_calls) == runs + 1
+    assert k.run_calls[-1][9:11] == (x.data_ptr(), y.data_ptr())

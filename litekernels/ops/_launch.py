@@ -40,6 +40,7 @@ call) are not part of the key; after changing one, call `clear_launch_cache()`.
 from __future__ import annotations
 
 import inspect
+import math
 import operator
 import os
 
@@ -458,6 +459,33 @@ def discard_at(index: int, numel: int, device) -> torch.Tensor:
     return buf
 
 
+class DiscardSlot:
+    """`discard_at(index, numel, device)` for one plan: remembers the buffer it got for the last stream, so a
+    repeated call on that stream skips the dict lookup (same rules: a fresh buffer off the GPU, for large requests
+    and while a CUDA graph is captured; the remembered one is only reused on the stream it was taken for, whose
+    order makes reuse safe, and is kept alive by the plan even after `_discard` replaced it with a larger one)."""
+    __slots__ = ("buf", "device", "index", "numel", "stream")
+
+    def __init__(self, index: int, numel: int, device):
+        self.index, self.numel, self.device = index, numel, device
+        self.stream = self.buf = None
+
+    def __call__(self) -> torch.Tensor:
+        index = self.index
+        if index < 0:  # off the GPU: a fresh buffer (discard_at's rule, without its frame)
+            return torch.empty(self.numel, dtype=torch.float32, device=self.device)
+        if self.numel > DISCARD_MAX_ELEMENTS or _capturing is None or _get_stream is None:
+            return discard_at(index, self.numel, self.device)
+        if _capturing():
+            return torch.empty(self.numel, dtype=torch.float32, device=self.device)
+        stream = _get_stream(index)
+        if stream == self.stream:
+            return self.buf
+        buf = self.buf = discard_at(index, self.numel, self.device)
+        self.stream = stream
+        return buf
+
+
 # ---------------------------------------------------------------------------------------------------------
 # prepared calls: what depends only on the inputs' facts, computed once per op and key (module docstring)
 # ---------------------------------------------------------------------------------------------------------
@@ -469,6 +497,9 @@ _is_compiling = torch.compiler.is_compiling if HAS_CUSTOM_OPS else (lambda: Fals
 _modes = getattr(torch._C, "_len_torch_dispatch_stack", None) if HAS_CUSTOM_OPS else None
 _and = operator.and_
 _data_ptr = torch.Tensor.data_ptr
+_gcd = math.gcd  # of all pointers: a multiple of 16 exactly when every one is 16-byte aligned
+# what building a plan key from arguments that are not valid tensors may raise (then: the checked path)
+LOOKUP_ERRORS = (AttributeError, TypeError, RuntimeError, ValueError, IndexError, ArithmeticError)
 
 
 def _globals_unchanged(globals_used) -> bool:
@@ -502,7 +533,7 @@ class PlanCache:
                     if getattr(a, "requires_grad", False):
                         return None
             plan = self.plans.get(self.key_of(*args))
-        except (AttributeError, TypeError, RuntimeError, ValueError, IndexError, ArithmeticError):
+        except LOOKUP_ERRORS:
             return None  # not a tensor (or a tracer's proxy), unhashable, no strides (sparse), a 0-d tensor: the
             # checked path, which names the problem
         tied = self.tied_to
@@ -580,9 +611,13 @@ class PreparedLaunch:
         if not follow and _on and not self.kernel.pre_run_hooks and _hooks_idle():
             device, fn, grid3, fixed, back, masks, unaligned, globals_used = d
             ptrs = list(map(_data_ptr, tensors))
-            # the specialization compiled for this launch: same device, same 16-byte alignment of every tensor
-            follow = (_get_device() != device or any(map(_and, ptrs, masks))
-                      or (unaligned and not all(ptrs[i] & 15 for i in unaligned)))
+            # the specialization compiled for this launch: same device, same 16-byte alignment of every tensor;
+            # when it was compiled for all of them aligned (the usual case, masks all 15), one gcd tests them all
+            if unaligned:
+                follow = (_get_device() != device or any(map(_and, ptrs, masks))
+                          or not all(ptrs[i] & 15 for i in unaligned))
+            else:
+                follow = _get_device() != device or _gcd(*ptrs) & 15
             if not follow and (not globals_used or _globals_unchanged(globals_used)):
                 fn(*grid3, _get_stream(device), *fixed, *ptrs, *back)
                 return

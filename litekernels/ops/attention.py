@@ -27,7 +27,11 @@ import torch
 from .. import reference
 from .._triton import tl, triton
 from ..utils import INTERPRET, check_same_device, check_tensor, unit_last, use_triton
-from ._launch import PlanCache, PreparedLaunch, config_key, discard_at, launch, out_strides
+from . import _launch as _L
+from ._launch import (LOOKUP_ERRORS, DiscardSlot, PlanCache, PreparedLaunch, _grad_enabled, _is_compiling, _modes,
+                      config_key, launch, out_strides)
+
+_empty_like = torch.empty_like
 from ._tl_common import (LOG2E, _dot, _finish_rows, _online_softmax_step, _online_softmax_step_lazy, exact_dot,
                           block_d, default_scale, gpu_arch, merge_config)
 
@@ -501,7 +505,7 @@ _FWD_PLANS = PlanCache(_fwd_key, tied_to=(globals(), "_settings_cache"))
 
 class _FwdPlan:
     """The forward launch for inputs of one plan key (q, k, v with unit last stride, attn_mask None or bool)."""
-    __slots__ = ("o_shape", "o_like", "lse_shape", "lse_numel", "tma", "launch", "device", "index")
+    __slots__ = ("o_shape", "o_like", "lse_shape", "lse_numel", "tma", "launch", "device", "discard", "infer")
 
     def __init__(self, q, k, v, causal, scale, attn_mask, config, like_inputs):
         check_attention_inputs(q, k, v, attn_mask)  # a plan exists only for valid inputs
@@ -510,7 +514,7 @@ class _FwdPlan:
         self.o_shape, self.lse_shape, self.lse_numel = (B, H, Tq, D), (B, H, Tq), B * H * Tq
         self.o_like = like_inputs or q.is_contiguous()  # then empty_like(q) is o (dense), with less parsing
         self.device = q.device  # the key holds it: kept, so a call builds no device object
-        self.index = q.get_device() if q.is_cuda else -1  # for discard_at
+        self.discard = DiscardSlot(q.get_device() if q.is_cuda else -1, self.lse_numel, q.device)
         so = out_strides(self.o_like, q, self.o_shape)
         _, ms = _mask_args(attn_mask, B, H, Tq, Tk)
         c = _settings(fwd_config, D, q.dtype, q.device, config)
@@ -522,6 +526,8 @@ class _FwdPlan:
              *ms, H, H // HKV, Tq, Tk, D, scale * LOG2E),
             dict(CAUSAL=causal, HAS_MASK=attn_mask is not None, KEY_MASK=_key_mask(attn_mask, ms, H, Tq),
                  BLOCK_D=block_d(D), IEEE=exact_dot(q.dtype), **c))
+        # the plan-hit path of flash_attention, chosen once: no branches per call in the common case
+        self.infer = self._infer_plain if self.o_like and not self.tma else self._infer_general
 
     def __call__(self, q, k, v, attn_mask, need_lse):
         if not need_lse:
@@ -534,13 +540,18 @@ class _FwdPlan:
         self.launch(q, k, v, o, lse, q if attn_mask is None else attn_mask.view(torch.uint8))
         return o, lse
 
-    def infer(self, q, k, v, attn_mask):
+    def _infer_plain(self, q, k, v, attn_mask):
+        """infer for o = empty_like(q) without TMA descriptors."""
+        o = _empty_like(q)
+        self.launch(q, k, v, o, self.discard(), q if attn_mask is None else attn_mask.view(torch.uint8))
+        return o
+
+    def _infer_general(self, q, k, v, attn_mask):
         """o without autograd (lse to the discard buffer)."""
         o = torch.empty_like(q) if self.o_like else torch.empty(self.o_shape, dtype=q.dtype, device=self.device)
         if self.tma:
             _prepare_tma(q, k, v)
-        self.launch(q, k, v, o, discard_at(self.index, self.lse_numel, self.device),
-                    q if attn_mask is None else attn_mask.view(torch.uint8))
+        self.launch(q, k, v, o, self.discard(), q if attn_mask is None else attn_mask.view(torch.uint8))
         return o
 
 
@@ -650,15 +661,47 @@ def _check_attention_inputs_named(q, k, v, attn_mask=None):
 from ..utils import tracing  # kept next to its one user, the public function (a local edit)
 
 
+def _plan_of(q, k, v, causal, scale, attn_mask):
+    """_FWD_PLANS.lookup(q, k, v, causal, scale, attn_mask) in one frame: the same tests and the key of _fwd_key
+    (config None, like_inputs False), including the drop of plans derived from a replaced _settings_cache."""
+    if not _L._plans_on or _is_compiling() or (_modes is not None and _modes()):
+        return None
+    try:
+        if _grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
+                                or getattr(attn_mask, "requires_grad", False)):
+            return None
+        qs, m = q.shape, attn_mask
+        plan = _FWD_PLANS.plans.get((qs, q.stride(), q.dtype, q.device, k.shape, k.stride(), k.dtype, k.device,
+                                     v.shape, v.stride(), v.dtype, v.device,
+                                     None if m is None else (m.shape, m.stride(), m.dtype, m.device),
+                                     causal, DEFAULT_SCALES[qs[-1]] if scale is None else scale, None, False))
+    except LOOKUP_ERRORS:
+        return None  # not a tensor, unhashable, no strides: the checked path names the problem
+    if plan is not None and _settings_cache is not _FWD_PLANS.source:
+        return None  # the checked path's `get` drops the stale plans
+    return plan
+
+
 def flash_attention(q, k, v, *, causal: bool = True, scale: float | None = None, attn_mask=None):
     """Attention of q (B,H,Tq,D) over k, v (B,Hkv,Tk,D); returns (B,H,Tq,D) in q's dtype. Differentiable.
 
     causal: bottom-right aligned (a prefix of Tk - Tq cached keys is visible to all queries).
     attn_mask: optional bool tensor broadcastable to (B,H,Tq,Tk), True = attend (e.g. (B,1,1,Tk) key padding).
     """
-    plan = _FWD_PLANS.lookup(q, k, v, causal, scale, attn_mask)  # a repeated call without autograd
-    if plan is not None:
-        return plan.infer(q, k, v, attn_mask)
+    # _plan_of inlined (one frame less on the host-bound path): a repeated call without autograd finds its plan
+    if _L._plans_on and not _is_compiling() and (_modes is None or not _modes()):
+        try:
+            if not (_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
+                                         or getattr(attn_mask, "requires_grad", False))):
+                qs, m = q.shape, attn_mask
+                plan = _FWD_PLANS.plans.get((qs, q.stride(), q.dtype, q.device, k.shape, k.stride(), k.dtype, k.device,
+                                             v.shape, v.stride(), v.dtype, v.device,
+                                             None if m is None else (m.shape, m.stride(), m.dtype, m.device),
+                                             causal, DEFAULT_SCALES[qs[-1]] if scale is None else scale, None, False))
+                if plan is not None and _settings_cache is _FWD_PLANS.source:  # else: stale, dropped by `get`
+                    return plan.infer(q, k, v, attn_mask)
+        except LOOKUP_ERRORS:
+            pass  # not a tensor, unhashable, no strides: the checked path names the problem
     check_attention_inputs(q, k, v, attn_mask)
     if attn_mask is not None and attn_mask.dtype != torch.bool:
         raise TypeError(f"attn_mask must be a bool tensor (True = attend), got {attn_mask.dtype}")
@@ -669,7 +712,7 @@ def flash_attention(q, k, v, *, causal: bool = True, scale: float | None = None,
 def flash_attention_unchecked(q, k, v, causal: bool, scale: float, attn_mask=None):
     """`flash_attention` after its checks (bool causal, float scale): for callers whose inputs are valid by
     construction (the HF attention function). Traced code gets the registered op (litekernels/library.py)."""
-    plan = _FWD_PLANS.lookup(q, k, v, causal, scale, attn_mask)
+    plan = _plan_of(q, k, v, causal, scale, attn_mask)
     if plan is not None:
         return plan.infer(q, k, v, attn_mask)
     return _flash_attention(q, k, v, causal, scale, attn_mask)

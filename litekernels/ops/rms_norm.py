@@ -25,7 +25,11 @@ from .. import reference
 from .._triton import tl, triton
 from ..utils import (SUPPORTED_DTYPES, as_rows, check_same_device, check_same_dtype, check_same_shape, check_tensor,
                      num_sms, on_same_device, row_settings, rows_of, rows_view, tracing, unit_last, use_triton)
-from ._launch import PlanCache, PreparedLaunch, discard_at, launch
+from . import _launch as _L
+from ._launch import (LOOKUP_ERRORS, DiscardSlot, PlanCache, PreparedLaunch, _grad_enabled, _is_compiling, _modes,
+                      launch)
+
+_empty_like = torch.empty_like
 
 
 @triton.jit
@@ -105,7 +109,7 @@ _FWD_PLANS = PlanCache(_fwd_key)
 class _FwdPlan:
     """One forward launch for inputs of one plan key (x and residual usable as rows without a copy, weight with
     unit stride): y/h allocation and the prepared launch (None for zero rows)."""
-    __slots__ = ("shape", "y_dtype", "n_rows", "like_x", "y_like_x", "launch", "device", "index")
+    __slots__ = ("shape", "y_dtype", "n_rows", "like_x", "y_like_x", "launch", "device", "discard", "add_norm")
 
     def __init__(self, x, weight, eps, residual):
         _check(x, weight, residual)  # a plan exists only for valid inputs: its key proves a later call's checks
@@ -119,13 +123,15 @@ class _FwdPlan:
         self.y_dtype = torch.promote_types(weight.dtype, x.dtype)
         self.n_rows = n_rows
         self.device = x.device  # the key holds it: kept, so a call builds no device object
-        self.index = x.get_device() if x.is_cuda else -1  # for discard_at
+        self.discard = DiscardSlot(x.get_device() if x.is_cuda else -1, n_rows, x.device)
         self.like_x = x.is_contiguous()  # empty_like(x) is then dense (row stride n_cols), like torch.empty
         self.y_like_x = self.like_x and self.y_dtype == x.dtype
         self.launch = PreparedLaunch(_rms_norm_fwd_kernel, (triton.cdiv(n_rows, rows),),
                                      (sx, sr, n_cols, n_cols, n_rows, n_cols, eps),
                                      dict(BLOCK=block, ROWS=rows, HAS_RESIDUAL=residual is not None,
                                           num_warps=warps)) if n_rows else None
+        # the plan-hit path of fused_add_rms_norm, chosen once: no branches per call in the common case
+        self.add_norm = self._add_norm_like if self.y_like_x and n_rows else self._add_norm_general
 
     def __call__(self, x, weight, residual, need_rstd):
         if not need_rstd:
@@ -145,12 +151,18 @@ class _FwdPlan:
 
     def norm(self, x, weight):
         """y of rms_norm without autograd (rstd to the discard buffer)."""
-        y = torch.empty_like(x) if self.y_like_x else torch.empty(self.shape, dtype=self.y_dtype, device=self.device)
+        y = _empty_like(x) if self.y_like_x else torch.empty(self.shape, dtype=self.y_dtype, device=self.device)
         if self.launch is not None:
-            self.launch(x, x, weight, y, y, discard_at(self.index, self.n_rows, self.device))  # R, H unused
+            self.launch(x, x, weight, y, y, self.discard())  # R, H unused
         return y
 
-    def add_norm(self, x, residual, weight):
+    def _add_norm_like(self, x, residual, weight):
+        """add_norm for a contiguous x with y in x's dtype and rows to launch: both outputs are empty_like(x)."""
+        y, h = _empty_like(x), _empty_like(x)
+        self.launch(x, residual, weight, y, h, self.discard())
+        return y, h
+
+    def _add_norm_general(self, x, residual, weight):
         """(y, h) of fused_add_rms_norm without autograd (rstd to the discard buffer)."""
         if self.like_x:
             y = torch.empty_like(x) if self.y_like_x else torch.empty(self.shape, dtype=self.y_dtype,
@@ -160,7 +172,7 @@ class _FwdPlan:
             y = torch.empty(self.shape, dtype=self.y_dtype, device=self.device)
             h = torch.empty(self.shape, dtype=x.dtype, device=self.device)
         if self.launch is not None:
-            self.launch(x, residual, weight, y, h, discard_at(self.index, self.n_rows, self.device))
+            self.launch(x, residual, weight, y, h, self.discard())
         return y, h
 
 
@@ -254,9 +266,16 @@ def _check(x, weight, residual=None):
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """RMSNorm over the last dimension, HF LlamaRMSNorm semantics. Differentiable in x and weight."""
-    plan = _FWD_PLANS.lookup(x, weight, eps)  # a repeated call without autograd: checks already passed
-    if plan is not None:
-        return plan.norm(x, weight)
+    # _FWD_PLANS.lookup(x, weight, eps) inlined, as in fused_add_rms_norm
+    if _L._plans_on and not _is_compiling() and (_modes is None or not _modes()):
+        try:
+            if not (_grad_enabled() and (x.requires_grad or weight.requires_grad)):
+                plan = _FWD_PLANS.plans.get((x.shape, x.stride(), x.dtype, x.device, weight.shape, weight.stride(),
+                                             weight.dtype, weight.device, eps))
+                if plan is not None:
+                    return plan.norm(x, weight)
+        except LOOKUP_ERRORS:
+            pass  # not a tensor, unhashable, no strides: the checked path names the problem
     _check(x, weight)
     if tracing():
         return torch.ops.litekernels.rms_norm(x, weight, float(eps))[0]
@@ -269,9 +288,18 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
 
 def fused_add_rms_norm(x, residual, weight, eps: float = 1e-6):
     """h = x + residual; returns (rms_norm(h), h) in one pass. Differentiable in x, residual and weight."""
-    plan = _FWD_PLANS.lookup(x, weight, eps, residual)  # a repeated call without autograd: checks already passed
-    if plan is not None:
-        return plan.add_norm(x, residual, weight)
+    # _FWD_PLANS.lookup(x, weight, eps, residual) inlined (same tests, same key as _fwd_key; one frame less on
+    # the host-bound path): a repeated call without autograd finds its plan, whose inputs passed the checks
+    if _L._plans_on and not _is_compiling() and (_modes is None or not _modes()):
+        try:
+            if not (_grad_enabled() and (x.requires_grad or residual.requires_grad or weight.requires_grad)):
+                plan = _FWD_PLANS.plans.get((x.shape, x.stride(), x.dtype, x.device, weight.shape, weight.stride(),
+                                             weight.dtype, weight.device, eps, residual.shape, residual.stride(),
+                                             residual.dtype, residual.device))
+                if plan is not None:
+                    return plan.add_norm(x, residual, weight)
+        except LOOKUP_ERRORS:
+            pass  # not a tensor, unhashable, no strides: the checked path names the problem
     _check(x, weight, residual)
     if tracing():
         y, h, _ = torch.ops.litekernels.fused_add_rms_norm(x, residual, weight, float(eps))

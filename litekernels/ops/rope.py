@@ -22,7 +22,10 @@ import torch
 from .. import reference
 from .._triton import tl, triton
 from ..utils import SUPPORTED_DTYPES, check_same_device, check_tensor, on_same_device, tracing, unit_last, use_triton
-from ._launch import PlanCache, PreparedLaunch, launch, out_strides
+from . import _launch as _L
+from ._launch import LOOKUP_ERRORS, PlanCache, PreparedLaunch, _grad_enabled, _is_compiling, _modes, launch, out_strides
+
+_empty_like = torch.empty_like
 
 
 @triton.jit
@@ -132,10 +135,24 @@ class _RopePlan:
             dict(HALF=half, BLOCK_HQ=block_hq, BLOCK_HK=block_hk, BLOCK_D=block_d, BACKWARD=backward, num_warps=warps))
 
     def __call__(self, q, k, cos, sin):
-        qo, ko = torch.empty_like(q), torch.empty_like(k)  # same strides as the inputs (dense views stay dense)
+        qo, ko = _empty_like(q), _empty_like(k)  # same strides as the inputs (dense views stay dense)
         if self.launch is not None:
             self.launch(q, k, qo, ko, cos, sin)
         return qo, ko
+
+
+def _plan_of(q, k, cos, sin):
+    """_FWD_PLANS.lookup(q, k, cos, sin) in one frame: the same tests and the key of _fwd_key (backward=False)."""
+    if not _L._plans_on or _is_compiling() or (_modes is not None and _modes()):
+        return None
+    try:
+        if _grad_enabled() and (q.requires_grad or k.requires_grad or cos.requires_grad or sin.requires_grad):
+            return None
+        return _FWD_PLANS.plans.get((q.shape, q.stride(), q.dtype, q.device, k.shape, k.stride(), k.dtype, k.device,
+                                     cos.shape, cos.stride(), cos.dtype, cos.device,
+                                     sin.shape, sin.stride(), sin.dtype, sin.device, False))
+    except LOOKUP_ERRORS:
+        return None  # not a tensor, unhashable, no strides: the checked path names the problem
 
 
 def rope_fwd(q, k, cos, sin, backward=False):
@@ -208,16 +225,25 @@ def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.T
 
     Outputs have q's dtype and layout. Differentiable in q and k.
     """
-    plan = _FWD_PLANS.lookup(q, k, cos, sin)  # a repeated call without autograd: checks already passed
-    if plan is not None:
-        return plan(q, k, cos, sin)
+    # _plan_of inlined (one frame less on the host-bound path): a repeated call without autograd finds its plan,
+    # whose inputs passed the checks
+    if _L._plans_on and not _is_compiling() and (_modes is None or not _modes()):
+        try:
+            if not (_grad_enabled() and (q.requires_grad or k.requires_grad or cos.requires_grad or sin.requires_grad)):
+                plan = _FWD_PLANS.plans.get((q.shape, q.stride(), q.dtype, q.device, k.shape, k.stride(), k.dtype,
+                                             k.device, cos.shape, cos.stride(), cos.dtype, cos.device,
+                                             sin.shape, sin.stride(), sin.dtype, sin.device, False))
+                if plan is not None:
+                    return plan(q, k, cos, sin)
+        except LOOKUP_ERRORS:
+            pass  # not a tensor, unhashable, no strides: the checked path names the problem
     _check(q, k, cos, sin)
     return _apply_rope(q, k, cos, sin)
 
 
 def apply_rope_unchecked(q, k, cos, sin):
     """`apply_rope` without the input checks, for callers whose tensors are valid by construction (the HF patch)."""
-    plan = _FWD_PLANS.lookup(q, k, cos, sin)
+    plan = _plan_of(q, k, cos, sin)
     if plan is not None:
         return plan(q, k, cos, sin)
     return _apply_rope(q, k, cos, sin)
