@@ -30,10 +30,10 @@ from ..utils import INTERPRET, check_same_device, check_tensor, unit_last, use_t
 from . import _launch as _L
 from ._launch import (LOOKUP_ERRORS, DiscardSlot, PlanCache, PreparedLaunch, _grad_enabled, _is_compiling, _modes,
                       config_key, launch, out_strides)
-
-_empty_like = torch.empty_like
 from ._tl_common import (LOG2E, _dot, _finish_rows, _online_softmax_step, _online_softmax_step_lazy, exact_dot,
                           block_d, default_scale, gpu_arch, merge_config)
+
+_empty_like = torch.empty_like
 
 MAX_HEAD_DIM = 256
 
@@ -499,7 +499,6 @@ def _fwd_key(q, k, v, causal, scale, attn_mask=None, config=None, like_inputs=Fa
             None if config is None else config_key(config), like_inputs)
 
 
-
 _FWD_PLANS = PlanCache(_fwd_key, tied_to=(globals(), "_settings_cache"))
 
 
@@ -688,20 +687,9 @@ def flash_attention(q, k, v, *, causal: bool = True, scale: float | None = None,
     causal: bottom-right aligned (a prefix of Tk - Tq cached keys is visible to all queries).
     attn_mask: optional bool tensor broadcastable to (B,H,Tq,Tk), True = attend (e.g. (B,1,1,Tk) key padding).
     """
-    # _plan_of inlined (one frame less on the host-bound path): a repeated call without autograd finds its plan
-    if _L._plans_on and not _is_compiling() and (_modes is None or not _modes()):
-        try:
-            if not (_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
-                                         or getattr(attn_mask, "requires_grad", False))):
-                qs, m = q.shape, attn_mask
-                plan = _FWD_PLANS.plans.get((qs, q.stride(), q.dtype, q.device, k.shape, k.stride(), k.dtype, k.device,
-                                             v.shape, v.stride(), v.dtype, v.device,
-                                             None if m is None else (m.shape, m.stride(), m.dtype, m.device),
-                                             causal, DEFAULT_SCALES[qs[-1]] if scale is None else scale, None, False))
-                if plan is not None and _settings_cache is _FWD_PLANS.source:  # else: stale, dropped by `get`
-                    return plan.infer(q, k, v, attn_mask)
-        except LOOKUP_ERRORS:
-            pass  # not a tensor, unhashable, no strides: the checked path names the problem
+    plan = _plan_of(q, k, v, causal, scale, attn_mask)  # a repeated call without autograd: checks passed before
+    if plan is not None:
+        return plan.infer(q, k, v, attn_mask)
     check_attention_inputs(q, k, v, attn_mask)
     if attn_mask is not None and attn_mask.dtype != torch.bool:
         raise TypeError(f"attn_mask must be a bool tensor (True = attend), got {attn_mask.dtype}")

@@ -225,18 +225,9 @@ def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.T
 
     Outputs have q's dtype and layout. Differentiable in q and k.
     """
-    # _plan_of inlined (one frame less on the host-bound path): a repeated call without autograd finds its plan,
-    # whose inputs passed the checks
-    if _L._plans_on and not _is_compiling() and (_modes is None or not _modes()):
-        try:
-            if not (_grad_enabled() and (q.requires_grad or k.requires_grad or cos.requires_grad or sin.requires_grad)):
-                plan = _FWD_PLANS.plans.get((q.shape, q.stride(), q.dtype, q.device, k.shape, k.stride(), k.dtype,
-                                             k.device, cos.shape, cos.stride(), cos.dtype, cos.device,
-                                             sin.shape, sin.stride(), sin.dtype, sin.device, False))
-                if plan is not None:
-                    return plan(q, k, cos, sin)
-        except LOOKUP_ERRORS:
-            pass  # not a tensor, unhashable, no strides: the checked path names the problem
+    plan = _plan_of(q, k, cos, sin)  # a repeated call without autograd: its inputs passed the checks
+    if plan is not None:
+        return plan(q, k, cos, sin)
     _check(q, k, cos, sin)
     return _apply_rope(q, k, cos, sin)
 
