@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import triton
 from triton.testing import do_bench
 
-from bench.graphs import capture
+from bench.graphs import capture, chained_graph_ms, clean_ms
 from bench.results_io import save_results
 from litekernels import reference
 from litekernels.ops.attention import flash_attention
@@ -77,8 +77,10 @@ def compiled(fn):
     return torch.compile(fn, dynamic=False)
 
 
-def run_case(results, op, shape, mode, providers, make, nbytes=None, flops=None, ceiling=None):
-    """providers: name -> callable(*inputs) returning output(s); make() -> (inputs, grad_inputs, upstream)."""
+def run_case(results, op, shape, mode, providers, make, nbytes=None, flops=None, ceiling=None, clean=False):
+    """providers: name -> callable(*inputs) returning output(s); make() -> (inputs, grad_inputs, upstream).
+    clean (forward only): also time each provider after a read-only L2 flush (bench/graphs.py: do_bench's zeroing
+    flush leaves dirty lines that a memory-bound kernel writes back inside its time) as ms_clean / GBps_clean."""
     row = {"op": op, "shape": shape, "mode": mode, "providers": {}}
     for name, fn in providers.items():
         if fn is None:
@@ -88,6 +90,8 @@ def run_case(results, op, shape, mode, providers, make, nbytes=None, flops=None,
             if mode == "fwd":
                 with torch.no_grad():
                     t = timed(lambda: fn(*inputs))
+                    if clean:
+                        t["ms_clean"] = clean_ms(lambda: fn(*inputs))[1]
             else:
                 def step():
                     out = fn(*inputs)
@@ -101,6 +105,10 @@ def run_case(results, op, shape, mode, providers, make, nbytes=None, flops=None,
             t["GBps"] = nbytes / t["ms"] / 1e6
             if ceiling:
                 t["pct_copy_bw"] = 100 * t["GBps"] / ceiling
+            if "ms_clean" in t:
+                t["GBps_clean"] = nbytes / t["ms_clean"] / 1e6
+                if ceiling:
+                    t["pct_copy_bw_clean"] = 100 * t["GBps_clean"] / ceiling
         if flops:
             t["TFLOPs"] = flops / t["ms"] / 1e9
         row["providers"][name] = t
@@ -108,6 +116,10 @@ def run_case(results, op, shape, mode, providers, make, nbytes=None, flops=None,
     ours = row["providers"].get("lite", {}).get("ms")
     if ours:
         row["speedup_vs"] = {k: v["ms"] / ours for k, v in row["providers"].items() if "ms" in v and k != "lite"}
+    ours = row["providers"].get("lite", {}).get("ms_clean")
+    if ours:
+        row["speedup_vs_clean"] = {k: v["ms_clean"] / ours for k, v in row["providers"].items()
+                                   if "ms_clean" in v and k != "lite"}
     results.append(row)
     print(json.dumps({k: row[k] for k in ("op", "shape", "mode")}),
           {k: round(v.get("GBps", v.get("TFLOPs", 0)) or v.get("ms", 0), 1) for k, v in row["providers"].items()
@@ -230,7 +242,8 @@ def bench_decode(res, bw, quick):
         provs = {"lite": lambda q, k, v, n: decode_attention(q, k, v, n),
                  "sdpa": lambda q, k, v, n: F.scaled_dot_product_attention(q, k, v, enable_gqa=True)}
         nbytes = 2 * B * KV * L * D * 2
-        run_case(res, "decode", f"B={B} H={H}/{KV} L={L} D={D}", "fwd", provs, make, nbytes=nbytes, ceiling=bw)
+        run_case(res, "decode", f"B={B} H={H}/{KV} L={L} D={D}", "fwd", provs, make, nbytes=nbytes, ceiling=bw,
+                 clean=True)
 
 
 def host_us_per_call(fn, n=200, repeats=5):
@@ -309,40 +322,52 @@ def graph_ms(fn):
 
 
 def bench_decode_graph(res, bw):
-    """Decode kernels alone (CUDA-graph replay) vs SDPA captured the same way; GB/s of KV read vs copy."""
+    """Decode kernels alone (CUDA-graph replay) vs SDPA captured the same way; GB/s of KV read vs copy. Three
+    timings per provider: `ms` do_bench of one replay (its zeroing L2 flush leaves dirty lines that the kernel
+    writes back inside its time), `ms_clean` one replay after a read-only flush, `ms_chain` per call of a graph of
+    calls over distinct caches (>= 400 MB in all) back to back, as in a replayed decode step (bench/graphs.py)."""
     for B, H, KV, L, D in [(1, 32, 8, 32768, 64), (8, 32, 8, 8192, 128), (64, 32, 8, 2048, 64)]:
-        q = torch.randn(B, H, 1, D, dtype=BF16, device="cuda")
-        k = torch.randn(B, KV, L, D, dtype=BF16, device="cuda")
-        v = torch.randn(B, KV, L, D, dtype=BF16, device="cuda")
-        lengths = torch.full((B,), L, dtype=torch.int32, device="cuda")
         nbytes = 2 * B * KV * L * D * 2
+        lengths = torch.full((B,), L, dtype=torch.int32, device="cuda")
         scale = D ** -0.5
+        sets = [(torch.randn(B, H, 1, D, dtype=BF16, device="cuda"), torch.randn(B, KV, L, D, dtype=BF16, device="cuda"),
+                 torch.randn(B, KV, L, D, dtype=BF16, device="cuda")) for _ in range(max(2, -(-400_000_000 // nbytes)))]
 
-        def sdpa_dec():
+        def sdpa_dec(q, k, v):
             try:
                 return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
             except TypeError:  # torch < 2.5: no enable_gqa
                 return F.scaled_dot_product_attention(q, k.repeat_interleave(H // KV, 1),
                                                       v.repeat_interleave(H // KV, 1))
         row = {"op": "decode_graph", "shape": f"B={B} H={H}/{KV} L={L} D={D}", "mode": "graph", "providers": {}}
-        provs = {"lite": lambda: decode_attention_fwd(q, k, v, lengths, scale),
-                 "lite_fused": lambda: decode_attention_fwd(q, k, v, lengths, scale, config={"FUSED": True}),
+        provs = {"lite": lambda q, k, v: decode_attention_fwd(q, k, v, lengths, scale),
+                 "lite_fused": lambda q, k, v: decode_attention_fwd(q, k, v, lengths, scale, config={"FUSED": True}),
+                 "lite_pdl": lambda q, k, v: decode_attention_fwd(q, k, v, lengths, scale, config={"PDL": True}),
                  "sdpa": sdpa_dec}
         with torch.no_grad():
             for name, fn in provs.items():
                 try:
-                    ms = graph_ms(fn)
+                    one = capture(lambda: fn(*sets[0]), 3)
+                    t = {"ms": do_bench(one.replay, warmup=25, rep=100, return_mode="median"),
+                         "ms_clean": clean_ms(one.replay)[1],
+                         "ms_chain": chained_graph_ms([lambda x=x: fn(*x) for x in sets])}
                 except Exception as e:  # noqa: BLE001
                     row["providers"][name] = {"error": repr(e)[:300]}
                     continue
-                gbps = nbytes / ms / 1e6
-                row["providers"][name] = {"ms": ms, "GBps": gbps, "pct_copy_bw": 100 * gbps / bw}
-        ours = row["providers"].get("lite", {}).get("ms")
-        if ours:
-            row["speedup_vs"] = {k2: v2["ms"] / ours for k2, v2 in row["providers"].items() if "ms" in v2 and k2 != "lite"}
+                for m in ("", "_clean", "_chain"):
+                    t["GBps" + m] = nbytes / t["ms" + m] / 1e6
+                    t["pct_copy_bw" + m] = 100 * t["GBps" + m] / bw
+                row["providers"][name] = t
+        for m in ("", "_clean", "_chain"):
+            ours = row["providers"].get("lite", {}).get("ms" + m)
+            if ours:
+                row["speedup_vs" + m] = {k2: v2["ms" + m] / ours for k2, v2 in row["providers"].items()
+                                         if "ms" + m in v2 and k2 != "lite"}
         res.append(row)
         print(json.dumps({"decode_graph": row["shape"]}),
-              {k2: round(v2.get("pct_copy_bw", -1), 1) for k2, v2 in row["providers"].items()}, flush=True)
+              {k2: [round(v2.get("pct_copy_bw" + m, -1), 1) for m in ("", "_clean", "_chain")]
+               for k2, v2 in row["providers"].items()}, flush=True)
+        del sets
         torch.cuda.empty_cache()
 
 
