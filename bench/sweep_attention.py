@@ -111,10 +111,20 @@ DECODE_PHASE3 = [
     {"SPLITS": 16}, {"SPLITS": 32}, {"SPLITS": 33}, {"WAVES": 2}, {"WAVES": 8}, {"WAVES": 8, "MIN_CHUNK": 64},
     {"SPLITS": 32, "num_stages": 4, "PDL": True}, {"WAVES": 2, "FUSED": True}, {"num_warps": 2},
 ]
+# Phase 4: fewer, longer splits (one split: the split kernel writes the output, one launch), PDL at B1.
+DECODE_PHASE4 = [
+    {}, {"SPLITS": 1}, {"SPLITS": 2}, {"SPLITS": 4}, {"SPLITS": 8}, {"SPLITS": 1, "BLOCK_N": 128, "num_stages": 2},
+    {"SPLITS": 2, "BLOCK_N": 128, "num_stages": 2}, {"SPLITS": 4, "PDL": True}, {"SPLITS": 1, "num_warps": 8},
+    {"SPLITS": 16, "PDL": True}, {"SPLITS": 32, "PDL": True}, {"SPLITS": 32, "num_stages": 4, "PDL": True},
+    {"SPLITS": 64, "PDL": True}, {"SPLITS": 32, "BLOCK_N": 128, "num_stages": 2, "PDL": True},
+]
+# the runtime's own caches at batch 1 (a 1B decode loop allocates max_seq_len slots): short caches, full
+PHASE4_SHAPES = [(1, 32, 8, 512, 64), (1, 32, 8, 2048, 64), (1, 32, 8, 8192, 64)]
 CANDIDATE_SETS = {
     "phase1": (FWD_CANDIDATES, BWD_CANDIDATES, DECODE_CANDIDATES),
     "phase2": (FWD_PHASE2, [{}], DECODE_PHASE2),
     "phase3": ([{}], [{}], DECODE_PHASE3),
+    "phase4": ([{}], [{}], DECODE_PHASE4),
 }
 
 
@@ -318,7 +328,7 @@ def sweep_prefill(sw: Sweep):
 
 
 def sweep_decode(sw: Sweep, bw):
-    shapes = SMOKE_DECODE if sw.smoke else DECODE_SHAPES
+    shapes = SMOKE_DECODE if sw.smoke else DECODE_SHAPES + (PHASE4_SHAPES if sw.decode is DECODE_PHASE4 else [])
     dtype = torch.float32 if sw.smoke else BF16
     sdpa = sdpa_fns()["sdpa"]
     for B, H, HKV, L, D in shapes:

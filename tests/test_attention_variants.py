@@ -176,11 +176,32 @@ def test_decode_fully_masked_row_and_short_length():
         assert_matches(o[1], want[1], name=f"decode {cfg}")
 
 
+def test_decode_one_split_is_one_launch():
+    """One split (a short cache, or a batch that fills the GPU on its own): the split kernel writes the output
+    itself, so the call is one launch and the partial scratch is never written (poisoned, it stays NaN)."""
+    B, H, HKV, L, D = 2, 8, 2, 40, 64
+    q, k, v = rand(B, H, 1, D), rand(B, HKV, L, D), rand(B, HKV, L, D)
+    lengths = torch.tensor([40, 17], dtype=torch.int32, device=DEVICE)
+    DA.clear_decode_cache()
+    o = DA.decode_attention_fwd(q, k, v, lengths, 0.125, config={"SPLITS": 1})
+    (call,) = DA._CALLS.plans.values()
+    assert call.p.direct and len(call.launches.launches) == 1
+    for buf in next(iter(call.p.scratch.values()))[:2]:
+        buf.fill_(float("nan"))
+    o = DA.decode_attention_fwd(q, k, v, lengths, 0.125, config={"SPLITS": 1})
+    assert all(torch.isnan(buf).all() for buf in next(iter(call.p.scratch.values()))[:2])
+    want = reference.decode_attention(q.double(), k.double(), v.double(), lengths, scale=0.125)
+    assert_matches(o, want, name="decode one split")
+    # several splits: two launches (split + combine), as before
+    DA.decode_attention_fwd(q, k, v, lengths, 0.125, config={"SPLITS": 3})
+    assert [len(c.launches.launches) for c in DA._CALLS.plans.values()] == [1, 2]
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("cfg", [{}, {"FUSED": True}, {"FUSED": True, "SPLITS": 64},
+@pytest.mark.parametrize("cfg", [{}, {"SPLITS": 1}, {"FUSED": True}, {"FUSED": True, "SPLITS": 64},
                                  {"PDL": True, "SPLITS": 256, "MIN_CHUNK": 16, "COMBINE_ROWS": 4},
                                  {"MMA": False, "BLOCK_N": 32, "PDL": True}],
-                         ids=["two-launch", "fused", "fused-64splits", "pdl-256splits-4rows", "no-mma-pdl"])
+                         ids=["two-launch", "one-split", "fused", "fused-64splits", "pdl-256splits-4rows", "no-mma-pdl"])
 def test_decode_variants_cuda_graph_replay(cfg):
     """On the GPU: the decode launch captured in a CUDA graph and replayed while lengths grow in place gives the
     reference result every time (the fused combine's counter resets across replays; eager calls on the same

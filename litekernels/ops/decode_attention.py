@@ -71,8 +71,10 @@ def _decode_split_kernel(Q, K, V, LENGTHS, KEYMASK, O_PART, LSE_PART, O, COUNTER
                          HKV, GROUP, Tq, D, qk_scale, SPLITS,
                          HAS_KEYMASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                          BLOCK_D: tl.constexpr, IEEE: tl.constexpr, FUSED: tl.constexpr, BLOCK_S: tl.constexpr,
-                         MMA: tl.constexpr = True, PDL: tl.constexpr = False):
-    """MMA=False: q.k and p.v as broadcast products summed in fp32 (tl.sum) instead of tl.dot, so BLOCK_M is the
+                         MMA: tl.constexpr = True, PDL: tl.constexpr = False, DIRECT: tl.constexpr = False):
+    """DIRECT (one split): the program owns the whole cache of its (batch, KV head), so it writes the normalised
+    output itself; no partials, no combine launch.
+    MMA=False: q.k and p.v as broadcast products summed in fp32 (tl.sum) instead of tl.dot, so BLOCK_M is the
     group's rows rounded up to a power of two, not an MMA tile of 16 that is mostly padding at GROUP * Tq = 4.
     PDL: let the combine launch (programmatic dependent launch) as soon as every split program has started;
     the combine waits for this grid's completion (gdc_wait) before reading the partials."""
@@ -134,26 +136,30 @@ def _decode_split_kernel(Q, K, V, LENGTHS, KEYMASK, O_PART, LSE_PART, O, COUNTER
             acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v.to(tl.float32)[None, :, :], 1)
             m_i = m_new
     out, lse = _finish_rows(acc, m_i, l_i, float("-inf"))
-    # scratch layout: O_PART (B, H, Tq, SPLITS, D), LSE_PART (B, H, Tq, SPLITS)
-    part = (b * HKV * GROUP + h) * Tq + t
-    row = part * SPLITS + split
-    tl.store(LSE_PART + row, lse, mask=row_ok)
-    tl.store(O_PART + row[:, None] * D + offs_d[None, :], out,
-             mask=row_ok[:, None] & (offs_d[None, :] < D))
-    if FUSED:
-        # The last split of this (batch, KV head) to finish merges the group's rows. The barrier orders every
-        # thread's partial stores before the (single-thread) atomic, whose acq_rel GPU-scope semantics publish
-        # them (cumulatively) and, for the last program, acquire every other program's; its merge then reads
-        # through L2 (.cg loads), never a stale L1 line.
-        tl.debug_barrier()
-        done = tl.atomic_add(COUNTER + pid_bh, 1)
-        if done == SPLITS - 1:
-            for rr in range(0, GROUP * Tq):
-                hh = kvh * GROUP + rr // Tq
-                tt = rr % Tq
-                _combine_row(O_PART, LSE_PART, O, (b * HKV * GROUP + hh) * Tq + tt,
-                             O + b * so_b + hh * so_h + tt * so_t, D, SPLITS, BLOCK_S, BLOCK_D)
-            tl.atomic_xchg(COUNTER + pid_bh, 0)  # ready for the next launch on this stream / graph replay
+    if DIRECT:
+        tl.store(O + b * so_b + h[:, None] * so_h + t[:, None] * so_t + offs_d[None, :], out.to(O.dtype.element_ty),
+                 mask=row_ok[:, None] & (offs_d[None, :] < D))
+    else:
+        # scratch layout: O_PART (B, H, Tq, SPLITS, D), LSE_PART (B, H, Tq, SPLITS)
+        part = (b * HKV * GROUP + h) * Tq + t
+        row = part * SPLITS + split
+        tl.store(LSE_PART + row, lse, mask=row_ok)
+        tl.store(O_PART + row[:, None] * D + offs_d[None, :], out,
+                 mask=row_ok[:, None] & (offs_d[None, :] < D))
+        if FUSED:
+            # The last split of this (batch, KV head) to finish merges the group's rows. The barrier orders every
+            # thread's partial stores before the (single-thread) atomic, whose acq_rel GPU-scope semantics publish
+            # them (cumulatively) and, for the last program, acquire every other program's; its merge then reads
+            # through L2 (.cg loads), never a stale L1 line.
+            tl.debug_barrier()
+            done = tl.atomic_add(COUNTER + pid_bh, 1)
+            if done == SPLITS - 1:
+                for rr in range(0, GROUP * Tq):
+                    hh = kvh * GROUP + rr // Tq
+                    tt = rr % Tq
+                    _combine_row(O_PART, LSE_PART, O, (b * HKV * GROUP + hh) * Tq + tt,
+                                 O + b * so_b + hh * so_h + tt * so_t, D, SPLITS, BLOCK_S, BLOCK_D)
+                tl.atomic_xchg(COUNTER + pid_bh, 0)  # ready for the next launch on this stream / graph replay
 
 
 @triton.jit
@@ -213,7 +219,7 @@ def choose_splits(batch: int, kv_heads: int, max_len: int, block_n: int = 64, wa
 class _Plan:
     """Everything a decode launch needs that depends only on the shapes, dtype, device and config."""
     __slots__ = ("grid", "cgrid", "consts", "cconsts", "splits", "part_shape", "lse_shape", "counter_len",
-                 "scratch", "B", "H", "Tq", "D", "HKV", "GROUP", "fused")
+                 "scratch", "B", "H", "Tq", "D", "HKV", "GROUP", "fused", "direct")
 
 
 _plans: dict = {}
@@ -235,15 +241,17 @@ def _make_plan(B, H, HKV, L, D, Tq, dtype, device, has_mask, config, splits) -> 
     group = H // HKV
     bd = block_d(D)
     bs = max(2, triton.next_power_of_2(p.splits))
-    p.B, p.H, p.Tq, p.D, p.HKV, p.GROUP, p.fused = B, H, Tq, D, HKV, group, bool(c["FUSED"])
+    p.B, p.H, p.Tq, p.D, p.HKV, p.GROUP = B, H, Tq, D, HKV, group
+    p.direct = p.splits == 1  # one split: the split kernel writes the output (one launch, no scratch traffic)
+    p.fused = bool(c["FUSED"]) and not p.direct
     rows = int(c["COMBINE_ROWS"])
-    pdl = bool(c["PDL"]) and not INTERPRET and not p.fused
+    pdl = bool(c["PDL"]) and not INTERPRET and not p.fused and not p.direct
     p.grid = (p.splits, B * HKV)
     p.cgrid = (triton.cdiv(B * H * Tq, rows),)
     mma = bool(c["MMA"])
     p.consts = dict(HAS_KEYMASK=has_mask, BLOCK_M=max(16 if mma else 2, triton.next_power_of_2(group * Tq)),
                     BLOCK_N=c["BLOCK_N"], BLOCK_D=bd, IEEE=exact_dot(dtype), FUSED=p.fused, BLOCK_S=bs,
-                    num_warps=c["num_warps"], num_stages=c["num_stages"], MMA=mma, PDL=pdl)
+                    num_warps=c["num_warps"], num_stages=c["num_stages"], MMA=mma, PDL=pdl, DIRECT=p.direct)
     p.cconsts = dict(BLOCK_S=bs, BLOCK_D=bd, ROWS=rows, PDL=pdl,
                      num_warps=1 if INTERPRET else int(c["COMBINE_WARPS"]))
     if pdl:
@@ -322,7 +330,7 @@ class _Call:
              p.HKV, p.GROUP, Tq, D, scale * LOG2E, p.splits), p.consts)
         # tensors: q, k_cache, v_cache, lengths, key mask, o_part, lse_part, o, counter (the split's arguments);
         # the combine reads o_part, lse_part, o
-        self.launches = PreparedLaunches((split, None)) if p.fused else PreparedLaunches(
+        self.launches = PreparedLaunches((split, None)) if p.fused or p.direct else PreparedLaunches(
             (split, None),
             (PreparedLaunch(_decode_combine_kernel, p.cgrid, (so[0], so[1], so[2], H, Tq, D, p.splits, B * H * Tq),
                             p.cconsts), (5, 6, 7)))

@@ -1,0 +1,95 @@
+"""Decode-step variants of the runtime at the Llama-3.2-1B shape (GPU, one process, ~1-2 minutes): the
+graph-replayed step time, kernels per step and per-kernel GPU time of one step for each variant, and decode
+tok/s of a real generate with it. The variants are fused_config settings of LlamaRuntime.set_fused_decode on
+top of the measured default (MEASURED_FUSED), so a winner becomes a default by editing that table.
+
+    python3 -m bench.decode_step_variants [--batch 1] [--new 128] [--only default,cublas,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+
+import torch
+import triton
+
+from bench.bench_generate import bench_lite, build, step_profile
+from bench.results_io import save_results
+
+
+def _measured(model):
+    from litekernels.generation.runtime import LlamaRuntime
+
+    return LlamaRuntime.MEASURED_FUSED[(9, 0)]["config"]
+
+
+def _with(base: dict, **kinds) -> dict:
+    cfg = json.loads(json.dumps(base))
+    for k, v in kinds.items():
+        cfg[k] = v if not isinstance(v, dict) or not isinstance(cfg.get(k), dict) else {**cfg[k], **v}
+    return cfg
+
+
+def variants(model) -> dict:
+    """name -> (fused_decode, skinny GEMM, fused_config)."""
+    m = _measured(model)
+    g = m["qkv"]
+    bk = {**g, "BLOCK_K": 2048}
+    return {
+        "default": (None, False, None),
+        "cublas": (False, False, None),
+        "attn-1split": (True, False, _with(m, attention={"SPLITS": 1})),
+        "pdl": (True, False, _with(m, PDL=True)),
+        "pdl-attn-1split": (True, False, _with(m, PDL=True, attention={"SPLITS": 1})),
+        "bk2048": (True, False, _with(m, qkv=bk, o=bk, down=bk)),
+        "bk2048-attn-1split": (True, False, _with(m, qkv=bk, o=bk, down=bk, attention={"SPLITS": 1})),
+        "gu-fused-bk2048": (True, False, _with(m, qkv=bk, o=bk, down=bk, gate_up=dict(bk), attention={"SPLITS": 1})),
+        "bn4-bk2048": (True, False, _with(m, qkv={**bk, "BLOCK_N": 4}, o={**bk, "BLOCK_N": 4},
+                                          down={**bk, "BLOCK_N": 4}, attention={"SPLITS": 1})),
+    }
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--new", type=int, default=128)
+    p.add_argument("--prompt", type=int, default=128)
+    p.add_argument("--only", default=None, help="comma list of variant names")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    from bench.bench_ops import copy_bandwidth
+
+    model = build(16)
+    weight_bytes = sum(t.numel() * t.element_size() for t in model.parameters())
+    bw = copy_bandwidth()
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+            "copy_GBps": bw, "weight_bytes": weight_bytes, "batch": args.batch, "new_tokens": args.new,
+            "prompt": args.prompt, "roofline_tok_s_batch1": bw * 1e9 / weight_bytes,
+            "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    print(meta, flush=True)
+    ids = torch.randint(10, 128000, (args.batch, args.prompt), generator=torch.Generator().manual_seed(1))
+    prompts = ids.tolist()
+    rows = []
+    vs = variants(model)
+    names = args.only.split(",") if args.only else list(vs)
+    for name in names:
+        fused, skinny, cfg = vs[name]
+        row = {"variant": name, "fused_config": cfg}
+        try:
+            _, t_dec = bench_lite(model, prompts, args.new, True, skinny=skinny, fused=fused, fused_config=cfg)
+            row["decode_tok_s"] = args.batch * (args.new - 1) / t_dec
+            row["pct_of_roofline"] = 100 * row["decode_tok_s"] / meta["roofline_tok_s_batch1"] / args.batch
+            row["step"] = step_profile(model, args.batch, skinny=skinny, fused=fused, fused_config=cfg)
+        except Exception as e:  # noqa: BLE001 - keep the other variants
+            row["error"] = repr(e)[:300]
+        rows.append(row)
+        st = row.get("step", {})
+        print(f"{name:22s} tok/s {row.get('decode_tok_s', 0):7.1f}  step {st.get('graph_step_ms', 0):.4f} ms  "
+              f"kernels {st.get('kernels_per_step', '-')}  {row.get('error', '')}", flush=True)
+    save_results({"meta": meta, "results": rows}, "decode-steps", out=args.out)
+
+
+if __name__ == "__main__":
+    main()
