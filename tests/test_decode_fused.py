@@ -285,7 +285,9 @@ def test_runtime_fused_flags():
     t_f, l_f = _greedy(rt32, [[3, 4, 5], [6, 7]], 4)
     from litekernels.ops import decode_attention as DA
 
-    assert (("BLOCK_N", 16), ("SPLITS", 2)) in [k[9] for k in DA._plans], "the attention config was not used"
+    # the runtime's own attention default (MIN_CHUNK) under the keys given
+    assert (("BLOCK_N", 16), ("MIN_CHUNK", 64), ("SPLITS", 2)) in [k[9] for k in DA._plans], \
+        "the attention config was not used"
     rt32.set_fused_decode(False)
     t_u, l_u = _greedy(rt32, [[3, 4, 5], [6, 7]], 4)
     assert torch.equal(t_f, t_u)

@@ -50,6 +50,9 @@ def gpu_tiles(monkeypatch):
         monkeypatch.setattr(module, cache, {})
     # decode: its INTERPRET flag only picks the tile (BLOCK_N 64), the split count and warps
     monkeypatch.setattr(dec, "INTERPRET", False)
+    # ... but not its PDL default (sm_90+): a launch attribute and gdc intrinsics the interpreter cannot run
+    assert hasattr(dec, "HAS_PDL"), "decode's PDL default moved: keep it off here"
+    monkeypatch.setattr(dec, "HAS_PDL", False)
     # RMSNorm: row tiles are the same on both; the backward's program count follows the SM count (132 on H100/H200)
     monkeypatch.setattr(rms, "num_sms", lambda *a: 132)
     assert attn.fwd_config(64)["BLOCK_M"] != 16 and lin._config(64, 600)[:2] != (16, 32)
@@ -114,3 +117,16 @@ def test_rms_norm_gpu_program_count(gpu_tiles, rows, hidden):
     check_op(lambda a, b: rms_norm(a, b, 1e-6), lambda a, b: reference.rms_norm(a, b, 1e-6), [x, w], name="rms gpu")
     check_op(lambda a, b, c: fused_add_rms_norm(a, b, c, 1e-6),
              lambda a, b, c: reference.fused_add_rms_norm(a, b, c, 1e-6), [x, r, w], name="fused gpu")
+
+
+def test_decode_split_counts(monkeypatch):
+    """The split rule on a 132-SM GPU (H200) gives the counts measured best (DECODE_DEFAULTS' comment): about two
+    programs per SM, powers of two, one split when the (batch, KV head) pairs fill the GPU or the cache is short."""
+    monkeypatch.setattr(dec, "INTERPRET", False)
+    monkeypatch.setattr(dec, "num_sms", lambda *a: 132)
+    assert dec.choose_splits(1, 8, 32768) == 32
+    assert dec.choose_splits(8, 8, 8192) == 4
+    assert dec.choose_splits(64, 8, 2048) == 1
+    assert dec.choose_splits(1, 8, 256) == 1  # one launch for an eager call on a short cache
+    assert dec.choose_splits(1, 8, 512, min_chunk=64) == 8  # the runtime's graph-replayed step
+    assert dec.choose_splits(1, 1, 10 ** 6) == 128  # MAX_SPLITS

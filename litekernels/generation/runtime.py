@@ -41,8 +41,8 @@ import torch.nn.functional as F
 
 from .. import functional as LF
 from ..ops import decode_fused as DF
-from ..ops.decode_attention import decode_attention_fwd, decode_attention_unchecked
-from ..utils import INTERPRET, use_triton
+from ..ops.decode_attention import decode_attention_fwd
+from ..utils import INTERPRET, tracing, use_triton
 from .lite_model import MOE_KEYS as _MOE_SETTINGS  # one list for the lite container and the runtime
 
 
@@ -379,6 +379,13 @@ class LlamaRuntime:
         "max_rows": 1, "qkv": _GEMV_B1_SM90, "o": _GEMV_B1_SM90, "down": _GEMV_B1_SM90,
         "gate_up": {"unfused": True}, "lm_head": {"unfused": True}}}}
 
+    # Flash-decoding's settings in the decode step (ops/decode_attention.py DECODE_DEFAULTS keys, under
+    # fused_config["attention"] to change): splits of 64 cache entries at least, not 256 as for an eager call. The
+    # step is replayed from a CUDA graph, so a second launch costs GPU time only, and a short cache (a few hundred
+    # slots at batch 1) in 8 splits took 4.6-5.2 us against 6.9 us in 2 (bench/results/
+    # sweep-attn-phase4-clean-H200.json, B1 H32/8 L512 D64).
+    ATTENTION_CONFIG = {"MIN_CHUNK": 64}
+
     def measured_fused_config(self) -> dict | None:
         """The fused_config of the default decode step on this GPU and model width, or None (unfused)."""
         if self.device.type != "cuda":
@@ -428,7 +435,7 @@ class LlamaRuntime:
             raise ValueError(f"unknown fused_config keys {sorted(unknown)}; known: {sorted(DF.FUSED_DEFAULTS)}, "
                              f"{', '.join(self.FUSED_KINDS)}, attention, fold_lm_head, max_rows")
         self._fused_cfg = {k: {**cfg, **per_kind.get(k, {})} or None for k in self.FUSED_KINDS}
-        self._attn_cfg = dict(attn) if attn else None
+        self._attn_cfg = {**self.ATTENTION_CONFIG, **(attn or {})}
         self.fold_lm_head, self.fused_max_rows, self.fused_decode = fold, max_rows, on
         self._unfused_kinds = unfused_kinds
         self._graphs.clear()
@@ -581,10 +588,7 @@ class LlamaRuntime:
             else:  # unfused q/k/v: chosen (fused_config {"qkv": {"unfused": True}}), or Qwen3's per-head q/k norms
                 qkv, residual = self._qkv(h, residual, L)
                 q = LF.rope_cache_write(qkv, self.cos, self.sin, positions, kc, vc, H, KV)
-            if self._attn_cfg is None:
-                o = decode_attention_unchecked(q, kc, vc, lengths, self.scale)  # (B, H, 1, D)
-            else:
-                o = decode_attention_fwd(q, kc, vc, lengths, self.scale, config=self._attn_cfg)
+            o = decode_attention_fwd(q, kc, vc, lengths, self.scale, config=self._attn_cfg)  # (B, H, 1, D)
             if "o" in unfused:
                 a = self._linear(o.view(B, H * D), L.wo, L.bo)
             else:
@@ -616,7 +620,9 @@ class LlamaRuntime:
             kc, vc = self.k_cache[i, :B], self.v_cache[i, :B]
             # one kernel: RoPE on q and k, k and v written into slot positions[b] of row b
             q = LF.rope_cache_write(qkv[:, 0], self.cos, self.sin, positions, kc, vc, self.n_heads, self.n_kv)
-            return LF.decode_attention(q, kc, vc, lengths, scale=self.scale)
+            if not use_triton(q) or tracing():  # the reference, or the registered op for a tracer
+                return LF.decode_attention(q, kc, vc, lengths, scale=self.scale)
+            return decode_attention_fwd(q, kc, vc, lengths, self.scale, config=self._attn_cfg)
 
         return self._logits(self._layers(h, attend)[:, 0])
 

@@ -25,7 +25,7 @@ from .._triton import tl, triton
 from ..utils import INTERPRET, check_tensor, num_sms, on_same_device, unit_last, use_triton
 from ._launch import (PlanCache, PreparedLaunch, PreparedLaunches, config_key, out_strides, stream_key,
                       stream_key_at)
-from ._tl_common import (LOG2E, _dot, _finish_rows, _online_softmax_step, check_pdl, exact_dot, gpu_arch,
+from ._tl_common import (HAS_PDL, LOG2E, _dot, _finish_rows, _online_softmax_step, check_pdl, exact_dot, gpu_arch,
                          block_d, default_scale, merge_config)
 from .attention import DEFAULT_SCALES, check_attention_inputs
 
@@ -185,18 +185,28 @@ def _decode_combine_kernel(O_PART, LSE_PART, O, so_b, so_h, so_t, H, Tq, D, SPLI
 # head_dim 256 would not fit (tests/test_launch_configs.py compiles them for those targets).
 # Phase-2 variant keys (defaults = the measured behaviour): MMA=False scores without tl.dot (tiny groups),
 # COMBINE_ROWS query rows per combine program, COMBINE_WARPS its warps, PDL programmatic dependent launch of the
-# combine (sm_90+, Triton with launch_pdl; ignored by the interpreter, which has no second grid to overlap).
-DECODE_DEFAULTS = dict(BLOCK_N=64, num_warps=4, num_stages=3, SPLITS=None, WAVES=4, MIN_CHUNK=256, MAX_SPLITS=128,
-                       FUSED=False, MMA=True, COMBINE_ROWS=1, COMBINE_WARPS=4, PDL=False)
+# combine (None: on where it exists, sm_90+ with a Triton that has launch_pdl; ignored by the interpreter, which
+# has no second grid to overlap).
+# Split count (choose_splits): WAVES programs per SM over all (batch, KV head) pairs, each split at least MIN_CHUNK
+# cache entries. From bench/results/sweep-attn-phase4-clean-H200.json (H200, bf16, L2-clean chained timing): about
+# two programs per SM with the longest chunks won at every shape (B1 L32768: 32 splits 66.7% of copy vs 64.3% at
+# the old 66; B8 L8192 D128: 4 splits 88.5-90.1% vs 85.7% at 16; B64 L2048: 1 split 93.7% vs 82.4% at 8), and PDL
+# took 0.6 us off a short cache's two launches (B1 L512, 8 active splits: 4.62 vs 5.19 us) while staying within the
+# run-to-run spread on the long ones. MIN_CHUNK 256 keeps caches of <= 256 entries in one split (one launch: an
+# eager caller's host time); graph-replayed callers (the generation runtime) pass a smaller one.
+DECODE_DEFAULTS = dict(BLOCK_N=64, num_warps=4, num_stages=3, SPLITS=None, WAVES=2, MIN_CHUNK=256, MAX_SPLITS=128,
+                       FUSED=False, MMA=True, COMBINE_ROWS=1, COMBINE_WARPS=4, PDL=None)
 
 
 def decode_config(D: int, arch=None, element_size: int = 2) -> dict:
     """Default decode settings for head_dim D on arch (major, minor, smem); keys as DECODE_DEFAULTS."""
     c = dict(DECODE_DEFAULTS)
     if INTERPRET:
-        c.update(BLOCK_N=16, num_warps=1, num_stages=1)
+        c.update(BLOCK_N=16, num_warps=1, num_stages=1, PDL=False)
         return c
-    smem = (arch or gpu_arch())[2]
+    arch = arch or gpu_arch()
+    c["PDL"] = HAS_PDL and arch[0] >= 9
+    smem = arch[2]
     bd = block_d(D)
     if element_size > 2:
         c["BLOCK_N"] = 32
@@ -206,13 +216,15 @@ def decode_config(D: int, arch=None, element_size: int = 2) -> dict:
     return c
 
 
-def choose_splits(batch: int, kv_heads: int, max_len: int, block_n: int = 64, waves: int = 4,
+def choose_splits(batch: int, kv_heads: int, max_len: int, block_n: int = 64, waves: int = 2,
                   min_chunk: int = 256, max_splits: int = 128) -> int:
-    """Splits so batch * kv_heads * splits programs fill the GPU about `waves` times (at least 16 splits, each at
-    least min_chunk cache entries); fixed per cache shape, so a captured graph stays valid. bench/sweep.py, H200."""
+    """Splits so the batch * kv_heads * splits programs are about `waves` per SM (a power of two, so long caches
+    split into equal chunks of whole tiles), each at least min_chunk cache entries; one split when the pairs alone
+    fill the GPU. Fixed per cache shape, so a captured graph stays valid. See DECODE_DEFAULTS for the measurements."""
     if INTERPRET:
         return max(1, min(3, triton.cdiv(max_len, 16)))
-    want = max(16, triton.cdiv(waves * num_sms(), batch * kv_heads))
+    want = triton.cdiv(waves * num_sms(), batch * kv_heads)
+    want = 1 << (want.bit_length() - 1)  # the power of two at or below
     return int(max(1, min(want, triton.cdiv(max_len, max(min_chunk, block_n)), max_splits)))
 
 
