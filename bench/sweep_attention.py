@@ -118,6 +118,9 @@ DECODE_PHASE4 = [
     {"SPLITS": 16, "PDL": True}, {"SPLITS": 32, "PDL": True}, {"SPLITS": 32, "num_stages": 4, "PDL": True},
     {"SPLITS": 64, "PDL": True}, {"SPLITS": 32, "BLOCK_N": 128, "num_stages": 2, "PDL": True},
 ]
+# Phase 5: the fused combine with its one-pass group merge (one launch) against the two-launch default.
+DECODE_PHASE5 = [{}, {"FUSED": True}, {"FUSED": True, "num_stages": 4}, {"num_stages": 4}, {"PDL": False},
+                 {"FUSED": True, "MIN_CHUNK": 64}, {"MIN_CHUNK": 64}]
 # the runtime's own caches at batch 1 (a 1B decode loop allocates max_seq_len slots): short caches, full
 PHASE4_SHAPES = [(1, 32, 8, 512, 64), (1, 32, 8, 2048, 64), (1, 32, 8, 8192, 64)]
 CANDIDATE_SETS = {
@@ -125,6 +128,7 @@ CANDIDATE_SETS = {
     "phase2": (FWD_PHASE2, [{}], DECODE_PHASE2),
     "phase3": ([{}], [{}], DECODE_PHASE3),
     "phase4": ([{}], [{}], DECODE_PHASE4),
+    "phase5": ([{}], [{}], DECODE_PHASE5),
 }
 
 
@@ -328,7 +332,7 @@ def sweep_prefill(sw: Sweep):
 
 
 def sweep_decode(sw: Sweep, bw):
-    shapes = SMOKE_DECODE if sw.smoke else DECODE_SHAPES + (PHASE4_SHAPES if sw.decode is DECODE_PHASE4 else [])
+    shapes = SMOKE_DECODE if sw.smoke else DECODE_SHAPES + (PHASE4_SHAPES if sw.decode in (DECODE_PHASE4, DECODE_PHASE5) else [])
     dtype = torch.float32 if sw.smoke else BF16
     sdpa = sdpa_fns()["sdpa"]
     for B, H, HKV, L, D in shapes:

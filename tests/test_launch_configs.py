@@ -125,8 +125,9 @@ def test_decode_fits(arch, D, ty, fused):
     a = ARCHS[arch]
     c = DA.decode_config(D, a, 4 if ty == "fp32" else 2)
     t = "*" + ty
+    # fused: the one-pass merge of a 4-row group at the largest split tile the launcher allows it (8192 partials)
     consts = dict(HAS_KEYMASK=True, BLOCK_M=16, BLOCK_N=c["BLOCK_N"], BLOCK_D=_bd(D), IEEE=ty == "fp32", FUSED=fused,
-                  BLOCK_S=128)
+                  BLOCK_S=max(2, 2048 // _bd(D)) if fused else 128, BLOCK_R=4 if fused else 0)
     ptrs = dict(Q=t, K=t, V=t, LENGTHS="*i32", KEYMASK="*u8", O_PART="*fp32", LSE_PART="*fp32", O=t,
                 COUNTER="*i32")
     k = _compile(DA._decode_split_kernel, a, ptrs, consts, c["num_warps"], c["num_stages"])

@@ -47,6 +47,32 @@ def _combine_row(O_PART, LSE_PART, O, part_row, out_ptrs, D, SPLITS, BLOCK_S: tl
 
 
 @triton.jit
+def _combine_group(O_PART, LSE_PART, O, part0, o_base, so_h, so_t, GROUP, Tq, D, SPLITS, BLOCK_R: tl.constexpr,
+                   BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Merge the SPLITS partials of the GROUP * Tq query rows of one (batch, KV head) at once (scratch rows
+    part0 + r, r = g * Tq + t; output o_base + g * so_h + t * so_t): one load of every partial, so the merge costs
+    one memory round trip, not one per row (the fused combine runs in the last split program, on the tail)."""
+    r = tl.arange(0, BLOCK_R)
+    s = tl.arange(0, BLOCK_S)
+    d = tl.arange(0, BLOCK_D)
+    r_ok = r < GROUP * Tq
+    rs = (part0 + r)[:, None] * SPLITS + s[None, :]
+    rs_ok = r_ok[:, None] & (s[None, :] < SPLITS)
+    lse = tl.load(LSE_PART + rs, mask=rs_ok, other=float("-inf"), cache_modifier=".cg")
+    parts = tl.load(O_PART + rs[:, :, None] * D + d[None, None, :], mask=rs_ok[:, :, None] & (d < D)[None, None, :],
+                    other=0.0, cache_modifier=".cg")
+    m = tl.max(lse, 1)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    w = tl.math.exp2(lse - m_safe[:, None])
+    total = tl.sum(w, 1)
+    out = tl.sum(parts * w[:, :, None], 1) / tl.where(total == 0.0, 1.0, total)[:, None]
+    g = r // Tq
+    t = r % Tq
+    tl.store(o_base + (g * so_h + t * so_t)[:, None] + d[None, :], out.to(O.dtype.element_ty),
+             mask=r_ok[:, None] & (d < D)[None, :])
+
+
+@triton.jit
 def _decode_load_kv(k_base, v_base, n, hi, offs_d, sk_n, sv_n, D):
     """K and V rows n (BLOCK_N, BLOCK_D) of one (batch, KV head), zero at n >= hi and past D."""
     ok = (n[:, None] < hi) & (offs_d[None, :] < D)
@@ -71,7 +97,8 @@ def _decode_split_kernel(Q, K, V, LENGTHS, KEYMASK, O_PART, LSE_PART, O, COUNTER
                          HKV, GROUP, Tq, D, qk_scale, SPLITS,
                          HAS_KEYMASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                          BLOCK_D: tl.constexpr, IEEE: tl.constexpr, FUSED: tl.constexpr, BLOCK_S: tl.constexpr,
-                         MMA: tl.constexpr = True, PDL: tl.constexpr = False, DIRECT: tl.constexpr = False):
+                         MMA: tl.constexpr = True, PDL: tl.constexpr = False, DIRECT: tl.constexpr = False,
+                         BLOCK_R: tl.constexpr = 0):
     """DIRECT (one split): the program owns the whole cache of its (batch, KV head), so it writes the normalised
     output itself; no partials, no combine launch.
     MMA=False: q.k and p.v as broadcast products summed in fp32 (tl.sum) instead of tl.dot, so BLOCK_M is the
@@ -154,11 +181,15 @@ def _decode_split_kernel(Q, K, V, LENGTHS, KEYMASK, O_PART, LSE_PART, O, COUNTER
             tl.debug_barrier()
             done = tl.atomic_add(COUNTER + pid_bh, 1)
             if done == SPLITS - 1:
-                for rr in range(0, GROUP * Tq):
-                    hh = kvh * GROUP + rr // Tq
-                    tt = rr % Tq
-                    _combine_row(O_PART, LSE_PART, O, (b * HKV * GROUP + hh) * Tq + tt,
-                                 O + b * so_b + hh * so_h + tt * so_t, D, SPLITS, BLOCK_S, BLOCK_D)
+                if BLOCK_R > 0:  # every row of the group in one pass (when its partials fit the registers)
+                    _combine_group(O_PART, LSE_PART, O, (b * HKV + kvh) * GROUP * Tq, O + b * so_b + kvh * GROUP * so_h,
+                                   so_h, so_t, GROUP, Tq, D, SPLITS, BLOCK_R, BLOCK_S, BLOCK_D)
+                else:
+                    for rr in range(0, GROUP * Tq):
+                        hh = kvh * GROUP + rr // Tq
+                        tt = rr % Tq
+                        _combine_row(O_PART, LSE_PART, O, (b * HKV * GROUP + hh) * Tq + tt,
+                                     O + b * so_b + hh * so_h + tt * so_t, D, SPLITS, BLOCK_S, BLOCK_D)
                 tl.atomic_xchg(COUNTER + pid_bh, 0)  # ready for the next launch on this stream / graph replay
 
 
@@ -254,6 +285,10 @@ def _make_plan(B, H, HKV, L, D, Tq, dtype, device, has_mask, config, splits) -> 
     bd = block_d(D)
     bs = max(2, triton.next_power_of_2(p.splits))
     p.B, p.H, p.Tq, p.D, p.HKV, p.GROUP = B, H, Tq, D, HKV, group
+    # the fused combine merges the group's rows in one pass when their partials are <= 8192 fp32 values (64 per
+    # thread at 4 warps), else row by row
+    block_r = triton.next_power_of_2(group * Tq)
+    block_r = block_r if block_r * bs * bd <= 8192 else 0
     p.direct = p.splits == 1  # one split: the split kernel writes the output (one launch, no scratch traffic)
     p.fused = bool(c["FUSED"]) and not p.direct
     rows = int(c["COMBINE_ROWS"])
@@ -263,6 +298,7 @@ def _make_plan(B, H, HKV, L, D, Tq, dtype, device, has_mask, config, splits) -> 
     mma = bool(c["MMA"])
     p.consts = dict(HAS_KEYMASK=has_mask, BLOCK_M=max(16 if mma else 2, triton.next_power_of_2(group * Tq)),
                     BLOCK_N=c["BLOCK_N"], BLOCK_D=bd, IEEE=exact_dot(dtype), FUSED=p.fused, BLOCK_S=bs,
+                    BLOCK_R=block_r,
                     num_warps=c["num_warps"], num_stages=c["num_stages"], MMA=mma, PDL=pdl, DIRECT=p.direct)
     p.cconsts = dict(BLOCK_S=bs, BLOCK_D=bd, ROWS=rows, PDL=pdl,
                      num_warps=1 if INTERPRET else int(c["COMBINE_WARPS"]))
