@@ -207,7 +207,7 @@ def test_alternating_facts_outside_the_key_rebuild_a_bounded_number_of_times(cou
             weight = w if i % 2 else wp
             _close(fused_add_rms_norm(x, r, weight, 1e-5), _ref_add(x, r, w, 1e-5))
     plan = RN._HOT[1][3].__self__ if RN._HOT[1] is not L.COLD else next(iter(counted.values()))
-    assert plan.hot_builds <= L.HOT_REBUILDS
+    assert plan.hot_builds == L.HOT_REBUILDS  # rebuilt while the type alternated, then no more
 
 
 @requires_kernels()

@@ -29,6 +29,9 @@ A plan exists only for keys whose inputs passed the op's full checks, so a hit n
 (outputs are fresh each call; scratch follows `discard_buffer`'s rules). A PreparedLaunch takes the direct path
 only under `launch`'s conditions (switch on, no hooks, the current device it was compiled for) and while every
 tensor that was 16-byte aligned when it was compiled still is; otherwise it calls `launch` (same results).
+Hot plans (`facts_check`, `hot_entry`, `PlanCache.hot`): an op may keep the plan it found by key last and test it
+first with one C call (torch's TensorGuards.check: every tensor fact of the key and more) plus its scalar arguments;
+a miss takes the key path.
 
 Switches: LITEKERNELS_FAST_LAUNCH=0 in the environment (read at import) turns off both the direct path and the
 plan lookup in front of the public ops' checks (the launchers still use their plans: same results); at run time
@@ -116,7 +119,7 @@ def set_prepared_calls(enabled: bool) -> bool:
 
 def clear_launch_cache() -> None:
     """Forget every remembered compiled kernel (the next call of each specialization goes through Triton) and
-    the discard buffers and every op's plans."""
+    the discard buffers and every op's plans (hot plans included)."""
     _states.clear()
     _discard.clear()
     for cache in _plan_caches:
