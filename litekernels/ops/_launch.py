@@ -29,6 +29,9 @@ A plan exists only for keys whose inputs passed the op's full checks, so a hit n
 (outputs are fresh each call; scratch follows `discard_buffer`'s rules). A PreparedLaunch takes the direct path
 only under `launch`'s conditions (switch on, no hooks, the current device it was compiled for) and while every
 tensor that was 16-byte aligned when it was compiled still is; otherwise it calls `launch` (same results).
+Hot plans (`facts_check`, `hot_entry`, `PlanCache.hot`): an op may keep the plan it found by key last and test it
+first with one C call (torch's TensorGuards.check: every tensor fact of the key and more) plus its scalar arguments;
+a miss takes the key path.
 
 Switches: LITEKERNELS_FAST_LAUNCH=0 in the environment (read at import) turns off both the direct path and the
 plan lookup in front of the public ops' checks (the launchers still use their plans: same results); at run time
@@ -116,11 +119,12 @@ def set_prepared_calls(enabled: bool) -> bool:
 
 def clear_launch_cache() -> None:
     """Forget every remembered compiled kernel (the next call of each specialization goes through Triton) and
-    the discard buffers and every op's plans."""
+    the discard buffers and every op's plans (hot plans included)."""
     _states.clear()
     _discard.clear()
     for cache in _plan_caches:
         cache.plans.clear()
+        cache.cool()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -507,6 +511,83 @@ def _globals_unchanged(globals_used) -> bool:
     return all(globals_dict.get(name, _MISSING) == value for (name, _), (value, globals_dict) in globals_used)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# hot plans: the facts of a plan's key tested by one C call (torch's TensorGuards, what torch.compile's guards use)
+# ---------------------------------------------------------------------------------------------------------
+try:
+    from torch._C._dynamo.guards import TensorGuards as _TensorGuards
+except Exception:  # pragma: no cover - a torch build without Dynamo's guards
+    _TensorGuards = None
+
+
+def facts_check(*tensors):
+    """`check(*ts) -> bool`, True only when ts are as many distinct tensor objects as `tensors`, each with the same
+    Python type, dtype, device (the dispatch keys name its type, the index is compared), requires_grad, sizes and
+    strides as the tensor in the same position has now, under the same dispatch TLS (inference mode and the like)
+    - every tensor fact a plan key holds, plus more. One C call (TensorGuards.check) instead of ~4 attribute reads
+    per tensor, a tuple, its hash and its comparison. None where torch has no such check or it fails its self-test
+    (`_facts_check_ok`), for arguments that are not plain tensors or Parameters, and for aliased ones."""
+    if _TensorGuards is None or not all(type(t) in _TENSOR_TYPES for t in tensors):
+        return None  # a subclass may answer .shape and the like from Python: only plain tensors and Parameters
+    try:
+        check = _TensorGuards(*tensors, dynamic_dims_sizes=[list(t.shape) for t in tensors],
+                              dynamic_dims_strides=[list(t.stride()) for t in tensors]).check
+        return check if check(*tensors) is True else None  # False for aliased arguments: those never pass
+    except Exception:
+        return None
+
+
+def _facts_check_ok() -> bool:
+    """facts_check accepts the tensors it was made for and rejects every single-fact change a plan key sees (a
+    private torch API: its meaning is tested here, on this torch, before any plan relies on it)."""
+    try:
+        with torch.inference_mode(False):  # (imported under inference mode: test what later plain calls see)
+            a, b = torch.zeros(2, 3), torch.zeros(3)
+            check = facts_check(a, b)
+            if check is None or check(torch.ones(2, 3), b) is not True:
+                return False
+            others = [torch.zeros(3, 2), torch.zeros(3, 2).t(), torch.zeros(2, 3, dtype=torch.float64),
+                      torch.zeros(2, 6)[:, :3], torch.zeros(2, 3, 2)[..., 0], torch.zeros(2, 3, device="meta"),
+                      torch.zeros(2, 3, requires_grad=True), torch.nn.Parameter(torch.zeros(2, 3), requires_grad=False),
+                      torch.zeros(6), b, "a", None]
+            return all(check(o, b) is False for o in others) and check(a, a) is False
+    except Exception:  # pragma: no cover
+        return False
+
+
+if _TensorGuards is not None and not _facts_check_ok():  # pragma: no cover - another meaning in some torch version
+    _TensorGuards = None
+
+
+def _cold(*args) -> bool:
+    return False
+
+
+COLD = (_cold, None, True, None)  # a hot slot's entry before its first plan: never taken
+
+
+def hot_entry(plan, run, eps, *tensors):
+    """(check, eps, grad_test, run) for a hot slot (PlanCache.hot): a later call with tensors that pass `check`
+    (facts_check: every fact of the plan key, requires_grad included) and an eps equal to this one has this plan's
+    key, and needs no autograd node when no input required grad here or grad mode is off (grad_test: some did).
+    Kept on the plan (`plan.hot`), rebuilt at most HOT_REBUILDS times when a call with the plan's key no longer
+    passes it (a fact outside the key changed: Python type, aliasing, dispatch TLS). COLD when none can be made."""
+    entry = plan.hot
+    if entry is not None and entry[0](*tensors) and eps == entry[1]:
+        return entry
+    if plan.hot_builds >= HOT_REBUILDS or type(eps) is not float:
+        return COLD
+    plan.hot_builds += 1
+    check = facts_check(*tensors)
+    if check is None:
+        return COLD
+    entry = plan.hot = (check, eps, any(t.requires_grad for t in tensors), run)
+    return entry
+
+
+HOT_REBUILDS = 4
+
+
 class PlanCache:
     """One op's plans: key (built by `key_of` from the public call's arguments) -> plan (any callable object).
 
@@ -516,12 +597,18 @@ class PlanCache:
     passed, so only valid keys have one; a key therefore holds every fact the op's checks read.
     tied_to=(module globals, name): the plans were derived from that module-level cache of settings; when the
     name is rebound (a test swapping the settings), they are dropped."""
-    __slots__ = ("plans", "key_of", "tied_to", "source")
+    __slots__ = ("plans", "key_of", "tied_to", "source", "hot")
 
-    def __init__(self, key_of, tied_to=None):
+    def __init__(self, key_of, tied_to=None, hot_slots=0):
         self.plans, self.key_of, self.tied_to = {}, key_of, tied_to
         self.source = tied_to[0][tied_to[1]] if tied_to else None
+        # hot[i]: entry point i's last plan found by key, as hot_entry's tuple (COLD before one); reset by `cool`
+        self.hot = [COLD] * hot_slots
         _plan_caches.append(self)
+
+    def cool(self):
+        """Forget the hot entries (with the plans: clear_launch_cache, stale settings)."""
+        self.hot[:] = [COLD] * len(self.hot)
 
     def lookup(self, *args):
         # tracing() inlined (same tests, same order: under Dynamo the first is a constant True)
@@ -545,6 +632,7 @@ class PlanCache:
         tied = self.tied_to
         if tied is not None and tied[0][tied[1]] is not self.source:
             self.plans.clear()
+            self.cool()
             self.source = tied[0][tied[1]]
         return self.plans.get(key)
 

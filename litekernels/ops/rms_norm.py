@@ -27,7 +27,7 @@ from ..utils import (SUPPORTED_DTYPES, as_rows, check_same_device, check_same_dt
                      num_sms, on_same_device, row_settings, rows_of, rows_view, tracing, unit_last, use_triton)
 from . import _launch as _L
 from ._launch import (LOOKUP_ERRORS, DiscardSlot, PlanCache, PreparedLaunch, _grad_enabled, _is_compiling, _modes,
-                      launch)
+                      hot_entry, launch)
 
 _empty_like = torch.empty_like
 
@@ -103,13 +103,15 @@ def _fwd_key(x, weight, eps, residual=None):
             residual.shape, residual.stride(), residual.dtype, residual.device)
 
 
-_FWD_PLANS = PlanCache(_fwd_key)
+_FWD_PLANS = PlanCache(_fwd_key, hot_slots=2)
+_HOT = _FWD_PLANS.hot  # [rms_norm, fused_add_rms_norm]: the plan each took last (hot_entry), tested by one C call
 
 
 class _FwdPlan:
     """One forward launch for inputs of one plan key (x and residual usable as rows without a copy, weight with
     unit stride): y/h allocation and the prepared launch (None for zero rows)."""
-    __slots__ = ("shape", "y_dtype", "n_rows", "like_x", "y_like_x", "launch", "device", "discard", "add_norm")
+    __slots__ = ("shape", "y_dtype", "n_rows", "like_x", "y_like_x", "launch", "device", "discard", "add_norm", "hot",
+                 "hot_builds")
 
     def __init__(self, x, weight, eps, residual):
         _check(x, weight, residual)  # a plan exists only for valid inputs: its key proves a later call's checks
@@ -132,6 +134,7 @@ class _FwdPlan:
                                           num_warps=warps)) if n_rows else None
         # the plan-hit path of fused_add_rms_norm, chosen once: no branches per call in the common case
         self.add_norm = self._add_norm_like if self.y_like_x and n_rows else self._add_norm_general
+        self.hot, self.hot_builds = None, 0  # hot_entry's tuple for this plan, and how often it was made
 
     def __call__(self, x, weight, residual, need_rstd):
         if not need_rstd:
@@ -266,13 +269,17 @@ def _check(x, weight, residual=None):
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """RMSNorm over the last dimension, HF LlamaRMSNorm semantics. Differentiable in x and weight."""
-    # _FWD_PLANS.lookup(x, weight, eps) inlined, as in fused_add_rms_norm
+    # _FWD_PLANS.lookup(x, weight, eps) inlined, as in fused_add_rms_norm, after the hot plan's one-call test
     if _L._plans_on and not _is_compiling() and (_modes is None or not _modes()):
         try:
+            check, hot_eps, grad_test, run = _HOT[0]
+            if check(x, weight) and eps == hot_eps and not (grad_test and _grad_enabled()):
+                return run(x, weight)
             if not (_grad_enabled() and (x.requires_grad or weight.requires_grad)):
                 plan = _FWD_PLANS.plans.get((x.shape, x.stride(), x.dtype, x.device, weight.shape, weight.stride(),
                                              weight.dtype, weight.device, eps))
                 if plan is not None:
+                    _HOT[0] = hot_entry(plan, plan.norm, eps, x, weight)
                     return plan.norm(x, weight)
         except LOOKUP_ERRORS:
             pass  # not a tensor, unhashable, no strides: the checked path names the problem
@@ -289,14 +296,20 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
 def fused_add_rms_norm(x, residual, weight, eps: float = 1e-6):
     """h = x + residual; returns (rms_norm(h), h) in one pass. Differentiable in x, residual and weight."""
     # _FWD_PLANS.lookup(x, weight, eps, residual) inlined (same tests, same key as _fwd_key; one frame less on
-    # the host-bound path): a repeated call without autograd finds its plan, whose inputs passed the checks
+    # the host-bound path): a repeated call without autograd finds its plan, whose inputs passed the checks.
+    # First the hot plan (the one this function took last): one C call tests every fact of its key
+    # (facts_check), eps is compared, grad mode read only when one of its inputs required grad.
     if _L._plans_on and not _is_compiling() and (_modes is None or not _modes()):
         try:
+            check, hot_eps, grad_test, run = _HOT[1]
+            if check(x, residual, weight) and eps == hot_eps and not (grad_test and _grad_enabled()):
+                return run(x, residual, weight)
             if not (_grad_enabled() and (x.requires_grad or residual.requires_grad or weight.requires_grad)):
                 plan = _FWD_PLANS.plans.get((x.shape, x.stride(), x.dtype, x.device, weight.shape, weight.stride(),
                                              weight.dtype, weight.device, eps, residual.shape, residual.stride(),
                                              residual.dtype, residual.device))
                 if plan is not None:
+                    _HOT[1] = hot_entry(plan, plan.add_norm, eps, x, residual, weight)
                     return plan.add_norm(x, residual, weight)
         except LOOKUP_ERRORS:
             pass  # not a tensor, unhashable, no strides: the checked path names the problem
