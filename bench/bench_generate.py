@@ -261,8 +261,8 @@ def main(argv=None):
     p.add_argument("--fused-config", default=None,
                    help="launch settings of the lite-graph-fused providers: a JSON dict (LlamaRuntime fused_config) "
                         "or the path of a bench/sweep_decode_fused.py results file (its best 1B settings per batch)")
-    p.add_argument("--profile", default="1,8,1-cublas,1-fused,8-fused,1-fused-pdl",
-                   help="decode-step profiles: batch[-cublas|-fused|-fused-pdl] (plain: unfused, skinny GEMM)")
+    p.add_argument("--profile", default="1-default,8-default,1,8,1-cublas,1-fused,8-fused,1-fused-pdl",
+                   help="decode-step profiles: batch[-default|-cublas|-fused|-fused-pdl] (plain: unfused, skinny GEMM)")
     p.add_argument("--compile-batches", default="1", help="batches at which the static-compile providers run")
     p.add_argument("--repeats", type=int, default=1, help="timed generates per HF provider (median)")
     p.add_argument("--train", action="store_true", help="add the training-step table (compiles the 1B model)")
@@ -339,8 +339,9 @@ def main(argv=None):
             fcfg = {"PDL": True} if kind.endswith("pdl") else {}
             if kind.startswith("fused") and args.fused_config:
                 fcfg = {**fused_config_for(args.fused_config, int(B)), **fcfg}
-            profile[name] = step_profile(model, int(B), skinny=kind == "", fused=kind.startswith("fused"),
-                                         fused_config=fcfg or None)
+            # "<B>-default": the runtime's default step (fused_decode=None: the measured mix where one exists)
+            fused = None if kind == "default" else kind.startswith("fused")
+            profile[name] = step_profile(model, int(B), skinny=kind == "", fused=fused, fused_config=fcfg or None)
         except Exception as e:  # noqa: BLE001 - the throughput rows above are still worth writing
             profile_errors[name] = repr(e)[:300]
     print(json.dumps(profile, indent=1), flush=True)
