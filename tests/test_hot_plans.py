@@ -223,3 +223,85 @@ def test_inference_mode_calls_stay_right():
         for _ in range(3):
             _close(fused_add_rms_norm(xi, ri, w, 1e-5), _ref_add(x, r, w, 1e-5))
             _close(fused_add_rms_norm(x, r, w, 1e-5), _ref_add(x, r, w, 1e-5))
+
+
+@requires_kernels()
+@needs_guards
+def test_rope_hot_plan(monkeypatch):
+    """apply_rope's hot plan: taken for new tensors with the same facts (no key lookup), never for a changed fact
+    or for inputs that need autograd."""
+    from litekernels import apply_rope
+    from litekernels.ops import rope as RP
+
+    L.clear_launch_cache()
+    plans = _CountingDict()
+    _CountingDict.gets = 0
+    monkeypatch.setattr(RP._FWD_PLANS, "plans", plans)
+    d = _dev()
+
+    def args(B=1, T=5, dtype=torch.float32):
+        return (torch.randn(B, 4, T, 16, device=d, dtype=dtype), torch.randn(B, 2, T, 16, device=d, dtype=dtype),
+                torch.randn(B, T, 16, device=d, dtype=dtype), torch.randn(B, T, 16, device=d, dtype=dtype))
+
+    def ref(q, k, c, s):
+        return [t.to(q.dtype) for t in reference.apply_rope(q.double(), k.double(), c.double(), s.double())]
+
+    with torch.no_grad():
+        base = args()
+        for _ in range(2):
+            _close(apply_rope(*base), ref(*base))
+        assert RP._HOT[0][3] is not None
+        gets = _CountingDict.gets
+        fresh = args()
+        _close(apply_rope(*fresh), ref(*fresh))
+        assert _CountingDict.gets == gets  # the hot plan, no key lookup
+        for other in (args(T=6), args(B=2), args(dtype=torch.float16)):
+            for _ in range(2):
+                _close(apply_rope(*other), ref(*other))
+                _close(apply_rope(*base), ref(*base))
+    q, k, c, s = args()
+    q.requires_grad_(True)
+    qr, _ = apply_rope(q, k, c, s)
+    assert qr.grad_fn is not None  # inputs that need autograd never take the hot plan
+    L.clear_launch_cache()
+
+
+@requires_kernels()
+@needs_guards
+def test_decode_hot_plan(monkeypatch):
+    """decode_attention's hot plan: taken for new tensors with the same facts and scale, never for another shape,
+    scale or key mask, and dropped with the plans (clear_decode_cache, swapped settings)."""
+    from litekernels import decode_attention
+    from litekernels.ops import decode_attention as DA
+
+    DA.clear_decode_cache()
+    plans = _CountingDict()
+    _CountingDict.gets = 0
+    monkeypatch.setattr(DA._CALLS, "plans", plans)
+    d = _dev()
+
+    def args(L=40, B=2):
+        return (torch.randn(B, 4, 1, 16, device=d), torch.randn(B, 2, L, 16, device=d),
+                torch.randn(B, 2, L, 16, device=d), torch.tensor([L, L - 9][:B], dtype=torch.int32, device=d))
+
+    def ref(q, k, v, n, scale=None, key_mask=None):
+        out = reference.decode_attention(q.double(), k.double(), v.double(), n, scale=scale, key_mask=key_mask)
+        return [out.float()]
+
+    base = args()
+    for _ in range(2):
+        _close([decode_attention(*base)], ref(*base))
+    assert DA._HOT[0][3] is not None
+    gets = _CountingDict.gets
+    fresh = args()
+    _close([decode_attention(*fresh)], ref(*fresh))
+    assert _CountingDict.gets == gets  # the hot plan, no key lookup
+    mask = torch.ones(2, 40, dtype=torch.bool, device=d)
+    mask[1, :3] = False
+    for _ in range(2):
+        for other, kw in ((args(L=48), {}), (args(B=1), {}), (base, {"scale": 0.5}), (base, {"key_mask": mask})):
+            _close([decode_attention(*other, **kw)], ref(*other, **kw))
+            _close([decode_attention(*base)], ref(*base))
+    DA.clear_decode_cache()
+    assert DA._HOT[0][3] is None
+    _close([decode_attention(*base)], ref(*base))

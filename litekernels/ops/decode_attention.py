@@ -23,8 +23,9 @@ import torch
 from .. import reference
 from .._triton import tl, triton
 from ..utils import INTERPRET, check_tensor, num_sms, on_same_device, unit_last, use_triton
-from ._launch import (PlanCache, PreparedLaunch, PreparedLaunches, config_key, out_strides, stream_key,
-                      stream_key_at)
+from . import _launch as _L
+from ._launch import (PlanCache, PreparedLaunch, PreparedLaunches, _grad_enabled, _is_compiling, _modes, config_key,
+                      hot_entry, out_strides, stream_key, stream_key_at)
 from ._tl_common import (HAS_PDL, LOG2E, _dot, _finish_rows, _online_softmax_step, check_pdl, exact_dot, gpu_arch,
                          block_d, default_scale, merge_config)
 from .attention import DEFAULT_SCALES, check_attention_inputs
@@ -346,16 +347,34 @@ def _call_key(q, k_cache, v_cache, lengths, scale, key_mask=None, splits=None, c
             None if config is None else config_key(config), reuse_scratch)
 
 
-_CALLS = PlanCache(_call_key, tied_to=(globals(), "_plans"))
+_CALLS = PlanCache(_call_key, tied_to=(globals(), "_plans"), hot_slots=1)
+_HOT = _CALLS.hot  # the call plan the public functions took last without a key mask (hot_entry)
+_HOT_SCALE = [None]  # the scale argument of that call (None: the default)
+
+
+def _lookup(q, k_cache, v_cache, lengths, scale, key_mask):
+    """_CALLS.lookup after the hot plan's one-call test (rms_norm's: facts_check covers every tensor fact of the
+    key; the scale is compared; only calls without a key mask, as facts_check takes tensors only)."""
+    if (key_mask is None and _L._plans_on and _plans is _CALLS.source and not _is_compiling()
+            and (_modes is None or not _modes())):
+        check, _, grad_test, hot = _HOT[0]
+        if check(q, k_cache, v_cache, lengths) and scale == _HOT_SCALE[0] and not (grad_test and _grad_enabled()):
+            return hot
+    plan = _CALLS.lookup(q, k_cache, v_cache, lengths, scale, key_mask)
+    if plan is not None and key_mask is None:
+        _HOT[0] = hot_entry(plan, plan, 0.0, q, k_cache, v_cache, lengths)  # 0.0: the scale is kept apart
+        _HOT_SCALE[0] = scale
+    return plan
 
 
 class _Call:
     """The two launches (split, combine) of a decode call for inputs of one key, over its shape plan `p`, as one
     PreparedLaunches (one hook, device, stream and pointer step for both)."""
-    __slots__ = ("p", "o_shape", "o_like", "reuse", "launches", "device", "index")
+    __slots__ = ("p", "o_shape", "o_like", "reuse", "launches", "device", "index", "hot", "hot_builds")
 
     def __init__(self, q, k_cache, v_cache, lengths, scale, key_mask, splits, config, reuse_scratch):
         _check(q, k_cache, v_cache, lengths, key_mask)  # a plan exists only for valid inputs
+        self.hot, self.hot_builds = None, 0  # hot_entry's tuple for this call plan, and how often it was made
         B, H, Tq, D = q.shape
         L = k_cache.shape[2]
         has_mask = key_mask is not None
@@ -444,7 +463,7 @@ def decode_attention(q, k_cache, v_cache, lengths, *, scale: float | None = None
     lengths: (B,) int tensor on the cache's device; entries [0, lengths[b]) are valid and include the new tokens.
     key_mask: optional bool (B, L); False skips a slot (e.g. the left padding of a shorter prompt).
     """
-    plan = _CALLS.lookup(q, k_cache, v_cache, lengths, scale, key_mask)  # a repeated call: checks already passed
+    plan = _lookup(q, k_cache, v_cache, lengths, scale, key_mask)  # a repeated call: checks already passed
     if plan is not None:
         return plan(q, k_cache, v_cache, lengths, key_mask)
     _check(q, k_cache, v_cache, lengths, key_mask)
@@ -457,7 +476,7 @@ def decode_attention(q, k_cache, v_cache, lengths, *, scale: float | None = None
 def decode_attention_unchecked(q, k_cache, v_cache, lengths, scale: float, key_mask=None):
     """`decode_attention` after its checks (float scale, unit-stride caches and key_mask): for callers whose
     inputs are valid by construction (the HF attention function). Traced code gets the registered op."""
-    plan = _CALLS.lookup(q, k_cache, v_cache, lengths, scale, key_mask)
+    plan = _lookup(q, k_cache, v_cache, lengths, scale, key_mask)
     if plan is not None:
         return plan(q, k_cache, v_cache, lengths, key_mask)
     return _decode_attention(q, k_cache, v_cache, lengths, scale, key_mask)
@@ -475,3 +494,4 @@ def clear_decode_cache() -> None:
     """Drop the cached launch plans and their scratch buffers (they hold device memory per shape and stream)."""
     _plans.clear()
     _CALLS.plans.clear()
+    _CALLS.cool()

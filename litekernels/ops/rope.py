@@ -23,7 +23,8 @@ from .. import reference
 from .._triton import tl, triton
 from ..utils import SUPPORTED_DTYPES, check_same_device, check_tensor, on_same_device, tracing, unit_last, use_triton
 from . import _launch as _L
-from ._launch import LOOKUP_ERRORS, PlanCache, PreparedLaunch, _grad_enabled, _is_compiling, _modes, launch, out_strides
+from ._launch import (LOOKUP_ERRORS, PlanCache, PreparedLaunch, _grad_enabled, _is_compiling, _modes, hot_entry, launch,
+                      out_strides)
 
 _empty_like = torch.empty_like
 
@@ -112,15 +113,17 @@ def _fwd_key(q, k, cos, sin, backward=False):
             cos.shape, cos.stride(), cos.dtype, cos.device, sin.shape, sin.stride(), sin.dtype, sin.device, backward)
 
 
-_FWD_PLANS = PlanCache(_fwd_key)
+_FWD_PLANS = PlanCache(_fwd_key, hot_slots=1)
+_HOT = _FWD_PLANS.hot  # [apply_rope]: the forward plan the public call took last (hot_entry), tested by one C call
 
 
 class _RopePlan:
     """The launch for q, k, cos, sin of one plan key (all with unit last stride)."""
-    __slots__ = ("launch",)
+    __slots__ = ("launch", "hot", "hot_builds")
 
     def __init__(self, q, k, cos, sin, backward):
         _check(q, k, cos, sin)  # a plan exists only for valid inputs: its key proves a later call's checks
+        self.hot, self.hot_builds = None, 0  # hot_entry's tuple for this plan, and how often it was made
         B, HQ, T, D = q.shape
         HK = k.shape[1]
         _, scb, sct = _cos_strides(cos, B)
@@ -142,15 +145,22 @@ class _RopePlan:
 
 
 def _plan_of(q, k, cos, sin):
-    """_FWD_PLANS.lookup(q, k, cos, sin) in one frame: the same tests and the key of _fwd_key (backward=False)."""
+    """_FWD_PLANS.lookup(q, k, cos, sin) in one frame: the same tests and the key of _fwd_key (backward=False), after
+    the hot plan's one-call test (as rms_norm's: facts_check covers every tensor fact of the key)."""
     if not _L._plans_on or _is_compiling() or (_modes is not None and _modes()):
         return None
     try:
+        check, _, grad_test, hot = _HOT[0]
+        if check(q, k, cos, sin) and not (grad_test and _grad_enabled()):
+            return hot
         if _grad_enabled() and (q.requires_grad or k.requires_grad or cos.requires_grad or sin.requires_grad):
             return None
-        return _FWD_PLANS.plans.get((q.shape, q.stride(), q.dtype, q.device, k.shape, k.stride(), k.dtype, k.device,
+        plan = _FWD_PLANS.plans.get((q.shape, q.stride(), q.dtype, q.device, k.shape, k.stride(), k.dtype, k.device,
                                      cos.shape, cos.stride(), cos.dtype, cos.device,
                                      sin.shape, sin.stride(), sin.dtype, sin.device, False))
+        if plan is not None:
+            _HOT[0] = hot_entry(plan, plan, 0.0, q, k, cos, sin)  # no scalar argument: a constant stands for eps
+        return plan
     except LOOKUP_ERRORS:
         return None  # not a tensor, unhashable, no strides: the checked path names the problem
 
