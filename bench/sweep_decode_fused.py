@@ -62,6 +62,17 @@ def candidates(kind: str, batch: int) -> list[dict]:
     return [{}] + dot + red
 
 
+def wide_candidates(kind: str, batch: int) -> list[dict]:
+    """Batch 1, multiply + sum with the hand prefetch: the measured default (2 columns x 1024, 4 warps) and its
+    neighbours in columns per program (1-8), chunk (1024, 2048: a K=2048 row in one load) and warps (2-8)."""
+    if batch != 1:
+        return candidates(kind, batch)
+    red = dict(num_stages=1, DOT=False, PREFETCH=True)
+    grid = [(2, 1024, 4), (2, 1024, 2), (2, 1024, 8), (2, 2048, 4), (2, 2048, 8), (4, 1024, 8), (4, 2048, 4),
+            (4, 2048, 8), (1, 1024, 4), (1, 2048, 4), (1, 2048, 2), (8, 1024, 8)]
+    return [dict(red, BLOCK_N=n, BLOCK_K=k, num_warps=w) for n, k, w in grid]
+
+
 class Timer:
     """GPU: median ms of a CUDA graph of `fn` called once per weight copy (do_bench), per call. CPU
     (interpreter): runs fn once per copy and reports wall ms (a code-path check, not a measurement)."""
@@ -219,6 +230,10 @@ def main(argv=None):
     p.add_argument("--shapes", default="1B,8B")
     p.add_argument("--batches", default="1,8")
     p.add_argument("--cpu", action="store_true", help="tiny shapes on the CPU (TRITON_INTERPRET=1): code paths only")
+    p.add_argument("--kinds", default=",".join(DF_KINDS),
+                   help="kernels to sweep (the others stay on the unfused ops in the best-settings steps)")
+    p.add_argument("--candidates", default="base", choices=("base", "wide"),
+                   help="wide: the batch-1 neighbourhood of the measured default (wide_candidates)")
     p.add_argument("--out", default=None, help="results path (default bench/results/sweep-decode-fused-<gpu>.json)")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
@@ -239,6 +254,7 @@ def main(argv=None):
         meta["sm"] = "{}.{}".format(*torch.cuda.get_device_capability())
     print(meta, flush=True)
     pdl_ok = TLC.HAS_PDL and (cpu or torch.cuda.get_device_capability()[0] >= 9)
+    kinds = [k for k in args.kinds.split(",") if k]
     rows, best = [], {}
     work = [(s, b) for s in shapes for b in batches]
     # 1. the whole step, default settings (the headline), for every shape and batch first
@@ -270,6 +286,8 @@ def main(argv=None):
         cases = kernel_cases(shape, B, device)
         copy_gbps = meta.get("copy_GBps")
         for kind, (nbytes, copies, make_fused, unfused) in cases.items():
+            if kind not in kinds:
+                continue
             base = {"what": "kernel", "shape": shape, "batch": B, "kind": kind, "weight_MB": nbytes / 1e6,
                     "copies": copies}
             key = (shape, B, kind)
@@ -281,7 +299,8 @@ def main(argv=None):
                     print(rows[-1], flush=True)
                 except Exception as e:  # noqa: BLE001
                     rows.append({**base, "variant": "unfused", "error": repr(e)[:300]})
-                cands = candidates(kind, B) if not cpu else [{}, dict(DOT=False, PREFETCH=True, BLOCK_N=8)]
+                pick = wide_candidates if args.candidates == "wide" else candidates
+                cands = pick(kind, B) if not cpu else [{}, dict(DOT=False, PREFETCH=True, BLOCK_N=8)]
                 if pdl_ok:
                     cands = cands[:1] + [{"PDL": True}] + cands[1:]
                 for cfg in cands:
@@ -312,10 +331,12 @@ def main(argv=None):
         per_kind = {k: (best[(shape, B, k)][1] or None) for k in DF_KINDS if (shape, B, k) in best}
         if not per_kind:
             continue
+        # kernels not swept here stay on the unfused ops in every best-settings step
+        per_kind.update({k: {"unfused": True} for k in DF_KINDS if k not in kinds})
         head = (shape, B, "lm_head")
         if head in best and head in unfused_ms and best[head][0] < unfused_ms[head]:
             per_kind["fold_lm_head"] = True  # the folded lm_head GEMV beat add+RMSNorm + cuBLAS here
-        variants = {"fused-best": (True, per_kind)}
+        variants = {"measured-default": (None, None), "fused-best": (True, per_kind)}
         # mixed: each projection on its fused kernel only where that beat the unfused ops it replaces
         mixed = {k: (v if (shape, B, k) in unfused_ms and best[(shape, B, k)][0] < unfused_ms[(shape, B, k)]
                      else {"unfused": True}) for k, v in per_kind.items() if k in DF_KINDS}
