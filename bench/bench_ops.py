@@ -343,7 +343,7 @@ def bench_decode_graph(res, bw):
         row = {"op": "decode_graph", "shape": f"B={B} H={H}/{KV} L={L} D={D}", "mode": "graph", "providers": {}}
         provs = {"lite": lambda q, k, v: decode_attention_fwd(q, k, v, lengths, scale),
                  "lite_fused": lambda q, k, v: decode_attention_fwd(q, k, v, lengths, scale, config={"FUSED": True}),
-                 "lite_pdl": lambda q, k, v: decode_attention_fwd(q, k, v, lengths, scale, config={"PDL": True}),
+                 "lite_nopdl": lambda q, k, v: decode_attention_fwd(q, k, v, lengths, scale, config={"PDL": False}),
                  "sdpa": sdpa_dec}
         with torch.no_grad():
             for name, fn in provs.items():

@@ -49,7 +49,8 @@ def variants(model) -> dict:
         "pdl-attn-1split": (True, False, _with(m, PDL=True, attention={"SPLITS": 1})),
         "bk2048": (True, False, _with(m, qkv=bk, o=bk, down=bk)),
         "bk2048-attn-1split": (True, False, _with(m, qkv=bk, o=bk, down=bk, attention={"SPLITS": 1})),
-        "gu-fused-bk2048": (True, False, _with(m, qkv=bk, o=bk, down=bk, gate_up=dict(bk), attention={"SPLITS": 1})),
+        "gu-fused-bk2048": (True, False, _with(m, qkv=bk, o=bk, down=bk, gate_up={**bk, "unfused": False},
+                                               attention={"SPLITS": 1})),
         "bn4-bk2048": (True, False, _with(m, qkv={**bk, "BLOCK_N": 4}, o={**bk, "BLOCK_N": 4},
                                           down={**bk, "BLOCK_N": 4}, attention={"SPLITS": 1})),
     }

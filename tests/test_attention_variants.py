@@ -206,8 +206,9 @@ def test_decode_one_split_is_one_launch():
                          ids=["two-launch", "one-split", "fused", "fused-64splits", "pdl-256splits-4rows", "no-mma-pdl"])
 def test_decode_variants_cuda_graph_replay(cfg):
     """On the GPU: the decode launch captured in a CUDA graph and replayed while lengths grow in place gives the
-    reference result every time (the fused combine's counter resets across replays; eager calls on the same
-    stream in between share no scratch with the graph)."""
+    reference result every time (eager calls on the same stream in between share no scratch with the graph). A
+    captured fused call zeroes its fresh counters inside the graph, so the kernel's own counter reset is tested by
+    the repeated eager calls of test_decode_variants, not here."""
     B, H, HKV, L, D = 2, 32, 8, 4096, 64
     dt = torch.bfloat16
     q = torch.randn(B, H, 1, D, dtype=dt, device="cuda")

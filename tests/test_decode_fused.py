@@ -285,9 +285,14 @@ def test_runtime_fused_flags():
     t_f, l_f = _greedy(rt32, [[3, 4, 5], [6, 7]], 4)
     from litekernels.ops import decode_attention as DA
 
-    # the runtime's own attention default (MIN_CHUNK) under the keys given
-    assert (("BLOCK_N", 16), ("MIN_CHUNK", 64), ("SPLITS", 2)) in [k[9] for k in DA._plans], \
-        "the attention config was not used"
+    assert (("BLOCK_N", 16), ("SPLITS", 2)) in [k[9] for k in DA._plans], "the attention config was not used"
+    # the graph-replayed step's attention default (ATTENTION_CONFIG) goes under the keys given; eager steps keep
+    # the eager defaults
+    assert rt32._attn_cfg == {"SPLITS": 2, "BLOCK_N": 16}
+    rt32.use_cuda_graph = True
+    rt32.set_fused_decode(True, {"attention": {"SPLITS": 2}})
+    assert rt32._attn_cfg == {**LlamaRuntime.ATTENTION_CONFIG, "SPLITS": 2}
+    rt32.use_cuda_graph = False
     rt32.set_fused_decode(False)
     t_u, l_u = _greedy(rt32, [[3, 4, 5], [6, 7]], 4)
     assert torch.equal(t_f, t_u)

@@ -302,6 +302,12 @@ def test_decode_hot_plan(monkeypatch):
         for other, kw in ((args(L=48), {}), (args(B=1), {}), (base, {"scale": 0.5}), (base, {"key_mask": mask})):
             _close([decode_attention(*other, **kw)], ref(*other, **kw))
             _close([decode_attention(*base)], ref(*base))
+    # swapped settings (a test rebinding the settings table): the hot plan is not taken, the key path drops the plans
+    _close([decode_attention(*base)], ref(*base))
+    gets = _CountingDict.gets
+    monkeypatch.setattr(DA, "_plans", {})
+    _close([decode_attention(*base)], ref(*base))
+    assert _CountingDict.gets > gets and DA._HOT[0][3] is None  # key path; the stale plans dropped, slot cooled
     DA.clear_decode_cache()
     assert DA._HOT[0][3] is None
     _close([decode_attention(*base)], ref(*base))

@@ -379,11 +379,11 @@ class LlamaRuntime:
         "max_rows": 1, "qkv": _GEMV_B1_SM90, "o": _GEMV_B1_SM90, "down": _GEMV_B1_SM90,
         "gate_up": {"unfused": True}, "lm_head": {"unfused": True}}}}
 
-    # Flash-decoding's settings in the decode step (ops/decode_attention.py DECODE_DEFAULTS keys, under
-    # fused_config["attention"] to change): splits of 64 cache entries at least, not 256 as for an eager call. The
-    # step is replayed from a CUDA graph, so a second launch costs GPU time only, and a short cache (a few hundred
-    # slots at batch 1) in 8 splits took 4.6-5.2 us against 6.9 us in 2 (bench/results/
-    # sweep-attn-phase4-clean-H200.json, B1 H32/8 L512 D64).
+    # Flash-decoding's settings in the graph-replayed decode step (ops/decode_attention.py DECODE_DEFAULTS keys,
+    # under fused_config["attention"] to change): splits of 64 cache entries at least, not 256 as for an eager call.
+    # Replayed from a CUDA graph, a second launch costs GPU time only, and a short cache (a few hundred slots at
+    # batch 1) in 64-entry splits took 4.55 us against 6.40 us in 2 (bench/results/sweep-attn-phase5-clean-H200.json,
+    # B1 H32/8 L512 D64, chained). use_cuda_graph=False keeps the eager defaults.
     ATTENTION_CONFIG = {"MIN_CHUNK": 64}
 
     def measured_fused_config(self) -> dict | None:
@@ -435,7 +435,8 @@ class LlamaRuntime:
             raise ValueError(f"unknown fused_config keys {sorted(unknown)}; known: {sorted(DF.FUSED_DEFAULTS)}, "
                              f"{', '.join(self.FUSED_KINDS)}, attention, fold_lm_head, max_rows")
         self._fused_cfg = {k: {**cfg, **per_kind.get(k, {})} or None for k in self.FUSED_KINDS}
-        self._attn_cfg = {**self.ATTENTION_CONFIG, **(attn or {})}
+        # the graph-step default only where the step is replayed (eagerly a second launch costs host time)
+        self._attn_cfg = {**(self.ATTENTION_CONFIG if self.use_cuda_graph else {}), **(attn or {})}
         self.fold_lm_head, self.fused_max_rows, self.fused_decode = fold, max_rows, on
         self._unfused_kinds = unfused_kinds
         self._graphs.clear()

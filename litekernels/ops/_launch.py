@@ -537,19 +537,24 @@ def facts_check(*tensors):
         return None
 
 
+_CPU32 = dict(device="cpu", dtype=torch.float32)  # explicit: not the ambient default device/dtype
+
+
 def _facts_check_ok() -> bool:
     """facts_check accepts the tensors it was made for and rejects every single-fact change a plan key sees (a
     private torch API: its meaning is tested here, on this torch, before any plan relies on it)."""
     try:
         with torch.inference_mode(False):  # (imported under inference mode: test what later plain calls see)
-            a, b = torch.zeros(2, 3), torch.zeros(3)
+            a, b = torch.zeros(2, 3, **_CPU32), torch.zeros(3, **_CPU32)
             check = facts_check(a, b)
-            if check is None or check(torch.ones(2, 3), b) is not True:
+            if check is None or check(torch.ones(2, 3, **_CPU32), b) is not True:
                 return False
-            others = [torch.zeros(3, 2), torch.zeros(3, 2).t(), torch.zeros(2, 3, dtype=torch.float64),
-                      torch.zeros(2, 6)[:, :3], torch.zeros(2, 3, 2)[..., 0], torch.zeros(2, 3, device="meta"),
-                      torch.zeros(2, 3, requires_grad=True), torch.nn.Parameter(torch.zeros(2, 3), requires_grad=False),
-                      torch.zeros(6), b, "a", None]
+            others = [torch.zeros(3, 2, **_CPU32), torch.zeros(3, 2, **_CPU32).t(),
+                      torch.zeros(2, 3, dtype=torch.float64, device="cpu"), torch.zeros(2, 6, **_CPU32)[:, :3],
+                      torch.zeros(2, 3, 2, **_CPU32)[..., 0], torch.zeros(2, 3, device="meta", dtype=torch.float32),
+                      torch.zeros(2, 3, requires_grad=True, **_CPU32),
+                      torch.nn.Parameter(torch.zeros(2, 3, **_CPU32), requires_grad=False), torch.zeros(6, **_CPU32),
+                      b, "a", None]
             return all(check(o, b) is False for o in others) and check(a, a) is False
     except Exception:  # pragma: no cover
         return False
@@ -570,19 +575,21 @@ def hot_entry(plan, run, eps, *tensors):
     """(check, eps, grad_test, run) for a hot slot (PlanCache.hot): a later call with tensors that pass `check`
     (facts_check: every fact of the plan key, requires_grad included) and an eps equal to this one has this plan's
     key, and needs no autograd node when no input required grad here or grad mode is off (grad_test: some did).
-    Kept on the plan (`plan.hot`), rebuilt at most HOT_REBUILDS times when a call with the plan's key no longer
-    passes it (a fact outside the key changed: Python type, aliasing, dispatch TLS). COLD when none can be made."""
+    (check, eps, grad_test) is kept on the plan (`plan.hot`; not `run`, which is the plan or its bound method: no
+    reference cycle keeps a dropped plan and its buffers alive), rebuilt at most HOT_REBUILDS times when a call with
+    the plan's key no longer passes it (a fact outside the key changed: Python type, aliasing, dispatch TLS). COLD
+    when none can be made. A slot is one tuple, read and written whole (no torn entry across threads)."""
     entry = plan.hot
     if entry is not None and entry[0](*tensors) and eps == entry[1]:
-        return entry
+        return (*entry, run)
     if plan.hot_builds >= HOT_REBUILDS or type(eps) is not float:
         return COLD
     plan.hot_builds += 1
     check = facts_check(*tensors)
     if check is None:
         return COLD
-    entry = plan.hot = (check, eps, any(t.requires_grad for t in tensors), run)
-    return entry
+    entry = plan.hot = (check, eps, any(t.requires_grad for t in tensors))
+    return (*entry, run)
 
 
 HOT_REBUILDS = 4

@@ -5,12 +5,15 @@ Shapes: q (B, H, Tq, D) with small Tq (1 for plain decode, a few for speculative
 tokens included (they sit at lengths-Tq .. lengths-1). Query t sees cache positions j < lengths - Tq + t + 1.
 key_mask (B, L) bool, optional: False marks slots to skip (left padding in a batch).
 
-Two launches, both with fixed grids so a CUDA graph can replay them while lengths grow:
+Two launches (one when the cache is not split, see below), both with fixed grids so a CUDA graph can replay them
+while lengths grow:
   1. split: program (split s, batch b, KV head g) reads the lengths[b] valid entries of its share of the cache
      (lengths[b] / SPLITS, rounded to the tile), once, for all Tq x (H/Hkv) query rows of group g (one tile
      of K/V serves every query head of the group), and writes an un-normalised partial output, its running
      max and sum (as a log2-sum-exp) to fp32 scratch;
   2. combine: program (b, h, t) rescales the SPLITS partials by exp2(lse_s - max) and normalises.
+With one split (a short cache, or a batch whose (batch, KV head) pairs fill the GPU) the split kernel normalises
+and writes the output itself (DIRECT): one launch, no partials.
 Math as in `attention.py`. Inference only (no backward: decode runs under no_grad).
 Usage: o = decode_attention(q, k_cache, v_cache, lengths)
 """
@@ -24,8 +27,8 @@ from .. import reference
 from .._triton import tl, triton
 from ..utils import INTERPRET, check_tensor, num_sms, on_same_device, unit_last, use_triton
 from . import _launch as _L
-from ._launch import (PlanCache, PreparedLaunch, PreparedLaunches, _grad_enabled, _is_compiling, _modes, config_key,
-                      hot_entry, out_strides, stream_key, stream_key_at)
+from ._launch import (PlanCache, PreparedLaunch, PreparedLaunches, _grad_enabled, _is_compiling, _modes,
+                      config_key, hot_entry, out_strides, stream_key, stream_key_at)
 from ._tl_common import (HAS_PDL, LOG2E, _dot, _finish_rows, _online_softmax_step, check_pdl, exact_dot, gpu_arch,
                          block_d, default_scale, merge_config)
 from .attention import DEFAULT_SCALES, check_attention_inputs
@@ -60,8 +63,8 @@ def _combine_group(O_PART, LSE_PART, O, part0, o_base, so_h, so_t, GROUP, Tq, D,
     rs = (part0 + r)[:, None] * SPLITS + s[None, :]
     rs_ok = r_ok[:, None] & (s[None, :] < SPLITS)
     lse = tl.load(LSE_PART + rs, mask=rs_ok, other=float("-inf"), cache_modifier=".cg")
-    parts = tl.load(O_PART + rs[:, :, None] * D + d[None, None, :], mask=rs_ok[:, :, None] & (d < D)[None, None, :],
-                    other=0.0, cache_modifier=".cg")
+    parts = tl.load(O_PART + rs[:, :, None] * D + d[None, None, :],
+                    mask=rs_ok[:, :, None] & (d < D)[None, None, :], other=0.0, cache_modifier=".cg")
     m = tl.max(lse, 1)
     m_safe = tl.where(m == float("-inf"), 0.0, m)
     w = tl.math.exp2(lse - m_safe[:, None])
@@ -165,8 +168,8 @@ def _decode_split_kernel(Q, K, V, LENGTHS, KEYMASK, O_PART, LSE_PART, O, COUNTER
             m_i = m_new
     out, lse = _finish_rows(acc, m_i, l_i, float("-inf"))
     if DIRECT:
-        tl.store(O + b * so_b + h[:, None] * so_h + t[:, None] * so_t + offs_d[None, :], out.to(O.dtype.element_ty),
-                 mask=row_ok[:, None] & (offs_d[None, :] < D))
+        tl.store(O + b * so_b + h[:, None] * so_h + t[:, None] * so_t + offs_d[None, :],
+                 out.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < D))
     else:
         # scratch layout: O_PART (B, H, Tq, SPLITS, D), LSE_PART (B, H, Tq, SPLITS)
         part = (b * HKV * GROUP + h) * Tq + t
@@ -183,8 +186,9 @@ def _decode_split_kernel(Q, K, V, LENGTHS, KEYMASK, O_PART, LSE_PART, O, COUNTER
             done = tl.atomic_add(COUNTER + pid_bh, 1)
             if done == SPLITS - 1:
                 if BLOCK_R > 0:  # every row of the group in one pass (when its partials fit the registers)
-                    _combine_group(O_PART, LSE_PART, O, (b * HKV + kvh) * GROUP * Tq, O + b * so_b + kvh * GROUP * so_h,
-                                   so_h, so_t, GROUP, Tq, D, SPLITS, BLOCK_R, BLOCK_S, BLOCK_D)
+                    _combine_group(O_PART, LSE_PART, O, (b * HKV + kvh) * GROUP * Tq,
+                                   O + b * so_b + kvh * GROUP * so_h, so_h, so_t, GROUP, Tq, D, SPLITS, BLOCK_R,
+                                   BLOCK_S, BLOCK_D)
                 else:
                     for rr in range(0, GROUP * Tq):
                         hh = kvh * GROUP + rr // Tq
@@ -230,6 +234,11 @@ DECODE_DEFAULTS = dict(BLOCK_N=64, num_warps=4, num_stages=3, SPLITS=None, WAVES
                        FUSED=False, MMA=True, COMBINE_ROWS=1, COMBINE_WARPS=4, PDL=None)
 
 
+def _auto_pdl(arch) -> bool:
+    """PDL's default: on where it exists (a Triton with launch_pdl, an NVIDIA GPU of compute capability >= 9.0)."""
+    return bool(HAS_PDL and arch[0] >= 9 and torch.version.hip is None and not INTERPRET)
+
+
 def decode_config(D: int, arch=None, element_size: int = 2) -> dict:
     """Default decode settings for head_dim D on arch (major, minor, smem); keys as DECODE_DEFAULTS."""
     c = dict(DECODE_DEFAULTS)
@@ -237,7 +246,7 @@ def decode_config(D: int, arch=None, element_size: int = 2) -> dict:
         c.update(BLOCK_N=16, num_warps=1, num_stages=1, PDL=False)
         return c
     arch = arch or gpu_arch()
-    c["PDL"] = HAS_PDL and arch[0] >= 9
+    c["PDL"] = _auto_pdl(arch)
     smem = arch[2]
     bd = block_d(D)
     if element_size > 2:
@@ -251,11 +260,12 @@ def decode_config(D: int, arch=None, element_size: int = 2) -> dict:
 def choose_splits(batch: int, kv_heads: int, max_len: int, block_n: int = 64, waves: int = 2,
                   min_chunk: int = 256, max_splits: int = 128) -> int:
     """Splits so the batch * kv_heads * splits programs are about `waves` per SM (a power of two, so long caches
-    split into equal chunks of whole tiles), each at least min_chunk cache entries; one split when the pairs alone
-    fill the GPU. Fixed per cache shape, so a captured graph stays valid. See DECODE_DEFAULTS for the measurements."""
+    split into equal chunks of whole tiles), fewer where a split would get under min_chunk cache entries (that cap
+    need not be a power of two); one split when the pairs alone fill the GPU. Fixed per cache shape, so a captured
+    graph stays valid. See DECODE_DEFAULTS for the measurements."""
     if INTERPRET:
         return max(1, min(3, triton.cdiv(max_len, 16)))
-    want = triton.cdiv(waves * num_sms(), batch * kv_heads)
+    want = max(1, int(triton.cdiv(waves * num_sms(), batch * kv_heads)))
     want = 1 << (want.bit_length() - 1)  # the power of two at or below
     return int(max(1, min(want, triton.cdiv(max_len, max(min_chunk, block_n)), max_splits)))
 
@@ -274,6 +284,8 @@ def _make_plan(B, H, HKV, L, D, Tq, dtype, device, has_mask, config, splits) -> 
     if isinstance(config, (tuple, list)):
         config = dict(zip(("BLOCK_N", "num_warps", "num_stages"), config))
     c = merge_config(c, config, "decode")
+    if c["PDL"] is None:  # asked for explicitly: the default, as DECODE_DEFAULTS documents
+        c["PDL"] = _auto_pdl(gpu_arch(device))
     if c["PDL"]:
         check_pdl("decode", device)
     if int(c["COMBINE_ROWS"]) < 1 or int(c["COMBINE_WARPS"]) < 1:
@@ -348,28 +360,31 @@ def _call_key(q, k_cache, v_cache, lengths, scale, key_mask=None, splits=None, c
 
 
 _CALLS = PlanCache(_call_key, tied_to=(globals(), "_plans"), hot_slots=1)
-_HOT = _CALLS.hot  # the call plan the public functions took last without a key mask (hot_entry)
-_HOT_SCALE = [None]  # the scale argument of that call (None: the default)
+# (check, scale, grad_test, plan): the call plan the public functions took last without a key mask
+_HOT = _CALLS.hot
 
 
 def _lookup(q, k_cache, v_cache, lengths, scale, key_mask):
     """_CALLS.lookup after the hot plan's one-call test (rms_norm's: facts_check covers every tensor fact of the
-    key; the scale is compared; only calls without a key mask, as facts_check takes tensors only)."""
+    key; the scale is compared; only calls without a key mask, as facts_check takes tensors only). The slot is one
+    tuple with the scale inside, read and written whole, so threads never pair one call's plan with another's
+    scale."""
     if (key_mask is None and _L._plans_on and _plans is _CALLS.source and not _is_compiling()
             and (_modes is None or not _modes())):
-        check, _, grad_test, hot = _HOT[0]
-        if check(q, k_cache, v_cache, lengths) and scale == _HOT_SCALE[0] and not (grad_test and _grad_enabled()):
+        check, hot_scale, grad_test, hot = _HOT[0]
+        if check(q, k_cache, v_cache, lengths) and scale == hot_scale and not (grad_test and _grad_enabled()):
             return hot
     plan = _CALLS.lookup(q, k_cache, v_cache, lengths, scale, key_mask)
     if plan is not None and key_mask is None:
-        _HOT[0] = hot_entry(plan, plan, 0.0, q, k_cache, v_cache, lengths)  # 0.0: the scale is kept apart
-        _HOT_SCALE[0] = scale
+        # 0.0 for hot_entry's eps: the scale is compared from the slot
+        check, _, grad_test, run = hot_entry(plan, plan, 0.0, q, k_cache, v_cache, lengths)
+        _HOT[0] = (check, scale, grad_test, run)
     return plan
 
 
 class _Call:
-    """The two launches (split, combine) of a decode call for inputs of one key, over its shape plan `p`, as one
-    PreparedLaunches (one hook, device, stream and pointer step for both)."""
+    """The launches (split, and combine unless FUSED or one split) of a decode call for inputs of one key, over its
+    shape plan `p`, as one PreparedLaunches (one hook, device, stream and pointer step for both)."""
     __slots__ = ("p", "o_shape", "o_like", "reuse", "launches", "device", "index", "hot", "hot_builds")
 
     def __init__(self, q, k_cache, v_cache, lengths, scale, key_mask, splits, config, reuse_scratch):
@@ -416,8 +431,8 @@ class _Call:
 
 def decode_attention_fwd(q, k_cache, v_cache, lengths, scale, key_mask=None, splits=None, config=None,
                          reuse_scratch: bool = True):
-    """Launch split (+ combine unless FUSED). config: None (defaults for this GPU), a tuple (BLOCK_N, num_warps,
-    num_stages) or a dict of DECODE_DEFAULTS keys (SPLITS, WAVES, MIN_CHUNK, MAX_SPLITS pick the split count;
+    """Launch split (+ combine unless FUSED or one split). config: None (defaults for this GPU), a tuple (BLOCK_N,
+    num_warps, num_stages) or a dict of DECODE_DEFAULTS keys (SPLITS, WAVES, MIN_CHUNK, MAX_SPLITS pick the split count;
     FUSED merges the partials in the split kernel's last program instead of a second launch; MMA, COMBINE_ROWS,
     COMBINE_WARPS, PDL: see DECODE_DEFAULTS). reuse_scratch=False: fresh scratch for this call (the registered
     op, whose memory torch.compile's CUDA-graph trees manage: a cached buffer allocated in their pool during
