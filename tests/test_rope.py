@@ -21,10 +21,17 @@ def _qk(B, H, HKV, T, D, dtype, transposed=True):
     return q, k
 
 
+HEADS = {"smollm-9/3": (9, 3), "llama-32/8": (32, 8), "mha-4/4": (4, 4)}
+# Every head layout at T = 1 (decode) and 7 (contiguous q/k); the long sequence (130 positions, HF's transposed
+# layout) only at Llama's 32/8: the kernel runs one program per (batch, position) over all heads, so the head
+# layouts are covered by the shorter cases and T = 130 adds the program count (interpreted bf16 cases take ~3 s).
+T_HEADS = [pytest.param(T, HEADS[h], id=f"{T}-{h}") for T in (1, 7) for h in HEADS] + \
+    [pytest.param(130, HEADS["llama-32/8"], id="130-llama-32/8")]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("D", [64, 80, 96, 128])
-@pytest.mark.parametrize("heads", [(9, 3), (32, 8), (4, 4)], ids=["smollm-9/3", "llama-32/8", "mha-4/4"])
-@pytest.mark.parametrize("T", [1, 7, 130])
+@pytest.mark.parametrize("T, heads", T_HEADS)
 def test_rope_matches_reference(T, heads, D, dtype):
     H, HKV = heads
     B = 2
