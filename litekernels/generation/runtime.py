@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from .. import functional as LF
 from ..ops import decode_fused as DF
-from ..ops.decode_attention import decode_attention_fwd
+from ..ops.decode_attention import decode_attention_fwd, decode_attention_unchecked
 from ..utils import INTERPRET, tracing, use_triton
 from .lite_model import MOE_KEYS as _MOE_SETTINGS  # one list for the lite container and the runtime
 
@@ -435,8 +435,9 @@ class LlamaRuntime:
             raise ValueError(f"unknown fused_config keys {sorted(unknown)}; known: {sorted(DF.FUSED_DEFAULTS)}, "
                              f"{', '.join(self.FUSED_KINDS)}, attention, fold_lm_head, max_rows")
         self._fused_cfg = {k: {**cfg, **per_kind.get(k, {})} or None for k in self.FUSED_KINDS}
-        # the graph-step default only where the step is replayed (eagerly a second launch costs host time)
-        self._attn_cfg = {**(self.ATTENTION_CONFIG if self.use_cuda_graph else {}), **(attn or {})}
+        # the graph-step default only where the step is replayed (eagerly a second launch costs host time); None:
+        # the public defaults, through the hot-plan lookup (no config key built per layer and token)
+        self._attn_cfg = {**(self.ATTENTION_CONFIG if self.use_cuda_graph else {}), **(attn or {})} or None
         self.fold_lm_head, self.fused_max_rows, self.fused_decode = fold, max_rows, on
         self._unfused_kinds = unfused_kinds
         self._graphs.clear()
@@ -589,7 +590,7 @@ class LlamaRuntime:
             else:  # unfused q/k/v: chosen (fused_config {"qkv": {"unfused": True}}), or Qwen3's per-head q/k norms
                 qkv, residual = self._qkv(h, residual, L)
                 q = LF.rope_cache_write(qkv, self.cos, self.sin, positions, kc, vc, H, KV)
-            o = decode_attention_fwd(q, kc, vc, lengths, self.scale, config=self._attn_cfg)  # (B, H, 1, D)
+            o = self._decode_attention(q, kc, vc, lengths)  # (B, H, 1, D)
             if "o" in unfused:
                 a = self._linear(o.view(B, H * D), L.wo, L.bo)
             else:
@@ -609,6 +610,13 @@ class LlamaRuntime:
         x, _ = LF.fused_add_rms_norm(h, residual, self.norm_w, self.eps)
         return self._logits(x)
 
+    def _decode_attention(self, q, kc, vc, lengths):
+        """Flash-decoding of the step (inputs valid by construction): with the step's settings (`_attn_cfg`) on
+        the Triton path, else the public defaults (the reference off the GPU, the registered op under a tracer)."""
+        if self._attn_cfg is None or tracing() or not use_triton(q):
+            return decode_attention_unchecked(q, kc, vc, lengths, self.scale)
+        return decode_attention_fwd(q, kc, vc, lengths, self.scale, config=self._attn_cfg)
+
     def _decode_eager(self, tokens, positions):
         B = tokens.shape[0]
         if self.fused_decode and B <= self.fused_max_rows:
@@ -621,9 +629,7 @@ class LlamaRuntime:
             kc, vc = self.k_cache[i, :B], self.v_cache[i, :B]
             # one kernel: RoPE on q and k, k and v written into slot positions[b] of row b
             q = LF.rope_cache_write(qkv[:, 0], self.cos, self.sin, positions, kc, vc, self.n_heads, self.n_kv)
-            if not use_triton(q) or tracing():  # the reference, or the registered op for a tracer
-                return LF.decode_attention(q, kc, vc, lengths, scale=self.scale)
-            return decode_attention_fwd(q, kc, vc, lengths, self.scale, config=self._attn_cfg)
+            return self._decode_attention(q, kc, vc, lengths)
 
         return self._logits(self._layers(h, attend)[:, 0])
 
