@@ -56,6 +56,28 @@ def variants(model) -> dict:
     }
 
 
+def sweep_variants(model, path: str) -> dict:
+    """Variants from a bench/sweep_decode_fused.py results file: the fastest PDL setting of each swept kernel of
+    the 1B shape at batch 1 (chained timings) over the measured default, PDL in the attention too ("sweep-pdl");
+    with gate/up on its fused kernel as well where it was swept ("sweep-pdl-gu")."""
+    with open(path) as f:
+        doc = json.load(f)
+    chosen = {r["kind"]: r["config"] for r in doc.get("best_pdl", []) if r["shape"] == "1B" and r["batch"] == 1}
+    m = _measured(model)
+    out = {}
+    small = {k: v for k, v in chosen.items() if k in ("qkv", "o", "down")}
+    if small:
+        out["sweep-pdl"] = (True, False, _with(m, PDL=True, **small))
+    if "gate_up" in chosen:
+        gu = {**chosen["gate_up"], "unfused": False}
+        out["sweep-pdl-gu"] = (True, False, _with(m, PDL=True, **small, gate_up=gu))
+        out["sweep-pdl-gu-1split"] = (True, False, _with(m, PDL=True, **small, gate_up=gu,
+                                                         attention={"SPLITS": 1, "PDL": True}))
+    if small:
+        out["sweep-pdl-1split"] = (True, False, _with(m, PDL=True, **small, attention={"SPLITS": 1, "PDL": True}))
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=1)
@@ -63,6 +85,8 @@ def main(argv=None):
     p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--only", default=None, help="comma list of variant names")
     p.add_argument("--out", default=None)
+    p.add_argument("--from-sweep", default=None,
+                   help="a sweep_decode_fused results file: adds its best PDL settings as variants (sweep_variants)")
     args = p.parse_args(argv)
     from bench.bench_ops import copy_bandwidth
 
@@ -78,6 +102,8 @@ def main(argv=None):
     prompts = ids.tolist()
     rows = []
     vs = variants(model)
+    if args.from_sweep:
+        vs.update(sweep_variants(model, args.from_sweep))
     names = args.only.split(",") if args.only else list(vs)
     for name in names:
         fused, skinny, cfg = vs[name]

@@ -73,6 +73,27 @@ def wide_candidates(kind: str, batch: int) -> list[dict]:
     return [dict(red, BLOCK_N=n, BLOCK_K=k, num_warps=w) for n, k, w in grid]
 
 
+def resident_candidates(kind: str, batch: int) -> list[dict]:
+    """Batch 1, whole rows in one load (BLOCK_K >= K, decode_fused's ONE_CHUNK path): a program requests its
+    first tile before it waits for the previous kernel (gdc_wait), so with PDL=True a grid that fits on the GPU
+    at once streams its weights while the previous kernel runs; with TILES > 1 a program keeps the next tile in
+    flight during each multiply. Chained calls of one kernel (each call's weights load during the previous call),
+    next to the measured default; bench/results/sweep-decode-fused-resident-H200.json has the first round."""
+    if batch != 1:
+        return candidates(kind, batch)
+    base = dict(num_stages=1, DOT=False, PREFETCH=True, BLOCK_N=2, BLOCK_K=1024, num_warps=4)
+    k = 8192 if kind == "down" else 2048
+    grid = {"qkv": [(2, 2, 1), (4, 4, 1), (2, 2, 2), (4, 4, 2), (2, 4, 4)],
+            "o": [(4, 4, 1), (8, 8, 1), (4, 4, 2), (2, 2, 2), (2, 4, 4)],
+            "gate_up": [(4, 8, 1), (2, 4, 1), (2, 4, 4), (4, 8, 2), (2, 4, 8), (4, 4, 4), (8, 8, 2)],
+            "down": [(4, 8, 1), (2, 8, 2), (1, 4, 4), (2, 4, 4)]}.get(kind, [(2, 4, 1)])
+    out = [base]
+    for n, w, t in grid:
+        c = dict(num_stages=1, DOT=False, PREFETCH=False, BLOCK_N=n, BLOCK_K=k, num_warps=w, TILES=t)
+        out += [dict(c, PDL=True)] + ([c] if t > 1 else [])
+    return out
+
+
 class Timer:
     """GPU: median ms of a CUDA graph of `fn` called once per weight copy (do_bench), per call. CPU
     (interpreter): runs fn once per copy and reports wall ms (a code-path check, not a measurement)."""
@@ -232,8 +253,9 @@ def main(argv=None):
     p.add_argument("--cpu", action="store_true", help="tiny shapes on the CPU (TRITON_INTERPRET=1): code paths only")
     p.add_argument("--kinds", default=",".join(DF_KINDS),
                    help="kernels to sweep (the others stay on the unfused ops in the best-settings steps)")
-    p.add_argument("--candidates", default="base", choices=("base", "wide"),
-                   help="wide: the batch-1 neighbourhood of the measured default (wide_candidates)")
+    p.add_argument("--candidates", default="base", choices=("base", "wide", "resident"),
+                   help="wide: the batch-1 neighbourhood of the measured default (wide_candidates); resident: "
+                        "whole-row loads with and without PDL (resident_candidates)")
     p.add_argument("--out", default=None, help="results path (default bench/results/sweep-decode-fused-<gpu>.json)")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
@@ -255,7 +277,7 @@ def main(argv=None):
     print(meta, flush=True)
     pdl_ok = TLC.HAS_PDL and (cpu or torch.cuda.get_device_capability()[0] >= 9)
     kinds = [k for k in args.kinds.split(",") if k]
-    rows, best = [], {}
+    rows, best, best_pdl = [], {}, {}  # fastest setting per (shape, batch, kind) without / with PDL
     work = [(s, b) for s in shapes for b in batches]
     # 1. the whole step, default settings (the headline), for every shape and batch first
     runtimes = {}
@@ -299,10 +321,12 @@ def main(argv=None):
                     print(rows[-1], flush=True)
                 except Exception as e:  # noqa: BLE001
                     rows.append({**base, "variant": "unfused", "error": repr(e)[:300]})
-                pick = wide_candidates if args.candidates == "wide" else candidates
+                pick = {"wide": wide_candidates, "resident": resident_candidates}.get(args.candidates, candidates)
                 cands = pick(kind, B) if not cpu else [{}, dict(DOT=False, PREFETCH=True, BLOCK_N=8)]
-                if pdl_ok:
+                if pdl_ok and args.candidates != "resident":
                     cands = cands[:1] + [{"PDL": True}] + cands[1:]
+                elif not pdl_ok:
+                    cands = [c for c in cands if not c.get("PDL")]
                 for cfg in cands:
                     if timer.left() < RESERVE:
                         rows.append({**base, "variant": "fused", "config": cfg, "skipped": "budget"})
@@ -319,6 +343,8 @@ def main(argv=None):
                             row["wrong"] = True
                         elif not cfg.get("PDL") and (key not in best or ms < best[key][0]):
                             best[key] = (ms, cfg)
+                        elif cfg.get("PDL") and (key not in best_pdl or ms < best_pdl[key][0]):
+                            best_pdl[key] = (ms, cfg)
                     except Exception as e:  # noqa: BLE001 - keep the other settings
                         row = {**base, "variant": "fused", "config": cfg, "error": repr(e)[:300]}
                     rows.append(row)
@@ -347,6 +373,9 @@ def main(argv=None):
         if pdl_ok:
             variants["fused-best-pdl"] = (True, {"PDL": True, **per_kind})
             variants["fused-mixed-pdl"] = (True, {"PDL": True, **mixed})
+            chosen = {k: best_pdl[(shape, B, k)][1] for k in DF_KINDS if (shape, B, k) in best_pdl}
+            if chosen:  # the fastest PDL setting of each swept kernel (chained timings), PDL in the attention too
+                variants["fused-best-of-pdl"] = (True, {"PDL": True, **per_kind, **chosen})
         time_step(runtimes[shape][1], B, timer, variants, rows, shape)
     summarize(rows, meta)
     for shape, B in work:
@@ -356,6 +385,8 @@ def main(argv=None):
             print(f"fused_config for {shape} batch {B} (LlamaRuntime(..., fused_config=...)): {cfg}")
     doc = {"meta": {**meta, "wall_s": time.perf_counter() - t0},
            "best": [{"shape": s, "batch": b, "kind": k, "us": 1e3 * v[0], "config": v[1]} for (s, b, k), v in best.items()],
+           "best_pdl": [{"shape": s, "batch": b, "kind": k, "us": 1e3 * v[0], "config": v[1]}
+                        for (s, b, k), v in best_pdl.items()],
            "results": rows}
     if cpu:
         if args.out:

@@ -33,7 +33,10 @@ pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() or DF.INTERPRET),
 SMALL = dict(BLOCK_N=16, BLOCK_K=16, num_warps=1, num_stages=1)
 MODES = {"dot": dict(DOT=True), "dot-prefetch-tiles": dict(DOT=True, PREFETCH=True, TILES=2),
          "reduce-tiles": dict(DOT=False, PREFETCH=True, BLOCK_N=8, TILES=3),
-         "reduce-plain": dict(DOT=False, BLOCK_N=4)}
+         "reduce-plain": dict(DOT=False, BLOCK_N=4),
+         # BLOCK_K >= K: the one-chunk path (input row computed once, next tile requested before the multiply)
+         "reduce-one-chunk-tiles": dict(DOT=False, BLOCK_N=4, BLOCK_K=128, TILES=3),
+         "dot-one-chunk": dict(DOT=True, BLOCK_K=128, TILES=2)}
 
 
 def _inputs(M, K, dtype, residual):
@@ -78,7 +81,7 @@ def test_norm_gemv_none(M, K, N, residual, bias, dtype, mode, poison):
     assert_matches(out, exact, lowp, name="norm_gemv")
 
 
-@pytest.mark.parametrize("mode", ["dot", "reduce-tiles"])
+@pytest.mark.parametrize("mode", ["dot", "reduce-tiles", "reduce-one-chunk-tiles"])
 @pytest.mark.parametrize("M,K,inter,bias,dtype", [(1, 40, 24, False, torch.bfloat16), (3, 48, 40, True, torch.bfloat16),
                                                   (8, 24, 16, False, torch.float16)],
                          ids=["b1", "b3-bias", "b8-fp16"])
@@ -97,7 +100,7 @@ def test_norm_gemv_silu_mul(M, K, inter, bias, dtype, mode, poison):
     assert_matches(act, ref(torch.float64), ref(dtype), name="silu_mul epilogue")
 
 
-@pytest.mark.parametrize("mode", ["dot", "reduce-tiles"])
+@pytest.mark.parametrize("mode", ["dot", "reduce-tiles", "reduce-one-chunk-tiles"])
 @pytest.mark.parametrize("M,H,KV,D,bias,residual", [
     (1, 4, 1, 16, False, True), (3, 4, 2, 32, True, True), (2, 2, 2, 16, True, False), (3, 2, 1, 64, False, True),
 ], ids=["b1-gqa4-d16", "b3-gqa2-d32-bias", "b2-mha-d16-nores", "b3-gqa2-d64"])
@@ -137,7 +140,7 @@ def test_norm_gemv_rope_cache(M, H, KV, D, bias, residual, mode, poison):
     assert kc[~written].isnan().all() and vc[~written].isnan().all(), "wrote outside the rows' cache slots"
 
 
-@pytest.mark.parametrize("mode", ["dot", "reduce-tiles"])
+@pytest.mark.parametrize("mode", ["dot", "reduce-tiles", "reduce-one-chunk-tiles"])
 @pytest.mark.parametrize("M,K,N,bias,dtype", [(1, 56, 24, False, torch.bfloat16), (3, 40, 33, True, torch.bfloat16),
                                               (16, 32, 16, False, torch.float16)], ids=["b1", "b3-bias", "b16"])
 def test_gemv(M, K, N, bias, dtype, mode, poison):
@@ -380,8 +383,11 @@ def test_gpu_graph_fused_equals_unfused_1b_shape():
 def _gpu_configs():
     out = [("default", None), ("reduce", {"DOT": False, "PREFETCH": True, "BLOCK_N": 4, "BLOCK_K": 512}),
            ("dot-prefetch", {"PREFETCH": True, "num_stages": 1}), ("dot-tiles", {"TILES": 3, "num_stages": 2})]
+    # one chunk (BLOCK_K >= K) for the hidden-size inputs, four chunks for down's; with several tiles
+    out.append(("one-chunk-tiles", {"DOT": False, "BLOCK_N": 2, "BLOCK_K": 4096, "TILES": 2, "num_warps": 4}))
     if TLC.HAS_PDL and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9:
         out.append(("pdl", {"PDL": True}))
+        out.append(("pdl-one-chunk", {"PDL": True, "DOT": False, "BLOCK_N": 4, "BLOCK_K": 2048, "num_warps": 4}))
     return out
 
 

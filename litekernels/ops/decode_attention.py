@@ -204,8 +204,9 @@ def _decode_combine_kernel(O_PART, LSE_PART, O, so_b, so_h, so_t, H, Tq, D, SPLI
                            PDL: tl.constexpr = False):
     """Program p merges query rows p * ROWS .. p * ROWS + ROWS - 1 of the N_ROWS = B * H * Tq rows
     (row = (b * H + h) * Tq + t). PDL: launched early (programmatic dependent launch); gdc_wait blocks until the
-    split grid has finished and its writes are visible."""
+    split grid has finished and its writes are visible; the next kernel may launch at once (it waits in turn)."""
     if PDL:
+        tl.extra.cuda.gdc_launch_dependents()
         tl.extra.cuda.gdc_wait()
     for i in tl.static_range(ROWS):
         pid = tl.program_id(0).to(tl.int64) * ROWS + i
@@ -305,14 +306,17 @@ def _make_plan(B, H, HKV, L, D, Tq, dtype, device, has_mask, config, splits) -> 
     p.direct = p.splits == 1  # one split: the split kernel writes the output (one launch, no scratch traffic)
     p.fused = bool(c["FUSED"]) and not p.direct
     rows = int(c["COMBINE_ROWS"])
-    pdl = bool(c["PDL"]) and not INTERPRET and not p.fused and not p.direct
+    # PDL: the split kernel lets the next launch start early (the combine, or after one split the consumer of
+    # the output, which waits for this grid if it was launched with PDL); a separate combine waits for the splits
+    trigger = bool(c["PDL"]) and not INTERPRET
+    pdl = trigger and not p.fused and not p.direct
     p.grid = (p.splits, B * HKV)
     p.cgrid = (triton.cdiv(B * H * Tq, rows),)
     mma = bool(c["MMA"])
     p.consts = dict(HAS_KEYMASK=has_mask, BLOCK_M=max(16 if mma else 2, triton.next_power_of_2(group * Tq)),
                     BLOCK_N=c["BLOCK_N"], BLOCK_D=bd, IEEE=exact_dot(dtype), FUSED=p.fused, BLOCK_S=bs,
                     BLOCK_R=block_r,
-                    num_warps=c["num_warps"], num_stages=c["num_stages"], MMA=mma, PDL=pdl, DIRECT=p.direct)
+                    num_warps=c["num_warps"], num_stages=c["num_stages"], MMA=mma, PDL=trigger, DIRECT=p.direct)
     p.cconsts = dict(BLOCK_S=bs, BLOCK_D=bd, ROWS=rows, PDL=pdl,
                      num_warps=1 if INTERPRET else int(c["COMBINE_WARPS"]))
     if pdl:

@@ -113,11 +113,14 @@ def _decode_gemv_kernel(X, R, RO, NW, W, BIAS, Y, POS, COS, SIN, KC, VC,
                         ADD: tl.constexpr, NORM: tl.constexpr, EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr,
                         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_K: tl.constexpr, DOT: tl.constexpr, PREFETCH: tl.constexpr, IEEE: tl.constexpr,
-                        PDL: tl.constexpr, TILES: tl.constexpr = 1):
+                        PDL: tl.constexpr, TILES: tl.constexpr = 1, ONE_CHUNK: tl.constexpr = False):
     """One program: TILES tiles of BLOCK_N output columns j (NONE: rows j of W; SILU_MUL: gate rows j and up rows
     N_HALF + j; ROPE_CACHE: rotary pairs j = head * D/2 + d, rows head * D + d and head * D + d + D/2) for all M
     rows. Several tiles per program share one RMSNorm pass, and each tile's first W chunk is requested before the
-    previous tile's epilogue."""
+    previous tile's epilogue.
+    ONE_CHUNK (BLOCK_K >= K: a row of W in one load): the input row (normalised) is computed once and kept in
+    registers for every tile, and the next tile's W is requested before this tile's multiply, so a program always
+    has a tile in flight; with PDL the whole first tile (and the norm weight) loads before the wait."""
     if PDL:
         tl.extra.cuda.gdc_launch_dependents()
     pid = tl.program_id(0)
@@ -130,10 +133,25 @@ def _decode_gemv_kernel(X, R, RO, NW, W, BIAS, Y, POS, COS, SIN, KC, VC,
     wa = _load_w(W, rows_a, j_ok, 0, K, sw_n, BLOCK_K)
     if PAIRED:
         wb = _load_w(W, rows_b, j_ok, 0, K, sw_n, BLOCK_K)
+    if ONE_CHUNK and NORM:
+        k_all = tl.arange(0, BLOCK_K)
+        nw_all = tl.load(NW + k_all, mask=k_all < K, other=0.0).to(tl.float32)
     if PDL:
         tl.extra.cuda.gdc_wait()
     rstd = tl.zeros([BLOCK_M], dtype=tl.float32)
-    if NORM:
+    if ONE_CHUNK:
+        # the whole input row in one load: s = x (+ r), then (NORM) its RMSNorm, rounded as _act_chunk does
+        a_all = _act_chunk(X, R, NW, m, M, 0, K, sx_m, sr_m, rstd, ADD, False, BLOCK_K)
+        if NORM:
+            if ADD:
+                k = tl.arange(0, BLOCK_K)
+                tl.store(RO + m[:, None] * sro_m + k[None, :], a_all,
+                         mask=(m[:, None] < tl.where(pid == 0, M, 0)) & (k[None, :] < K))
+            sf = a_all.to(tl.float32)
+            rstd = 1.0 / tl.sqrt(tl.sum(sf * sf, axis=1) / K + eps)
+            xn = (sf * rstd[:, None]).to(X.dtype.element_ty).to(tl.float32)
+            a_all = (xn * nw_all[None, :]).to(X.dtype.element_ty)
+    elif NORM:
         # pass 1 over the row(s): sum of squares of s = x (+ r); program 0 writes s to the residual output
         ssq = tl.zeros([BLOCK_M], dtype=tl.float32)
         m_write = tl.where(pid == 0, M, 0)  # rows program 0 writes to the residual output (others: none)
@@ -151,7 +169,21 @@ def _decode_gemv_kernel(X, R, RO, NW, W, BIAS, Y, POS, COS, SIN, KC, VC,
         j, j_ok, head, d, rows_a, rows_b = _tile_rows(tile0 + t, N_OUT, N_OUT, N_HALF, EPILOGUE, HEAD_DIM, BLOCK_N)
         acc_a = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         acc_b = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        if PREFETCH:
+        n_next = tl.where(t + 1 < TILES, N_OUT, 0)
+        _, jn_ok, _, _, rn_a, rn_b = _tile_rows(tile0 + t + 1, n_next, N_OUT, N_HALF, EPILOGUE, HEAD_DIM, BLOCK_N)
+        if ONE_CHUNK:
+            if TILES > 1:  # the next tile's W is requested before this tile's multiply (none after the last)
+                na = _load_w(W, rn_a, jn_ok, 0, K, sw_n, BLOCK_K)
+                if PAIRED:
+                    nb = _load_w(W, rn_b, jn_ok, 0, K, sw_n, BLOCK_K)
+            acc_a = _mac(acc_a, a_all, wa, DOT, IEEE)
+            if PAIRED:
+                acc_b = _mac(acc_b, a_all, wb, DOT, IEEE)
+            if TILES > 1:
+                wa = na
+                if PAIRED:
+                    wb = nb
+        elif PREFETCH:
             # the next chunk is requested by hand before this one is used (register double buffer): the
             # compiler's pipeliner does not stage loads that feed no tl.dot (DOT=False) and may not stage these
             for k0 in range(0, K, BLOCK_K):
@@ -175,12 +207,11 @@ def _decode_gemv_kernel(X, R, RO, NW, W, BIAS, Y, POS, COS, SIN, KC, VC,
                 acc_a = _mac(acc_a, a, _load_w(W, rows_a, j_ok, k0, K, sw_n, BLOCK_K), DOT, IEEE)
                 if PAIRED:
                     acc_b = _mac(acc_b, a, _load_w(W, rows_b, j_ok, k0, K, sw_n, BLOCK_K), DOT, IEEE)
-        # the next tile's first chunk, in flight during this tile's epilogue (none after the last tile)
-        n_next = tl.where(t + 1 < TILES, N_OUT, 0)
-        _, jn_ok, _, _, rn_a, rn_b = _tile_rows(tile0 + t + 1, n_next, N_OUT, N_HALF, EPILOGUE, HEAD_DIM, BLOCK_N)
-        wa = _load_w(W, rn_a, jn_ok, 0, K, sw_n, BLOCK_K)
-        if PAIRED:
-            wb = _load_w(W, rn_b, jn_ok, 0, K, sw_n, BLOCK_K)
+        if not ONE_CHUNK:
+            # the next tile's first chunk, in flight during this tile's epilogue (none after the last tile)
+            wa = _load_w(W, rn_a, jn_ok, 0, K, sw_n, BLOCK_K)
+            if PAIRED:
+                wb = _load_w(W, rn_b, jn_ok, 0, K, sw_n, BLOCK_K)
         if HAS_BIAS:
             acc_a += tl.load(BIAS + rows_a, mask=j_ok, other=0.0).to(tl.float32)[None, :]
             if PAIRED:
@@ -353,7 +384,7 @@ def _launch(x, weight, bias, y, *, epilogue, n_out, n_half=0, residual=None, res
         ADD=residual is not None, NORM=norm_weight is not None, EPILOGUE=EPILOGUES[epilogue],
         HAS_BIAS=bias is not None, HEAD_DIM=hd, BLOCK_M=block_m, BLOCK_N=int(c["BLOCK_N"]),
         BLOCK_K=int(c["BLOCK_K"]), DOT=dot, PREFETCH=bool(c["PREFETCH"]), IEEE=exact_dot(x.dtype), PDL=pdl,
-        TILES=tiles,
+        TILES=tiles, ONE_CHUNK=int(c["BLOCK_K"]) >= K,
         num_warps=int(c["num_warps"]), num_stages=int(c["num_stages"]), **extra)
 
 
