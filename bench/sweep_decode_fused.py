@@ -83,15 +83,14 @@ def resident_candidates(kind: str, batch: int) -> list[dict]:
         return candidates(kind, batch)
     base = dict(num_stages=1, DOT=False, PREFETCH=True, BLOCK_N=2, BLOCK_K=1024, num_warps=4)
     k = 8192 if kind == "down" else 2048
-    grid = {"qkv": [(2, 2, 1), (4, 4, 1), (2, 2, 2), (4, 4, 2), (2, 4, 4)],
-            "o": [(4, 4, 1), (8, 8, 1), (4, 4, 2), (2, 2, 2), (2, 4, 4)],
-            "gate_up": [(4, 8, 1), (2, 4, 1), (2, 4, 4), (4, 8, 2), (2, 4, 8), (4, 4, 4), (8, 8, 2)],
-            "down": [(4, 8, 1), (2, 8, 2), (1, 4, 4), (2, 4, 4)]}.get(kind, [(2, 4, 1)])
-    out = [base]
-    for n, w, t in grid:
-        c = dict(num_stages=1, DOT=False, PREFETCH=False, BLOCK_N=n, BLOCK_K=k, num_warps=w, TILES=t)
-        out += [dict(c, PDL=True)] + ([c] if t > 1 else [])
-    return out
+    # (BLOCK_N, num_warps, TILES): PDL settings around the best of the previous round: qkv 2/2/1, o 4/4/1, gate_up 2/4/8,
+    # down 2/4/4 (bench/results/sweep-decode-fused-resident2-H200.json)
+    grid = {"qkv": [(2, 2, 1), (4, 4, 1), (1, 2, 1), (2, 1, 1), (1, 1, 1)],
+            "o": [(4, 4, 1), (2, 2, 1), (4, 2, 1), (2, 1, 1), (8, 4, 1)],
+            "gate_up": [(2, 4, 8), (2, 4, 16), (1, 2, 8), (1, 2, 16), (2, 2, 8), (1, 4, 16), (2, 8, 16)],
+            "down": [(2, 4, 4), (2, 4, 8), (1, 2, 4), (1, 2, 8), (2, 2, 4), (1, 4, 8)]}.get(kind, [(2, 4, 1)])
+    return [base] + [dict(num_stages=1, DOT=False, PREFETCH=False, BLOCK_N=n, BLOCK_K=k, num_warps=w, TILES=t,
+                          PDL=True) for n, w, t in grid]
 
 
 class Timer:

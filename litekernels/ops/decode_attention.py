@@ -102,13 +102,17 @@ def _decode_split_kernel(Q, K, V, LENGTHS, KEYMASK, O_PART, LSE_PART, O, COUNTER
                          HAS_KEYMASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                          BLOCK_D: tl.constexpr, IEEE: tl.constexpr, FUSED: tl.constexpr, BLOCK_S: tl.constexpr,
                          MMA: tl.constexpr = True, PDL: tl.constexpr = False, DIRECT: tl.constexpr = False,
-                         BLOCK_R: tl.constexpr = 0):
+                         BLOCK_R: tl.constexpr = 0, WAIT: tl.constexpr = False):
     """DIRECT (one split): the program owns the whole cache of its (batch, KV head), so it writes the normalised
     output itself; no partials, no combine launch.
     MMA=False: q.k and p.v as broadcast products summed in fp32 (tl.sum) instead of tl.dot, so BLOCK_M is the
     group's rows rounded up to a power of two, not an MMA tile of 16 that is mostly padding at GROUP * Tq = 4.
-    PDL: let the combine launch (programmatic dependent launch) as soon as every split program has started;
-    the combine waits for this grid's completion (gdc_wait) before reading the partials."""
+    PDL: let the next kernel (the combine, or the output's consumer) launch (programmatic dependent launch) as
+    soon as every split program has started; it waits for this grid's completion (gdc_wait) before reading.
+    WAIT: this grid was itself launched early (launch_pdl): wait for the previous kernel (which writes q and the
+    new token's K/V) before reading anything."""
+    if WAIT:
+        tl.extra.cuda.gdc_wait()
     if PDL:
         tl.extra.cuda.gdc_launch_dependents()
     split = tl.program_id(0)
@@ -221,9 +225,10 @@ def _decode_combine_kernel(O_PART, LSE_PART, O, so_b, so_h, so_t, H, Tq, D, SPLI
 # bench/sweep.py (H200, bench/results/sweep-H200.json); sm_80/sm_89: fewer stages where a stage of K and V at
 # head_dim 256 would not fit (tests/test_launch_configs.py compiles them for those targets).
 # Phase-2 variant keys (defaults = the measured behaviour): MMA=False scores without tl.dot (tiny groups),
-# COMBINE_ROWS query rows per combine program, COMBINE_WARPS its warps, PDL programmatic dependent launch of the
-# combine (None: on where it exists, sm_90+ with a Triton that has launch_pdl; ignored by the interpreter, which
-# has no second grid to overlap).
+# COMBINE_ROWS query rows per combine program, COMBINE_WARPS its warps, PDL programmatic dependent launch (None:
+# on where it exists, sm_90+ with a Triton that has launch_pdl; ignored by the interpreter, which has no second grid
+# to overlap): the split grid and the combine launch early and wait (gdc_wait) for their predecessor, and each lets
+# the next kernel launch early (a consumer launched with PDL waits in turn; any other starts after completion).
 # Split count (choose_splits): WAVES programs per SM over all (batch, KV head) pairs, each split at least MIN_CHUNK
 # cache entries. From bench/results/sweep-attn-phase4-clean-H200.json (H200, bf16, L2-clean chained timing): about
 # two programs per SM with the longest chunks won at every shape (B1 L32768: 32 splits 66.7% of copy vs 64.3% at
@@ -316,9 +321,12 @@ def _make_plan(B, H, HKV, L, D, Tq, dtype, device, has_mask, config, splits) -> 
     p.consts = dict(HAS_KEYMASK=has_mask, BLOCK_M=max(16 if mma else 2, triton.next_power_of_2(group * Tq)),
                     BLOCK_N=c["BLOCK_N"], BLOCK_D=bd, IEEE=exact_dot(dtype), FUSED=p.fused, BLOCK_S=bs,
                     BLOCK_R=block_r,
-                    num_warps=c["num_warps"], num_stages=c["num_stages"], MMA=mma, PDL=trigger, DIRECT=p.direct)
+                    num_warps=c["num_warps"], num_stages=c["num_stages"], MMA=mma, PDL=trigger, DIRECT=p.direct,
+                    WAIT=trigger)
     p.cconsts = dict(BLOCK_S=bs, BLOCK_D=bd, ROWS=rows, PDL=pdl,
                      num_warps=1 if INTERPRET else int(c["COMBINE_WARPS"]))
+    if trigger:  # the split grid launches early too and waits for its predecessor (WAIT)
+        p.consts["launch_pdl"] = True
     if pdl:
         p.cconsts["launch_pdl"] = True
     p.part_shape = (B, H, Tq, p.splits, D)
