@@ -46,14 +46,25 @@ def test_measured_default_only_where_measured(monkeypatch):
         cfg = rt.measured_fused_config()
         assert (cfg is not None) == want, (cap, hidden)
         if cfg is not None:
-            assert cfg["max_rows"] == 1 and cfg["gate_up"] == {"unfused": True} and cfg["lm_head"] == {"unfused": True}
+            assert cfg["max_rows"] == 1 and cfg["lm_head"] == {"unfused": True} and cfg["PDL"]
+            assert not cfg["gate_up"].get("unfused") and cfg["gate_up"]["TILES"] > 1
             cfg["qkv"]["BLOCK_N"] = 64  # a copy: the table itself is not changed
             assert rt.measured_fused_config()["qkv"]["BLOCK_N"] == 2
+    # a Triton without programmatic dependent launch gets the same settings without PDL (else a ValueError)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(rt.config, "hidden_size", 40)
+    import litekernels.generation.runtime as runtime_mod
+
+    monkeypatch.setattr(runtime_mod, "HAS_PDL", False)
+    cfg = rt.measured_fused_config()
+    assert "PDL" not in cfg and not any("PDL" in v for v in cfg.values() if isinstance(v, dict))
+    assert cfg["gate_up"]["TILES"] > 1
 
 
 def test_measured_default_settings_equal_unfused():
-    """The launch settings of the GPU default step (LlamaRuntime.MEASURED_FUSED, 2 output columns per program,
-    multiply-reduce body, hand prefetch, BLOCK_K 1024 > K here) give the unfused step's tokens and logits."""
+    """The launch settings of the GPU default step (LlamaRuntime.MEASURED_FUSED: whole rows in one load, several
+    tiles per program for gate/up and down, multiply-reduce body; PDL is a no-op in the interpreter) give the
+    unfused step's tokens and logits."""
     from litekernels.generation import LlamaRuntime
 
     model = _tiny("llama")

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from .. import functional as LF
 from ..ops import decode_fused as DF
+from ..ops._tl_common import HAS_PDL
 from ..ops.decode_attention import decode_attention_fwd, decode_attention_unchecked
 from ..utils import INTERPRET, tracing, use_triton
 from .lite_model import MOE_KEYS as _MOE_SETTINGS  # one list for the lite container and the runtime
@@ -368,16 +369,28 @@ class LlamaRuntime:
                 return f"layer {i}: a weight is not unit-stride in its last dimension or not in {self.dtype}"
         return None
 
-    # The default decode step where it was measured faster than the unfused one (bench/sweep_decode_fused.py,
-    # bench/results/sweep-decode-fused-H200.json, H200, bf16, graph-replayed step): at the Llama-3.2-1B shape and
-    # batch 1, q/k/v (+ norm, RoPE, cache write), o and down on the fused kernels with 2 output columns per program
-    # and a multiply-reduce body, gate/up and lm_head on cuBLAS (their fused kernels were slower): 64.1 vs 69.8 us
-    # per layer. At the 8B shape (hidden 4096) and at batch 8 no fused mix beat the unfused step, and other GPUs are
-    # unmeasured, so those keep the unfused step (fused_decode=True turns it on anywhere it can run).
-    _GEMV_B1_SM90 = {"BLOCK_N": 2, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 1, "DOT": False, "PREFETCH": True}
+    # The default decode step where it was measured faster than the unfused one (bench/sweep_decode_fused.py
+    # --candidates resident, bench/decode_step_variants.py; H200, bf16, graph-replayed step of the Llama-3.2-1B
+    # shape at batch 1): every projection but lm_head on the fused kernels, each with whole rows of W in one load
+    # (BLOCK_K >= K), a multiply-reduce body and programmatic dependent launch, so each kernel's first tile of
+    # weights streams in while the previous kernel runs (gdc_wait before the activations are read); gate/up in
+    # tiles of 1 pair x 8 per program (the next tile in flight during each multiply) with RMSNorm in its prologue
+    # and SiLU*mul in its epilogue, which drops the separate RMSNorm and SiLU*mul kernels (86 kernels per step
+    # instead of 134): 0.888 vs 0.979 ms per step (bench/results/decode-steps-resident3-H200.json). Settings per
+    # kernel from the chained sweeps (sweep-decode-fused-resident*-H200.json): q/k/v 2 pairs x 1 warp 5.07 us, o 2
+    # columns x 2 warps 3.45 us, gate/up 19.42 us, down 2 columns x 4 tiles x 4 warps 10.59 us (cuBLAS + the
+    # separate kernels: 10.46, 6.20, 23.82, 14.76). lm_head stays on cuBLAS (at copy speed). At the 8B shape
+    # (hidden 4096) and at batch 8 no fused mix beat the unfused step in the earlier sweeps, and other GPUs are
+    # unmeasured, so those keep the unfused step (fused_decode=True turns it on anywhere it can run; PDL needs
+    # sm_90, so these settings are only the default there).
+    _RES = {"num_stages": 1, "DOT": False, "PREFETCH": False, "PDL": True}
     MEASURED_FUSED = {(9, 0): {"max_hidden": 2048, "config": {
-        "max_rows": 1, "qkv": _GEMV_B1_SM90, "o": _GEMV_B1_SM90, "down": _GEMV_B1_SM90,
-        "gate_up": {"unfused": True}, "lm_head": {"unfused": True}}}}
+        "max_rows": 1, "PDL": True,
+        "qkv": {**_RES, "BLOCK_N": 2, "BLOCK_K": 2048, "num_warps": 1, "TILES": 1},
+        "o": {**_RES, "BLOCK_N": 2, "BLOCK_K": 2048, "num_warps": 2, "TILES": 1},
+        "gate_up": {**_RES, "BLOCK_N": 1, "BLOCK_K": 2048, "num_warps": 2, "TILES": 8},
+        "down": {**_RES, "BLOCK_N": 2, "BLOCK_K": 8192, "num_warps": 4, "TILES": 4},
+        "lm_head": {"unfused": True}}}}
 
     # Flash-decoding's settings in the graph-replayed decode step (ops/decode_attention.py DECODE_DEFAULTS keys,
     # under fused_config["attention"] to change): splits of 64 cache entries at least, not 256 as for an eager call.
@@ -393,7 +406,13 @@ class LlamaRuntime:
         entry = self.MEASURED_FUSED.get(torch.cuda.get_device_capability(self.device))
         if entry is None or self.config.hidden_size > entry["max_hidden"]:
             return None
-        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in entry["config"].items()}
+        cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in entry["config"].items()}
+        if not HAS_PDL:  # a Triton without launch_pdl: the same settings, launched one after the other
+            cfg.pop("PDL", None)
+            for v in cfg.values():
+                if isinstance(v, dict):
+                    v.pop("PDL", None)
+        return cfg
 
     def set_fused_decode(self, fused_decode: bool | None = None, fused_config: dict | None = None) -> None:
         """Choose the decode step: fused kernels (True), the unfused ops (False) or None: on a GPU, the measured
