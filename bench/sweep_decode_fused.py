@@ -83,12 +83,13 @@ def resident_candidates(kind: str, batch: int) -> list[dict]:
         return candidates(kind, batch)
     base = dict(num_stages=1, DOT=False, PREFETCH=True, BLOCK_N=2, BLOCK_K=1024, num_warps=4)
     k = 8192 if kind == "down" else 2048
-    # (BLOCK_N, num_warps, TILES): PDL settings around the best of the previous round: qkv 2/2/1, o 4/4/1, gate_up 2/4/8,
-    # down 2/4/4 (bench/results/sweep-decode-fused-resident2-H200.json)
-    grid = {"qkv": [(2, 2, 1), (4, 4, 1), (1, 2, 1), (2, 1, 1), (1, 1, 1)],
-            "o": [(4, 4, 1), (2, 2, 1), (4, 2, 1), (2, 1, 1), (8, 4, 1)],
-            "gate_up": [(2, 4, 8), (2, 4, 16), (1, 2, 8), (1, 2, 16), (2, 2, 8), (1, 4, 16), (2, 8, 16)],
-            "down": [(2, 4, 4), (2, 4, 8), (1, 2, 4), (1, 2, 8), (2, 2, 4), (1, 4, 8)]}.get(kind, [(2, 4, 1)])
+    # (BLOCK_N, num_warps, TILES): PDL settings around the best of the previous round (the runtime's
+    # MEASURED_FUSED: qkv 2/1/1, o 2/2/1, gate_up 1/2/8, down 2/4/4; sweep-decode-fused-resident3-H200.json), now
+    # that a program keeps two tiles in flight (two requested before the wait)
+    grid = {"qkv": [(2, 1, 1), (1, 1, 2), (2, 2, 2), (1, 2, 2)],
+            "o": [(2, 2, 1), (1, 1, 2), (2, 2, 2), (1, 2, 2)],
+            "gate_up": [(1, 2, 8), (1, 2, 4), (1, 4, 8), (2, 4, 8), (1, 2, 16), (2, 4, 4)],
+            "down": [(2, 4, 4), (1, 2, 4), (2, 4, 2), (1, 4, 4), (1, 2, 8), (2, 8, 4)]}.get(kind, [(2, 4, 1)])
     return [base] + [dict(num_stages=1, DOT=False, PREFETCH=False, BLOCK_N=n, BLOCK_K=k, num_warps=w, TILES=t,
                           PDL=True) for n, w, t in grid]
 
