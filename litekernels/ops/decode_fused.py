@@ -119,8 +119,8 @@ def _decode_gemv_kernel(X, R, RO, NW, W, BIAS, Y, POS, COS, SIN, KC, VC,
     rows. Several tiles per program share one RMSNorm pass, and each tile's first W chunk is requested before the
     previous tile's epilogue.
     ONE_CHUNK (BLOCK_K >= K: a row of W in one load): the input row (normalised) is computed once and kept in
-    registers for every tile; the first two tiles of W (and the norm weight) are requested before the PDL wait
-    and each multiply is followed by the request for the tile two ahead, so two tiles stay in flight."""
+    registers for every tile, and the next tile's W is requested before this tile's multiply, so a program always
+    has a tile in flight; with PDL the whole first tile (and the norm weight) loads before the wait."""
     if PDL:
         tl.extra.cuda.gdc_launch_dependents()
     pid = tl.program_id(0)
@@ -133,13 +133,6 @@ def _decode_gemv_kernel(X, R, RO, NW, W, BIAS, Y, POS, COS, SIN, KC, VC,
     wa = _load_w(W, rows_a, j_ok, 0, K, sw_n, BLOCK_K)
     if PAIRED:
         wb = _load_w(W, rows_b, j_ok, 0, K, sw_n, BLOCK_K)
-    if ONE_CHUNK and TILES > 1:
-        # the second tile too: two tiles in flight from the start (and during the wait), refilled after each
-        # multiply with the tile two ahead
-        _, j2_ok, _, _, r2_a, r2_b = _tile_rows(tile0 + 1, N_OUT, N_OUT, N_HALF, EPILOGUE, HEAD_DIM, BLOCK_N)
-        wa2 = _load_w(W, r2_a, j2_ok, 0, K, sw_n, BLOCK_K)
-        if PAIRED:
-            wb2 = _load_w(W, r2_b, j2_ok, 0, K, sw_n, BLOCK_K)
     if ONE_CHUNK and NORM:
         k_all = tl.arange(0, BLOCK_K)
         nw_all = tl.load(NW + k_all, mask=k_all < K, other=0.0).to(tl.float32)
@@ -179,18 +172,17 @@ def _decode_gemv_kernel(X, R, RO, NW, W, BIAS, Y, POS, COS, SIN, KC, VC,
         n_next = tl.where(t + 1 < TILES, N_OUT, 0)
         _, jn_ok, _, _, rn_a, rn_b = _tile_rows(tile0 + t + 1, n_next, N_OUT, N_HALF, EPILOGUE, HEAD_DIM, BLOCK_N)
         if ONE_CHUNK:
+            if TILES > 1:  # the next tile's W is requested before this tile's multiply (none after the last)
+                na = _load_w(W, rn_a, jn_ok, 0, K, sw_n, BLOCK_K)
+                if PAIRED:
+                    nb = _load_w(W, rn_b, jn_ok, 0, K, sw_n, BLOCK_K)
             acc_a = _mac(acc_a, a_all, wa, DOT, IEEE)
             if PAIRED:
                 acc_b = _mac(acc_b, a_all, wb, DOT, IEEE)
-            if TILES > 1:  # tile t + 1 is in flight already; request tile t + 2 (none past the last)
-                n_ahead = tl.where(t + 2 < TILES, N_OUT, 0)
-                _, ja_ok, _, _, ra_a, ra_b = _tile_rows(tile0 + t + 2, n_ahead, N_OUT, N_HALF, EPILOGUE, HEAD_DIM,
-                                                        BLOCK_N)
-                wa = wa2
-                wa2 = _load_w(W, ra_a, ja_ok, 0, K, sw_n, BLOCK_K)
+            if TILES > 1:
+                wa = na
                 if PAIRED:
-                    wb = wb2
-                    wb2 = _load_w(W, ra_b, ja_ok, 0, K, sw_n, BLOCK_K)
+                    wb = nb
         elif PREFETCH:
             # the next chunk is requested by hand before this one is used (register double buffer): the
             # compiler's pipeliner does not stage loads that feed no tl.dot (DOT=False) and may not stage these
