@@ -4,8 +4,8 @@ Random bf16 weights at Llama-3.2-1B shape (16 layers, hidden 2048, 32/8 heads, h
 tied embeddings), prompts of 128 random tokens, 256 new tokens, EOS ignored. Providers:
   lite-graph         our runtime, unfused decode step replayed from a CUDA graph (projections: our skinny GEMM)
   lite-graph-cublas  the same with the projections on cuBLAS (F.linear): the unfused step
-  lite-graph-default the runtime's default decode step (LlamaRuntime.MEASURED_FUSED: mixed fused at 1B batch 1
-                     on an H200, else unfused)
+  lite-graph-default the runtime's default decode step (LlamaRuntime.MEASURED_FUSED: every projection but
+                     lm_head fused, with PDL, at 1B batch 1 on an H200; else unfused)
   lite-graph-fused   the fused decode step (ops/decode_fused.py: norm+GEMV kernels with the SiLU*mul and
                      RoPE+cache-write epilogues), the runtime's default for bf16 on CUDA
   lite-graph-fused-pdl  the same with programmatic dependent launch (sm_90+)

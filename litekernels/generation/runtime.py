@@ -14,7 +14,9 @@ Per layer an unfused decode step launches: fused residual-add+RMSNorm, one GEMM 
 q and k heads), one kernel for RoPE + the KV-cache write, flash-decoding (split + combine), the o-projection,
 fused add+RMSNorm, one GEMM for gate/up, SiLU*mul and the down projection. The fused decode step
 (`fused_decode`, ops/decode_fused.py) launches per layer: add+RMSNorm+qkv GEMV+RoPE+cache write (one kernel),
-flash-decoding (split + combine), the o GEMV, add+RMSNorm+gate/up GEMV+SiLU*mul (one kernel), the down GEMV.
+flash-decoding (split + combine), the o GEMV, add+RMSNorm+gate/up GEMV+SiLU*mul (one kernel), the down GEMV;
+on sm_90 its measured default (MEASURED_FUSED) launches each of them with programmatic dependent launch, so a
+kernel's weights start streaming while the previous kernel still runs.
 
 No weight copies: the fused q/k/v and gate/up GEMMs read one buffer per layer and projection group, and the HF
 parameters are views of it. Building the first runtime moves each group's parameters into that buffer once
