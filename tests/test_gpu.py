@@ -131,6 +131,10 @@ def test_cuda_graph_decode_equals_eager_token_for_token():
     outs = []
     for graph in (True, False):
         rt = LlamaRuntime(model, max_batch=4, max_seq_len=512, use_cuda_graph=graph)
+        if not graph:  # the graph step's flash-decoding settings (ATTENTION_CONFIG), not an eager call's
+            measured = rt.measured_fused_config() or {}
+            rt.set_fused_decode(None, {**measured, "attention": {**LlamaRuntime.ATTENTION_CONFIG,
+                                                                 **measured.get("attention", {})}})
         logits = rt.prefill(prompts)
         pos = torch.tensor([len(p) for p in prompts], device="cuda")
         toks, all_logits = [], []
