@@ -32,14 +32,23 @@ def _with(base: dict, **kinds) -> dict:
     return cfg
 
 
+# The default step before the PDL default (MEASURED_FUSED until 2026-11-29; "default" in
+# bench/results/decode-steps-H200.json and decode-steps-attncfg-H200.json): q/k/v, o and down fused with 2 columns
+# x 1024 per program and the hand prefetch, no PDL; gate/up and lm_head on cuBLAS. The older variants below are
+# built on it, so their names keep meaning what they measured.
+_G = {"BLOCK_N": 2, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 1, "DOT": False, "PREFETCH": True}
+PREVIOUS = {"max_rows": 1, "qkv": _G, "o": _G, "down": _G, "gate_up": {"unfused": True}, "lm_head": {"unfused": True}}
+
+
 def variants(model) -> dict:
     """name -> (fused_decode, skinny GEMM, fused_config)."""
-    m = _measured(model)
-    g = m["qkv"]
-    bk = {**g, "BLOCK_K": 2048}
+    m = PREVIOUS
+    bk = {**_G, "BLOCK_K": 2048}
     return {
         "default": (None, False, None),
         "cublas": (False, False, None),
+        "previous": (True, False, PREVIOUS),
+        "default-attn-1split": (True, False, _with(_measured(model), attention={"SPLITS": 1})),
         "attn-1split": (True, False, _with(m, attention={"SPLITS": 1})),
         "attn-fused": (True, False, _with(m, attention={"MIN_CHUNK": 64, "FUSED": True})),
         "pdl-tiles4": (True, False, _with(m, PDL=True, qkv={"TILES": 4}, o={"TILES": 4}, down={"TILES": 4})),

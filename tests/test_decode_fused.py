@@ -364,6 +364,10 @@ def test_gpu_graph_fused_equals_unfused_1b_shape():
     # bit-for-bit comparison uses an eager runtime given the graph's settings (fused kernels: FUSED_DEFAULTS in both)
     variants["eager-fused-graph-settings"] = (True, False, {"attention": dict(LlamaRuntime.ATTENTION_CONFIG)})
     variants["graph-fused-measured"] = (None, True, None)  # the default step of this GPU (MEASURED_FUSED)
+    measured = LlamaRuntime(model, max_batch=8, max_seq_len=256, use_cuda_graph=False).measured_fused_config()
+    if measured is not None:  # the same default step run eagerly, with the graph's attention settings
+        variants["eager-measured-graph-settings"] = (None, False, {**measured, "attention": {
+            **LlamaRuntime.ATTENTION_CONFIG, **measured.get("attention", {})}})
     for B in (1, 5):  # buckets 1 and 8
         ref_rt = LlamaRuntime(model, max_batch=8, max_seq_len=256, use_cuda_graph=False, fused_decode=False)
         tokens, _ = _greedy(ref_rt, prompts[:B], 24)
@@ -382,6 +386,9 @@ def test_gpu_graph_fused_equals_unfused_1b_shape():
             assert same.float().mean().item() >= 0.9, f"{name} B={B}: greedy tokens differ too often"
         # the graph replays exactly the eager kernels: bit-identical
         assert torch.equal(got["eager-fused-graph-settings"], got["graph-fused"]), f"B={B}: graph != eager (fused)"
+        if measured is not None:  # PDL-launched kernels in the graph: still the eager step's bits
+            assert torch.equal(got["eager-measured-graph-settings"], got["graph-fused-measured"]), \
+                f"B={B}: graph != eager (measured default step)"
 
 
 def _gpu_configs():

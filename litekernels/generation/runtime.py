@@ -386,7 +386,9 @@ class LlamaRuntime:
     # unmeasured, so those keep the unfused step (fused_decode=True turns it on anywhere it can run; PDL needs
     # sm_90, so these settings are only the default there).
     _RES = {"num_stages": 1, "DOT": False, "PREFETCH": False, "PDL": True}
-    MEASURED_FUSED = {(9, 0): {"max_hidden": 2048, "config": {
+    # The whole-row settings hold rows of up to 2048 (hidden) and 8192 (intermediate) inputs: wider models would
+    # take the chunked path, unmeasured, so they keep the unfused step.
+    MEASURED_FUSED = {(9, 0): {"max_hidden": 2048, "max_intermediate": 8192, "config": {
         "max_rows": 1, "PDL": True,
         "qkv": {**_RES, "BLOCK_N": 2, "BLOCK_K": 2048, "num_warps": 1, "TILES": 1},
         "o": {**_RES, "BLOCK_N": 2, "BLOCK_K": 2048, "num_warps": 2, "TILES": 1},
@@ -407,6 +409,8 @@ class LlamaRuntime:
             return None
         entry = self.MEASURED_FUSED.get(torch.cuda.get_device_capability(self.device))
         if entry is None or self.config.hidden_size > entry["max_hidden"]:
+            return None
+        if (getattr(self.config, "intermediate_size", None) or 0) > entry.get("max_intermediate", float("inf")):
             return None
         cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in entry["config"].items()}
         if not HAS_PDL:  # a Triton without launch_pdl: the same settings, launched one after the other
@@ -442,8 +446,10 @@ class LlamaRuntime:
         cfg = dict(fused_config or {})
         fold = bool(cfg.pop("fold_lm_head", False))
         attn = cfg.pop("attention", None)
-        if attn is None and cfg.get("PDL") and not INTERPRET:
-            attn = {"PDL": True}  # PDL wherever it exists: flash-decoding's combine launches early too
+        if attn is None and cfg.get("PDL") and not INTERPRET and self.use_cuda_graph:
+            # PDL wherever it exists: flash-decoding's kernels launch early too (its default on sm_90+ anyway; an
+            # eager step keeps the public defaults, whose hot-plan lookup builds no config key per call)
+            attn = {"PDL": True}
         max_rows = int(cfg.pop("max_rows", DF.MAX_ROWS))
         if not 1 <= max_rows <= DF.MAX_ROWS:
             raise ValueError(f"fused_config max_rows must be in 1..{DF.MAX_ROWS}, got {max_rows}")
