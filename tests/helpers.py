@@ -186,3 +186,14 @@ def tiny_llama_and_tokenizer(words, chat_template=None, **config):
                num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
     cfg.update(config)
     return LlamaForCausalLM(LlamaConfig(**cfg)).eval(), tok
+
+
+def graph_step_settings(measured):
+    """fused_config that gives an eager LlamaRuntime the graph step's settings: `measured` (a fused_config, e.g.
+    measured_fused_config(); None for the fused defaults) with flash-decoding's graph-only ATTENTION_CONFIG under
+    it, as set_fused_decode merges them for a graph runtime (an eager call splits a cache differently)."""
+    from litekernels.generation import LlamaRuntime
+
+    measured = dict(measured or {})
+    return {**measured, "attention": {**LlamaRuntime.ATTENTION_CONFIG, **measured.get("attention", {})}}
+

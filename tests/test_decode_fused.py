@@ -20,7 +20,7 @@ cache written at the wrong slot or row, gate/up halves swapped, a bias added twi
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import DEVICE, assert_matches
+from helpers import DEVICE, assert_matches, graph_step_settings
 
 from litekernels import reference as R
 from litekernels.ops import _tl_common as TLC
@@ -362,12 +362,11 @@ def test_gpu_graph_fused_equals_unfused_1b_shape():
         variants["graph-fused-pdl"] = (True, True, {"PDL": True})
     # the graph step's attention settings (LlamaRuntime.ATTENTION_CONFIG) differ from an eager call's, so the
     # bit-for-bit comparison uses an eager runtime given the graph's settings (fused kernels: FUSED_DEFAULTS in both)
-    variants["eager-fused-graph-settings"] = (True, False, {"attention": dict(LlamaRuntime.ATTENTION_CONFIG)})
+    variants["eager-fused-graph-settings"] = (True, False, graph_step_settings(None))
     variants["graph-fused-measured"] = (None, True, None)  # the default step of this GPU (MEASURED_FUSED)
     measured = LlamaRuntime(model, max_batch=8, max_seq_len=256, use_cuda_graph=False).measured_fused_config()
     if measured is not None:  # the same default step run eagerly, with the graph's attention settings
-        variants["eager-measured-graph-settings"] = (None, False, {**measured, "attention": {
-            **LlamaRuntime.ATTENTION_CONFIG, **measured.get("attention", {})}})
+        variants["eager-measured-graph-settings"] = (None, False, graph_step_settings(measured))
     for B in (1, 5):  # buckets 1 and 8
         ref_rt = LlamaRuntime(model, max_batch=8, max_seq_len=256, use_cuda_graph=False, fused_decode=False)
         tokens, _ = _greedy(ref_rt, prompts[:B], 24)

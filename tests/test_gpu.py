@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from litekernels import apply_rope, decode_attention, flash_attention, reference, rms_norm, silu_mul
-from tests.helpers import assert_matches, check_op, rand
+from tests.helpers import assert_matches, check_op, graph_step_settings, rand
 
 pytestmark = pytest.mark.gpu
 BF16 = torch.bfloat16
@@ -132,9 +132,7 @@ def test_cuda_graph_decode_equals_eager_token_for_token():
     for graph in (True, False):
         rt = LlamaRuntime(model, max_batch=4, max_seq_len=512, use_cuda_graph=graph)
         if not graph:  # the graph step's flash-decoding settings (ATTENTION_CONFIG), not an eager call's
-            measured = rt.measured_fused_config() or {}
-            rt.set_fused_decode(None, {**measured, "attention": {**LlamaRuntime.ATTENTION_CONFIG,
-                                                                 **measured.get("attention", {})}})
+            rt.set_fused_decode(None, graph_step_settings(rt.measured_fused_config()))
         logits = rt.prefill(prompts)
         pos = torch.tensor([len(p) for p in prompts], device="cuda")
         toks, all_logits = [], []
